@@ -1,0 +1,174 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML file under `conf/` extends one of these schemas through its defaults list, so a
+misspelled key or a wrong type fails at start with Hydra's own message, before any model
+loads. Field docstrings double as the reference for users (`--cfg job` prints the result).
+
+Losses are the exception to hand-written schemas: a loss is itself a dataclass, and its schema
+is derived from it (`loss_schema`), so a loss's hyperparameters are declared exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    path: str = MISSING
+    """Hugging Face checkpoint: a local directory or a hub id. `toy` = the toy world's SFT model."""
+    reference_path: str | None = None
+    """Reference model checkpoint; null = a frozen copy of the initial policy (same `path`)."""
+    lr: float = 1e-6
+    """The learning rate that suits this model; `optim.lr` defaults to it."""
+    dtype: str = "float32"
+    """Weights dtype on load: float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub checkpoint. Off unless you trust its author."""
+
+
+@dataclass
+class ToyWorldConfig:
+    """The embedded toy world: generated reviews, a tiny SFT model, ground-truth-labelled pairs.
+
+    Every field is part of the cache key, so changing any of them builds a new world.
+    """
+
+    seed: int = 0
+    n_train_prompts: int = 1200
+    n_val_prompts: int = 200
+    n_test_prompts: int = 200
+    sft_texts: int = 6000
+    sft_steps: int = 400
+    sft_batch_size: int = 64
+    sft_lr: float = 3e-3
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    max_new_tokens: int = 20
+    cache_dir: str | None = None
+    """Where built worlds are kept; null = $PREFOPT_CACHE or ~/.cache/prefopt/toy."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "toy"
+    """toy (the built-in world), local (files) or hub (a Hugging Face dataset name or a saved dataset directory)."""
+    path: str | None = None
+    """Training data: a jsonl/json/parquet/csv file (optionally .gz) or a hub dataset name."""
+    val_path: str | None = None
+    """Validation file; null = hold out `val_fraction` of the training rows."""
+    split: str = "train"
+    """Hub split used for training."""
+    val_split: str | None = None
+    """Hub split used for validation; null = hold out `val_fraction` of the training split."""
+    val_fraction: float = 0.05
+    format: str = "auto"
+    """auto, explicit (prompt/chosen/rejected strings), conversational (role/content messages) or implicit (chosen/rejected share the prompt as prefix)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Rename columns: {canonical: yours}, e.g. {prompt: question, chosen: good, rejected: bad}."""
+    max_length: int = 512
+    """Prompt + completion tokens; longer sequences are truncated (completion keeps its start)."""
+    max_prompt_length: int = 256
+    """Prompt tokens kept when a sequence is too long (the prompt keeps its end)."""
+    max_rows: int | None = None
+    """Use at most this many training rows (quick experiments)."""
+    batch_size: int = 16
+    """Pairs per step per device."""
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    """Seed of the validation hold-out and shuffling."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    """Peak learning rate (defaults to the model's `lr`)."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.1
+    """Share of the steps spent in linear warm-up."""
+    scheduler: str = "linear"
+    """After warm-up: constant, linear (decay to 0) or cosine."""
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to `lightning.Trainer` (only these; add a field to expose another)."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: Any = "32-true"
+    max_epochs: int = 1
+    max_steps: int = -1
+    val_check_interval: Any = 1.0
+    log_every_n_steps: int = 5
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+    deterministic: bool = False
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+
+
+@dataclass
+class LoggerConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI; a relative sqlite path is relative to the directory you launch from."""
+    experiment_name: str = "prefopt"
+    run_name: str | None = None
+    """null = named after the loss and its key hyperparameters, e.g. `dpo β=0.1 lr=1e-4`."""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    loss: Any = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    seed: int = 0
+    output_dir: str = MISSING
+    """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
+    export: bool = True
+    """Save the aligned policy and tokenizer with `save_pretrained` at the end."""
+
+
+def loss_schema(loss_cls: type) -> type:
+    """A Hydra schema for a loss dataclass: its own fields plus `_target_` pointing at it."""
+    target = f"{loss_cls.__module__}.{loss_cls.__qualname__}"
+    hints = typing.get_type_hints(loss_cls)
+    fields = [("_target_", str, field(default=target))]
+    for f in dataclasses.fields(loss_cls):
+        default = f.default if f.default is not dataclasses.MISSING else MISSING
+        fields.append((f.name, hints[f.name], field(default=default)))
+    return dataclasses.make_dataclass(f"{loss_cls.__name__}Config", fields)
+
+
+def register_configs() -> None:
+    from prefopt.losses import LOSSES
+
+    cs = ConfigStore.instance()
+    cs.store(name="prefopt_schema", node=Config)
+    for name, loss_cls in LOSSES.items():
+        cs.store(group="loss", name=f"{name}_schema", node=loss_schema(loss_cls))
+    for group, schema in [
+        ("model", ModelConfig),
+        ("data", DataConfig),
+        ("optim", OptimConfig),
+        ("trainer", TrainerConfig),
+        ("logger", LoggerConfig),
+    ]:
+        cs.store(group=group, name=f"{group}_schema", node=schema)

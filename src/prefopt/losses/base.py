@@ -1,0 +1,113 @@
+"""The interface every preference loss implements.
+
+A loss sees log-probabilities and token counts, never models or tokenizers: the module computes
+`CompletionLogps` for the policy (and the reference, when the loss declares it needs one) and
+hands them over. That keeps each loss a few lines of maths, testable with hand-made tensors.
+
+A loss is a dataclass: its fields are its hyperparameters, which Hydra fills from
+`conf/loss/<name>.yaml` (the schema is derived from the dataclass, see `prefopt.config`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from torch import Tensor
+
+
+@dataclass
+class CompletionLogps:
+    """Log-probabilities of completion tokens, one entry per sequence."""
+
+    summed: Tensor
+    """Sum of log π(token) over the completion tokens, shape [N]."""
+    token_counts: Tensor
+    """Number of completion tokens per sequence, shape [N]."""
+
+    @property
+    def mean(self) -> Tensor:
+        """Average per-token log-probability (the length-normalised form)."""
+        return self.summed / self.token_counts.clamp(min=1)
+
+    def split(self, n_first: int) -> tuple[CompletionLogps, CompletionLogps]:
+        """Split a concatenated batch (chosen rows first) into two halves."""
+        return (
+            CompletionLogps(self.summed[:n_first], self.token_counts[:n_first]),
+            CompletionLogps(self.summed[n_first:], self.token_counts[n_first:]),
+        )
+
+
+@dataclass
+class PairLogps:
+    chosen: CompletionLogps
+    rejected: CompletionLogps
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor
+    """Scalar to minimise (mean over the batch)."""
+    metrics: dict[str, Tensor]
+    """Per-example diagnostics, each shape [N], detached; the module logs their means."""
+
+
+@dataclass
+class PreferenceLoss:
+    """Base class: subclasses add hyperparameter fields and implement `__call__`."""
+
+    name: ClassVar[str]
+    needs_reference: ClassVar[bool] = True
+    """False: the module never loads or runs a reference model."""
+    paired: ClassVar[bool] = True
+    """True: trains on (prompt, chosen, rejected); False: on (prompt, completion, label)."""
+    recommended_beta: ClassVar[tuple[float, float] | None] = None
+    """The β range the loss's authors recommend (used for an info line at start)."""
+
+    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Short label with the key hyperparameters, used in MLflow run names."""
+        parts = [self.name]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "beta":
+                parts.append(f"β={value:g}")
+            elif value != f.default:
+                parts.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
+        return " ".join(parts)
+
+    def _require_reference(self, reference: PairLogps | None) -> PairLogps:
+        if reference is None:
+            raise ValueError(f"loss '{self.name}' needs reference log-probs, got none")
+        return reference
+
+
+def paired_metrics(
+    policy: PairLogps, chosen_rewards: Tensor, rejected_rewards: Tensor
+) -> dict[str, Tensor]:
+    """The diagnostics every paired loss reports, from its own notion of reward."""
+    return {
+        "rewards/chosen": chosen_rewards.detach(),
+        "rewards/rejected": rejected_rewards.detach(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).detach(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().detach(),
+        "logps/chosen": policy.chosen.summed.detach(),
+        "logps/rejected": policy.rejected.summed.detach(),
+    }
+
+
+def check_positive(loss_name: str, key: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"loss.{key}={value} for loss '{loss_name}': it must be > 0")
+
+
+__all__ = [
+    "CompletionLogps",
+    "LossOutput",
+    "PairLogps",
+    "PreferenceLoss",
+    "check_positive",
+    "paired_metrics",
+]

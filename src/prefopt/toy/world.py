@@ -1,0 +1,213 @@
+"""Build (or load from cache) the toy world: SFT reference model + reward-labelled pairs.
+
+Like the IMDb experiment of the DPO paper in miniature: an SFT model is trained on generated
+reviews, two completions per prompt are sampled from it, and the ground-truth reward
+(`prefopt.toy.language.reward`) decides which one is chosen. Pairs whose rewards tie are
+resampled a few times, then dropped. Train, validation and test prompts are disjoint, and the
+SFT model never sees a validation or test prompt.
+
+A world lives in ``<cache root>/<hash of the config>``; it is built in a temporary sibling
+directory and renamed into place, so a killed build never leaves a half-written world behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from prefopt.config import ToyWorldConfig
+from prefopt.toy.language import all_prompts, reward
+from prefopt.toy.sft import build_model, sft_examples, train_sft
+from prefopt.toy.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+WORLD_VERSION = 1
+"""Part of the cache key: bump it whenever the language, the model or the sampling changes."""
+
+_SAMPLING_ATTEMPTS = 4
+_SAMPLING_BATCH = 256
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    root: Path
+    model_dir: Path
+    train_path: Path
+    val_path: Path
+    test_path: Path
+
+    @classmethod
+    def at(cls, root: Path) -> ToyWorld:
+        return cls(root, root / "model", *(root / f"{split}.jsonl" for split in SPLITS))
+
+
+def cache_key(cfg) -> str:
+    """Hash of every `ToyWorldConfig` field but `cache_dir` (works on a DictConfig too)."""
+    fields = {}
+    for f in dataclasses.fields(ToyWorldConfig):
+        if f.name == "cache_dir":
+            continue
+        value = getattr(cfg, f.name)
+        # A float given as `1` on the command line must hash like `1.0`.
+        fields[f.name] = float(value) if isinstance(f.default, float) else value
+    fields["world_version"] = WORLD_VERSION
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_root(cfg) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    if os.environ.get("PREFOPT_CACHE"):
+        return Path(os.environ["PREFOPT_CACHE"]).expanduser() / "toy"
+    return Path.home() / ".cache" / "prefopt" / "toy"
+
+
+def build_toy_world(cfg, progress: bool = True) -> ToyWorld:
+    """The world of `cfg`: loaded from the cache if it was built before, else built now."""
+    root = cache_root(cfg)
+    final = root / cache_key(cfg)
+    if final.is_dir():
+        log.info("toy world: using the cached world in %s", final)
+        return ToyWorld.at(final)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    log.info("toy world: building %s (cached for later runs)", final)
+    try:
+        _build(cfg, staging, progress)
+        os.rename(staging, final)
+    except OSError:
+        # Another process finished the same world first: theirs is as good as ours.
+        if not final.is_dir():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ToyWorld.at(final)
+
+
+def _build(cfg, out: Path, progress: bool) -> None:
+    start = time.perf_counter()
+    rng = random.Random(cfg.seed)
+    prompts = all_prompts()
+    n_eval = cfg.n_val_prompts + cfg.n_test_prompts
+    if cfg.n_train_prompts + n_eval > len(prompts):
+        raise ValueError(
+            f"toy: n_train_prompts + n_val_prompts + n_test_prompts = "
+            f"{cfg.n_train_prompts + n_eval}, but the toy language has only {len(prompts)} prompts"
+        )
+    rng.shuffle(prompts)
+    val, test = prompts[: cfg.n_val_prompts], prompts[cfg.n_val_prompts : n_eval]
+    train = prompts[n_eval : n_eval + cfg.n_train_prompts]
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = build_model(cfg, tokenizer)
+    sft_loss = train_sft(
+        model, tokenizer, sft_examples(rng, prompts[n_eval:], cfg.sft_texts), cfg, progress
+    )
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+
+    torch.manual_seed(cfg.seed + 1)
+    stats = {}
+    for split, split_prompts in zip(SPLITS, (train, val, test), strict=True):
+        pairs = sample_pairs(model, tokenizer, [p for p, _ in split_prompts], cfg, progress, split)
+        with open(out / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(pair) + "\n" for pair in pairs)
+        gaps = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
+        stats[split] = {
+            "prompts": len(split_prompts),
+            "pairs": len(pairs),
+            "mean_reward_gap": sum(gaps) / max(1, len(gaps)),
+        }
+    summary = {
+        "config": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ToyWorldConfig)},
+        "world_version": WORLD_VERSION,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "sft_final_loss": sft_loss,
+        "splits": stats,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("toy world: built in %.1f s: %s", summary["build_seconds"], stats)
+
+
+@torch.no_grad()
+def sample_completions(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[str],
+    per_prompt: int,
+    max_new_tokens: int,
+) -> list[list[str]]:
+    """`per_prompt` completions per prompt, sampled at temperature 1 without truncation."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    output = model.generate(
+        **batch,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=per_prompt,
+    )
+    texts = tokenizer.batch_decode(
+        output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    # Leading space: see the text convention in `prefopt.toy.language`.
+    completions = [" " + text.strip() for text in texts]
+    return [completions[i : i + per_prompt] for i in range(0, len(completions), per_prompt)]
+
+
+def sample_pairs(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[str],
+    cfg,
+    progress: bool = True,
+    split: str = "",
+) -> list[dict]:
+    """One reward-labelled pair per prompt, in prompt order; prompts that keep tying are dropped."""
+    pairs: dict[int, dict] = {}
+    pending = list(range(len(prompts)))
+    bar = tqdm(total=len(prompts), desc=f"toy world: sampling {split} pairs", disable=not progress)
+    for _ in range(_SAMPLING_ATTEMPTS):
+        tied = []
+        for start in range(0, len(pending), _SAMPLING_BATCH):
+            chunk = pending[start : start + _SAMPLING_BATCH]
+            samples = sample_completions(
+                model, tokenizer, [prompts[i] for i in chunk], 2, cfg.max_new_tokens
+            )
+            for i, (a, b) in zip(chunk, samples, strict=True):
+                ra, rb = reward(a), reward(b)
+                if ra == rb:
+                    tied.append(i)
+                    continue
+                (chosen, rc), (rejected, rr) = sorted([(a, ra), (b, rb)], key=lambda s: -s[1])
+                pairs[i] = {
+                    "prompt": prompts[i],
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "chosen_reward": rc,
+                    "rejected_reward": rr,
+                }
+                bar.update()
+        pending = tied
+    bar.update(len(pending))
+    bar.close()
+    return [pairs[i] for i in sorted(pairs)]

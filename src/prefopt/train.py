@@ -1,0 +1,123 @@
+"""Entry point: `python -m prefopt.train [overrides]`.
+
+compose config -> check it -> start the MLflow run -> build data and models -> fit -> export.
+Any exception after the run has started ends that run FAILED (KILLED on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt.config import register_configs
+from prefopt.data import PreferenceDataModule
+from prefopt.losses.base import PreferenceLoss
+from prefopt.models import check_model_config, load_causal_lm, load_tokenizer
+from prefopt.module import PreferenceModule
+from prefopt.toy import ToyWorld, build_toy_world
+from prefopt.tracking import default_run_name, finish_run, log_config, set_tags, start_run
+
+log = logging.getLogger("prefopt")
+
+
+def config_dir() -> str:
+    """`conf/` ships inside the package in a wheel and sits at the repo root in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"prefopt's conf/ directory was found neither in {here} nor in {here.parents[1]}")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    export_dir: Path | None
+    metrics: dict[str, float]
+
+
+def check_config(cfg: DictConfig) -> PreferenceLoss:
+    """Everything that can be checked before a model or dataset is touched."""
+    loss = instantiate(cfg.loss)
+    if not cfg.optim.lr > 0:
+        raise ValueError(f"optim.lr={cfg.optim.lr}: the learning rate must be > 0")
+    check_model_config(cfg.model, cfg.model.path)
+    return loss
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    loss = check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    logger = start_run(cfg.logger, cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr))
+    status = "FAILED"
+    try:
+        log_config(logger, cfg)
+        result = _fit_and_export(cfg, loss, logger)
+        status = "FINISHED"
+        return result
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        finish_run(logger, status)
+
+
+def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResult:
+    uses_toy = cfg.model.path == "toy" or cfg.data.source == "toy"
+    world: ToyWorld | None = build_toy_world(cfg.toy) if uses_toy else None
+    policy_path = str(world.model_dir) if cfg.model.path == "toy" else cfg.model.path
+    reference_path = cfg.model.reference_path or policy_path
+
+    tokenizer = load_tokenizer(policy_path, cfg.model)
+    datamodule = PreferenceDataModule(cfg.data, tokenizer, toy_world=world)
+    datamodule.setup("fit")
+    logger.log_hyperparams({f"data_stats/{k}": v for k, v in datamodule.stats.items()})
+
+    policy = load_causal_lm(policy_path, cfg.model)
+    reference = load_causal_lm(reference_path, cfg.model) if loss.needs_reference else None
+    module = PreferenceModule(policy, loss, cfg.optim, reference=reference)
+
+    output_dir = Path(cfg.output_dir)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer),
+        logger=logger,
+        default_root_dir=output_dir,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    export_dir = None
+    if cfg.export:
+        export_dir = output_dir / "model"
+        module.policy.save_pretrained(export_dir)
+        tokenizer.save_pretrained(export_dir)
+        set_tags(logger, {"prefopt.export_dir": str(export_dir.resolve())})
+        log.info("aligned policy saved to %s", export_dir)
+    _print_summary(metrics, export_dir, logger)
+    return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics)
+
+
+def _print_summary(metrics: dict[str, float], export_dir: Path | None, logger) -> None:
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("val/")}
+    lines = [f"  {k:<28} {v:.4f}" for k, v in shown.items()]
+    log.info("final validation metrics:\n%s", "\n".join(lines) or "  (none)")
+    log.info("MLflow run %s — open with: mlflow ui --backend-store-uri %s", logger.run_id, logger._tracking_uri)
+
+
+register_configs()
+
+
+@hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
