@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny random causal LM for fast module-level tests."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = 32) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture
+def tiny_model_factory():
+    return tiny_llama
+
+
+def hand_batch() -> dict[str, torch.Tensor]:
+    """Two pairs, chosen rows first. Row layout: BOS, prompt..., completion..., padding (0)."""
+    input_ids = torch.tensor(
+        [
+            [1, 5, 6, 7, 8, 2, 0],  # pair 0 chosen: prompt [1,5,6], completion [7,8,2]
+            [1, 9, 10, 11, 2, 0, 0],  # pair 1 chosen: prompt [1,9], completion [10,11,2]
+            [1, 5, 6, 12, 2, 0, 0],  # pair 0 rejected: completion [12,2]
+            [1, 9, 13, 14, 15, 16, 2],  # pair 1 rejected: completion [13,14,15,16,2]
+        ]
+    )
+    attention_mask = (input_ids != 0).long()
+    attention_mask[:, 0] = 1
+    completion_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    completion_mask[0, 3:6] = True
+    completion_mask[1, 2:5] = True
+    completion_mask[2, 3:5] = True
+    completion_mask[3, 2:7] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+@pytest.fixture
+def batch():
+    return hand_batch()

@@ -1,0 +1,34 @@
+"""Completion log-probs: shifted by one, prompt and padding masked, summed per sequence."""
+
+import torch
+
+from prefopt.logprobs import completion_logps
+
+
+def test_completion_logps_match_a_position_by_position_computation(tiny_model_factory, batch):
+    model = tiny_model_factory().eval()
+    got = completion_logps(model, batch)
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected_sums, expected_counts = [], []
+    for row in range(batch["input_ids"].shape[0]):
+        total, count = 0.0, 0
+        for t in range(1, batch["input_ids"].shape[1]):
+            if batch["completion_mask"][row, t]:
+                token = batch["input_ids"][row, t]
+                total += torch.log_softmax(logits[row, t - 1].double(), -1)[token].item()
+                count += 1
+        expected_sums.append(total)
+        expected_counts.append(count)
+
+    torch.testing.assert_close(got.summed.double(), torch.tensor(expected_sums, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert got.token_counts.tolist() == [3, 3, 2, 5]
+
+
+def test_padding_and_prompt_do_not_change_the_completion_logps(tiny_model_factory, batch):
+    """Extra right padding (masked out) leaves the sums unchanged."""
+    model = tiny_model_factory().eval()
+    before = completion_logps(model, batch).summed
+    padded = {k: torch.nn.functional.pad(v, (0, 3)) for k, v in batch.items()}
+    after = completion_logps(model, padded).summed
+    torch.testing.assert_close(before, after, atol=1e-5, rtol=0)
