@@ -50,3 +50,45 @@ def hand_batch() -> dict[str, torch.Tensor]:
 @pytest.fixture
 def batch():
     return hand_batch()
+
+
+# --- composing the real Hydra config for end-to-end tests ---------------------------------
+
+CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
+
+# A small toy world: enough pairs to learn from, small enough to build in seconds.
+SMALL_TOY = [
+    "toy.n_train_prompts=400",
+    "toy.n_val_prompts=64",
+    "toy.n_test_prompts=32",
+    "toy.sft_steps=250",
+]
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory):
+    """One toy-world cache for the whole session: the world is built once, then reused."""
+    return tmp_path_factory.mktemp("toy_cache")
+
+
+@pytest.fixture
+def compose_config(toy_cache, tmp_path):
+    """Compose conf/config.yaml as `python -m prefopt.train` would, pointed at tmp paths."""
+    from hydra import compose, initialize_config_dir
+
+    from prefopt.config import register_configs
+
+    register_configs()
+
+    def _compose(*overrides: str):
+        defaults = [
+            *SMALL_TOY,
+            f"toy.cache_dir={toy_cache}",
+            f"output_dir={tmp_path / 'out'}",
+            f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "trainer.enable_progress_bar=false",
+        ]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("config", overrides=[*defaults, *overrides])
+
+    return _compose
