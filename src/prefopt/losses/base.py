@@ -45,11 +45,23 @@ class PairLogps:
 
 
 @dataclass
+class UnpairedLogps:
+    """Log-probs for unpaired (prompt, completion, label) batches, as KTO uses them."""
+
+    completions: CompletionLogps
+    """Each example's own completion."""
+    mismatched: CompletionLogps
+    """Each prompt with another example's completion from the same batch (for the KL estimate)."""
+    desirable: Tensor
+    """Bool label per example, shape [N]."""
+
+
+@dataclass
 class LossOutput:
     loss: Tensor
     """Scalar to minimise (mean over the batch)."""
     metrics: dict[str, Tensor]
-    """Per-example diagnostics, each shape [N], detached; the module logs their means."""
+    """Detached diagnostics: per-example values [N] or batch scalars; the module logs means."""
 
 
 @dataclass
@@ -64,7 +76,8 @@ class PreferenceLoss:
     recommended_beta: ClassVar[tuple[float, float] | None] = None
     """The β range the loss's authors recommend (used for an info line at start)."""
 
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+    def __call__(self, policy, reference, **kwargs) -> LossOutput:
+        """Paired losses take `PairLogps`; unpaired ones `UnpairedLogps` (see `paired`)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -78,7 +91,7 @@ class PreferenceLoss:
                 parts.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
         return " ".join(parts)
 
-    def _require_reference(self, reference: PairLogps | None) -> PairLogps:
+    def _require_reference(self, reference):
         if reference is None:
             raise ValueError(f"loss '{self.name}' needs reference log-probs, got none")
         return reference
@@ -108,6 +121,7 @@ __all__ = [
     "LossOutput",
     "PairLogps",
     "PreferenceLoss",
+    "UnpairedLogps",
     "check_positive",
     "paired_metrics",
 ]

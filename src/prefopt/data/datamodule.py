@@ -1,0 +1,130 @@
+"""`PreferenceDataModule`: load -> normalise -> tokenize once, then batch for the trainer."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from prefopt.config import DataConfig
+from prefopt.data.collate import collate_pairs
+from prefopt.data.formats import detect_format, normalise
+from prefopt.data.sources import ToyWorldFiles, load_rows
+from prefopt.data.tokenize import (
+    DROPPED_IDENTICAL,
+    DROPPED_TOO_LONG,
+    PairTokenizer,
+    TokenizedPair,
+    tokenize_pairs,
+)
+
+log = logging.getLogger("prefopt.data")
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference pairs from the configured source as batches for one concatenated forward.
+
+    After `setup`, `train_examples` / `val_examples` hold the tokenized pairs (evaluation reads
+    their `prompt_input_ids`), and `stats` counts rows, kept pairs and dropped pairs per split,
+    for the trainer to log.
+    """
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any, toy_world: ToyWorldFiles | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.toy_world = toy_world
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ValueError("the tokenizer has neither a pad nor an eos token; give it a pad token")
+            # Padding is masked out everywhere, so any id works; eos is the customary stand-in,
+            # and setting it on the tokenizer keeps generation and export consistent with training.
+            tokenizer.pad_token = tokenizer.eos_token
+            log.info("tokenizer has no pad token; using eos %r as pad", tokenizer.eos_token)
+        self.pad_token_id: int = tokenizer.pad_token_id
+        self.train_examples: list[TokenizedPair] | None = None
+        self.val_examples: list[TokenizedPair] | None = None
+        self.stats: dict[str, int] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_examples is not None:
+            return  # fit, validate and test all call setup; the data is built once
+        train_rows, val_rows = load_rows(self.cfg, self.toy_world)
+        if len(train_rows) == 0:
+            raise ValueError(f"{train_rows.origin}: no training rows")
+        layout = detect_format(train_rows) if self.cfg.format == "auto" else self.cfg.format
+        pair_tokenizer = PairTokenizer(self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length)
+        stats: dict[str, int] = {}
+        examples = {}
+        for split, rows in (("train", train_rows), ("val", val_rows)):
+            pairs = normalise(rows, layout)
+            kept, dropped = tokenize_pairs(pairs, pair_tokenizer, desc=f"tokenizing {split}")
+            stats.update(_split_stats(split, len(rows), len(kept), dropped))
+            self._log_dropped(split, len(pairs), dropped)
+            examples[split] = kept
+        if not examples["train"]:
+            raise ValueError(
+                f"{train_rows.origin}: every training pair was dropped (see the log); "
+                "raise data.max_length or check the data"
+            )
+        self.train_examples, self.val_examples = examples["train"], examples["val"]
+        self.stats = stats
+        log.info("data (%s layout): %s", layout, stats)
+
+    def _log_dropped(self, split: str, total: int, dropped: Counter[str]) -> None:
+        if dropped[DROPPED_TOO_LONG]:
+            log.warning(
+                "%s: dropped %d of %d pairs that do not fit max_length=%d (max_prompt_length=%d) "
+                "with a completion left that tells chosen from rejected",
+                split, dropped[DROPPED_TOO_LONG], total, self.cfg.max_length, self.cfg.max_prompt_length,
+            )  # fmt: skip
+        if dropped[DROPPED_IDENTICAL]:
+            log.warning(
+                "%s: dropped %d of %d pairs whose chosen and rejected are identical",
+                split, dropped[DROPPED_IDENTICAL], total,
+            )  # fmt: skip
+
+    def _collate(self):
+        # A partial of a module-level function pickles, so worker processes can receive it.
+        return functools.partial(collate_pairs, pad_token_id=self.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return DataLoader(
+            self.train_examples,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+            collate_fn=self._collate(),
+            num_workers=self.cfg.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        self._require_setup()
+        if not self.val_examples:
+            return []  # Lightning skips validation for an empty list
+        return DataLoader(
+            self.val_examples,
+            batch_size=self.cfg.eval_batch_size,
+            shuffle=False,
+            collate_fn=self._collate(),
+            num_workers=self.cfg.num_workers,
+        )
+
+    def _require_setup(self) -> None:
+        if self.train_examples is None:
+            raise RuntimeError("PreferenceDataModule.setup() must run before asking for dataloaders")
+
+
+def _split_stats(split: str, rows: int, kept: int, dropped: Counter[str]) -> dict[str, int]:
+    return {
+        f"{split}_rows": rows,
+        f"{split}_pairs": kept,
+        f"{split}_dropped_too_long": dropped[DROPPED_TOO_LONG],
+        f"{split}_dropped_identical": dropped[DROPPED_IDENTICAL],
+    }

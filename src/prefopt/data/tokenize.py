@@ -1,0 +1,190 @@
+"""Turn preference pairs into token ids with an exact prompt/completion boundary.
+
+The rules, each guarding a known way to corrupt DPO's log-probabilities:
+
+- Prompt and completion are tokenized TOGETHER, as the model will read them: the ids equal
+  `enc(prompt + completion)`, never `enc(prompt) + enc(completion)` (BPE merges across the
+  join, e.g. "hi " + "there" -> "hi", " there").
+- The completion starts at the first token holding any completion character, so a token merged
+  across the boundary is scored as completion. With a fast tokenizer this comes from the
+  character offsets (the first token ending past the prompt's last character). Slow
+  tokenizers have no offsets; there the boundary is the longest common prefix of
+  `enc(prompt)` and `enc(prompt + completion)`, which can only move it earlier (never scores a
+  completion token as prompt).
+- BOS exactly once: text is tokenized without special tokens, then the tokenizer's BOS is put in
+  front only if the tokenizer normally adds one and the ids do not already start with it (chat
+  templates and some datasets write the BOS text themselves).
+- EOS exactly once, for plain text only: appended unless the completion already ends with it.
+  Conversations rendered with the chat template already end each turn with the template's own
+  end-of-turn marker, so nothing is added after it.
+- Too long (prompt + completion > max_length on either side of a pair): both prompts keep their
+  last `max_prompt_length` tokens (after a kept BOS), then each completion keeps its start.
+  A pair left with an empty completion, or whose two sides become identical, says nothing about
+  preference: it is dropped and counted, as are pairs identical from the start.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, TypedDict
+
+from tqdm.auto import tqdm
+
+from prefopt.data.formats import Message, Pair
+
+DROPPED_TOO_LONG = "too_long"
+DROPPED_IDENTICAL = "identical"
+_PROGRESS_MIN_PAIRS = 2000  # below this, tokenizing takes a blink and a bar is noise
+
+
+class TokenizedPair(TypedDict):
+    chosen_input_ids: list[int]
+    chosen_prompt_length: int
+    rejected_input_ids: list[int]
+    rejected_prompt_length: int
+    prompt_input_ids: list[int]
+    """The prompt alone as a generation input (with BOS, and the chat template's assistant header)."""
+
+
+class PairTokenizer:
+    """Tokenizes `Pair`s under one tokenizer and length budget."""
+
+    def __init__(self, tokenizer: Any, max_length: int, max_prompt_length: int):
+        if not 0 < max_prompt_length < max_length:
+            raise ValueError(
+                f"data.max_prompt_length={max_prompt_length} must be positive and below "
+                f"data.max_length={max_length}, or no completion token would fit"
+            )
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.bos_id = tokenizer.bos_token_id if adds_bos(tokenizer) else None
+        self.eos_id = tokenizer.eos_token_id
+        self.use_offsets = bool(getattr(tokenizer, "is_fast", False))
+
+    def __call__(self, pair: Pair) -> tuple[TokenizedPair | None, str | None]:
+        """The tokenized pair, or None and the reason it was dropped."""
+        prompt_text, chosen_text, rejected_text = self._texts(pair)
+        add_eos = not pair.conversational
+        chosen = self._encode(chosen_text, len(prompt_text), add_eos)
+        rejected = self._encode(rejected_text, len(prompt_text), add_eos)
+        if chosen == rejected:
+            return None, DROPPED_IDENTICAL
+        prompt_ids = self._with_bos(self._ids(prompt_text))
+        if max(len(chosen[0]), len(rejected[0])) > self.max_length:
+            chosen, rejected = self._truncate(*chosen), self._truncate(*rejected)
+            empty = any(len(ids) == prompt_length for ids, prompt_length in (chosen, rejected))
+            if empty or chosen == rejected:
+                return None, DROPPED_TOO_LONG
+            prompt_ids = self._keep_end(prompt_ids)
+        return TokenizedPair(
+            chosen_input_ids=chosen[0],
+            chosen_prompt_length=chosen[1],
+            rejected_input_ids=rejected[0],
+            rejected_prompt_length=rejected[1],
+            prompt_input_ids=prompt_ids,
+        ), None
+
+    # -- text ---------------------------------------------------------------------------------
+
+    def _texts(self, pair: Pair) -> tuple[str, str, str]:
+        """The prompt text and the two full texts (prompt + completion)."""
+        if not pair.conversational:
+            return pair.prompt, pair.prompt + pair.chosen, pair.prompt + pair.rejected
+        prompt_text = self._render(pair.prompt, pair.where, generation_prompt=True)
+        fulls = []
+        for completion in (pair.chosen, pair.rejected):
+            full = self._render(pair.prompt + completion, pair.where, generation_prompt=False)
+            if not full.startswith(prompt_text):
+                raise ValueError(
+                    f"{pair.where}: the chat template's rendering of the conversation does not start "
+                    f"with its rendering of the prompt plus generation header ({prompt_text[-40:]!r}), "
+                    "so the completion cannot be located; the completion must begin with an "
+                    "assistant message, and the template must render add_generation_prompt=True "
+                    "as the start of that message"
+                )
+            fulls.append(full)
+        return prompt_text, fulls[0], fulls[1]
+
+    def _render(self, messages: list[Message], where: str, generation_prompt: bool) -> str:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                f"{where}: conversational data needs a chat template, and this tokenizer has none; "
+                "set tokenizer.chat_template or use plain-text data (data.format=explicit)"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    # -- ids ----------------------------------------------------------------------------------
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _encode(self, full_text: str, prompt_chars: int, add_eos: bool) -> tuple[list[int], int]:
+        """(ids, prompt_length) of a full text whose first `prompt_chars` characters are prompt."""
+        if self.use_offsets:
+            encoding = self.tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = list(encoding["input_ids"])
+            ends = [end for _, end in encoding["offset_mapping"]]
+            prompt_length = next((i for i, end in enumerate(ends) if end > prompt_chars), len(ids))
+        else:
+            ids = self._ids(full_text)
+            prompt_length = common_prefix_length(ids, self._ids(full_text[:prompt_chars]))
+        if self.bos_id is not None and ids[:1] != [self.bos_id]:
+            ids, prompt_length = [self.bos_id, *ids], prompt_length + 1
+        if add_eos and self.eos_id is not None and (len(ids) == prompt_length or ids[-1] != self.eos_id):
+            ids.append(self.eos_id)
+        return ids, prompt_length
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        return [self.bos_id, *ids] if self.bos_id is not None and ids[:1] != [self.bos_id] else ids
+
+    def _keep_end(self, prompt_ids: list[int]) -> list[int]:
+        """The prompt's last `max_prompt_length` tokens, still starting with its BOS if it had one."""
+        if len(prompt_ids) <= self.max_prompt_length:
+            return prompt_ids
+        bos = self.tokenizer.bos_token_id  # also a BOS the text itself wrote
+        if bos is not None and prompt_ids[0] == bos:
+            keep = self.max_prompt_length - 1
+            return [bos, *prompt_ids[len(prompt_ids) - keep :]]
+        return prompt_ids[len(prompt_ids) - self.max_prompt_length :]
+
+    def _truncate(self, ids: list[int], prompt_length: int) -> tuple[list[int], int]:
+        prompt = self._keep_end(ids[:prompt_length])
+        completion = ids[prompt_length : prompt_length + self.max_length - len(prompt)]
+        return prompt + completion, len(prompt)
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts BOS in front of text when asked for special tokens."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return with_special[:1] == [bos] and without[:1] != [bos]
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_pairs(
+    pairs: list[Pair], pair_tokenizer: PairTokenizer, desc: str = "tokenizing"
+) -> tuple[list[TokenizedPair], Counter[str]]:
+    """Tokenize every pair; returns the kept pairs and the number dropped per reason."""
+    examples: list[TokenizedPair] = []
+    dropped: Counter[str] = Counter()
+    for pair in tqdm(pairs, desc=desc, disable=len(pairs) < _PROGRESS_MIN_PAIRS):
+        example, reason = pair_tokenizer(pair)
+        if example is None:
+            dropped[reason] += 1
+        else:
+            examples.append(example)
+    return examples, dropped
