@@ -44,7 +44,11 @@ def hand_batch() -> dict[str, torch.Tensor]:
     completion_mask[1, 2:5] = True
     completion_mask[2, 3:5] = True
     completion_mask[3, 2:7] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+    }
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ def test_completion_logps_match_a_position_by_position_computation(tiny_model_fa
         expected_sums.append(total)
         expected_counts.append(count)
 
-    torch.testing.assert_close(got.summed.double(), torch.tensor(expected_sums, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        got.summed.double(), torch.tensor(expected_sums, dtype=torch.float64), atol=1e-5, rtol=0
+    )
     assert got.token_counts.tolist() == [3, 3, 2, 5]
 
 

@@ -36,8 +36,12 @@ def test_training_moves_the_policy_and_never_the_reference(tiny_model_factory, t
     policy_before = copy.deepcopy(module.policy.state_dict())
     loader = DataLoader([hand_batch()] * 6, batch_size=None)
     trainer = L.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        default_root_dir=tmp_path, accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
     )
     trainer.fit(module, train_dataloaders=loader)
 

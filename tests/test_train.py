@@ -25,8 +25,16 @@ def test_dpo_on_the_toy_world_aligns_logs_and_exports(compose_config):
     assert run.info.run_name == "dpo β=0.1 lr=0.001"
     assert run.data.params["loss/beta"] == "0.1"
     assert run.data.params["optim/lr"] == "0.001"
-    for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
-                 "rewards/accuracies", "logps/chosen", "logps/rejected", "gradient_weight"):
+    for name in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "gradient_weight",
+    ):
         assert f"train/{name}" in run.data.metrics, name
         assert f"val/{name}" in run.data.metrics, name
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
@@ -66,9 +74,17 @@ def test_cli_runs_from_any_directory(tmp_path, toy_cache):
     Hydra's outputs land in that directory."""
     from .conftest import SMALL_TOY
 
-    cmd = [sys.executable, "-m", "prefopt.train", *SMALL_TOY, f"toy.cache_dir={toy_cache}",
-           "trainer.max_steps=3", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
-           "optim.lr=1e-4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefopt.train",
+        *SMALL_TOY,
+        f"toy.cache_dir={toy_cache}",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "optim.lr=1e-4",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "mlflow.db").exists()
@@ -79,7 +95,12 @@ def test_cli_runs_from_any_directory(tmp_path, toy_cache):
 
 
 def test_unknown_config_key_fails_with_hydras_message(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "prefopt.train", "loss.betta=0.1"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefopt.train", "loss.betta=0.1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "Could not override 'loss.betta'" in proc.stderr

@@ -62,7 +62,3 @@ def tokenizer() -> PreTrainedTokenizerFast:
 def tokenizer_without_bos() -> PreTrainedTokenizerFast:
     return build_tokenizer(add_bos=False)
 
-
-def enc(tokenizer, text: str) -> list[int]:
-    """Plain ids of a text, no special tokens added."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]

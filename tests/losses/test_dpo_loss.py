@@ -78,7 +78,9 @@ def test_dpo_gradient_matches_seed_formula_on_a_model():
         return net(x).log_softmax(-1)[:, token]
 
     out = DPOLoss(beta=beta)(
-        PairLogps(CompletionLogps(logp(y_w), torch.ones(1)), CompletionLogps(logp(y_l), torch.ones(1))),
+        PairLogps(
+            CompletionLogps(logp(y_w), torch.ones(1)), CompletionLogps(logp(y_l), torch.ones(1))
+        ),
         PairLogps(CompletionLogps(ref_w, torch.ones(1)), CompletionLogps(ref_l, torch.ones(1))),
     )
     loss_grads = torch.autograd.grad(out.loss, list(net.parameters()))

@@ -69,7 +69,9 @@ def test_simpo_gamma_and_label_smoothing_by_hand():
     """γ = 0: z = 2, loss = log(1 + e^−2) = 0.1269280.
     γ/β = 0.5 with ε = 0.1: 0.9·log(1 + e^−1) + 0.1·log(1 + e^1)
     = 0.9·0.3132617 + 0.1·1.3132617 = 0.4132617."""
-    assert SimPOLoss(beta=2.0, gamma_beta_ratio=0.0)(logps(*POLICY)).loss.item() == pytest.approx(0.1269280, abs=1e-6)
+    assert SimPOLoss(beta=2.0, gamma_beta_ratio=0.0)(logps(*POLICY)).loss.item() == pytest.approx(
+        0.1269280, abs=1e-6
+    )
     smoothed = SimPOLoss(beta=2.0, gamma_beta_ratio=0.5, label_smoothing=0.1)(logps(*POLICY))
     assert smoothed.loss.item() == pytest.approx(0.4132617, abs=1e-6)
 
@@ -84,7 +86,8 @@ def test_simpo_ignores_length_and_needs_no_reference():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: IPOLoss(beta=0), lambda: SimPOLoss(beta=-1), lambda: SimPOLoss(gamma_beta_ratio=-0.1)]
+    "make",
+    [lambda: IPOLoss(beta=0), lambda: SimPOLoss(beta=-1), lambda: SimPOLoss(gamma_beta_ratio=-0.1)],
 )
 def test_invalid_hyperparameters(make):
     with pytest.raises(ValueError, match="loss."):

@@ -38,7 +38,9 @@ def test_kto_by_hand_with_an_odd_batch():
 
 def test_kto_weights_by_hand():
     """λ_D = 2, λ_U = 0.5: (2·0.5 + 0.5·0.2689414 + 2·0.6224593) / 3 = 2.3793893 / 3 = 0.7931298."""
-    out = KTOLoss(beta=0.5, desirable_weight=2.0, undesirable_weight=0.5)(unpaired(*POLICY), unpaired(*REFERENCE))
+    out = KTOLoss(beta=0.5, desirable_weight=2.0, undesirable_weight=0.5)(
+        unpaired(*POLICY), unpaired(*REFERENCE)
+    )
     assert out.loss.item() == pytest.approx(0.7931298, abs=1e-6)
 
 
@@ -68,19 +70,25 @@ def test_kto_reference_point_is_averaged_across_devices():
         seen.append(t.item())
         return (t + 3.0) / 2  # as if another rank had a KL mean of 3
 
-    out = KTOLoss(beta=0.5)(unpaired(*POLICY), unpaired(*REFERENCE), mean_across_devices=fake_all_reduce_mean)
+    out = KTOLoss(beta=0.5)(
+        unpaired(*POLICY), unpaired(*REFERENCE), mean_across_devices=fake_all_reduce_mean
+    )
     assert seen == [1.0]
     assert out.metrics["kl"].item() == pytest.approx(2.0)
 
 
 def test_kto_single_class_batches():
     """Only desirable examples: undesirable metrics are NaN (absent), the loss stays finite."""
-    only_good = KTOLoss(beta=0.5)(unpaired([-2.0, -3.0], [-5.0, -6.0], [True, True]),
-                                  unpaired([-3.0, -3.0], [-6.0, -6.0], [True, True]))
+    only_good = KTOLoss(beta=0.5)(
+        unpaired([-2.0, -3.0], [-5.0, -6.0], [True, True]),
+        unpaired([-3.0, -3.0], [-6.0, -6.0], [True, True]),
+    )
     assert torch.isfinite(only_good.loss)
     assert torch.isnan(only_good.metrics["rewards/rejected"])
     assert only_good.metrics["count/undesirable"].item() == 0
-    only_bad = KTOLoss(beta=0.5)(unpaired([-2.0], [-5.0], [False]), unpaired([-3.0], [-6.0], [False]))
+    only_bad = KTOLoss(beta=0.5)(
+        unpaired([-2.0], [-5.0], [False]), unpaired([-3.0], [-6.0], [False])
+    )
     assert torch.isfinite(only_bad.loss)
     assert torch.isnan(only_bad.metrics["rewards/chosen"])
 

@@ -12,7 +12,9 @@ from prefopt.losses.ipo import IPOLoss
 from prefopt.losses.kto import KTOLoss
 from prefopt.losses.simpo import SimPOLoss
 
-LOSSES: dict[str, type[PreferenceLoss]] = {cls.name: cls for cls in (DPOLoss, IPOLoss, SimPOLoss, KTOLoss)}
+LOSSES: dict[str, type[PreferenceLoss]] = {
+    cls.name: cls for cls in (DPOLoss, IPOLoss, SimPOLoss, KTOLoss)
+}
 
 __all__ = [
     "LOSSES",

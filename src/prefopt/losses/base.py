@@ -88,7 +88,9 @@ class PreferenceLoss:
             if f.name == "beta":
                 parts.append(f"β={value:g}")
             elif value != f.default:
-                parts.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
+                parts.append(
+                    f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}"
+                )
         return " ".join(parts)
 
     def _require_reference(self, reference):

@@ -17,7 +17,13 @@ from typing import ClassVar
 
 import torch.nn.functional as F
 
-from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, check_positive, paired_metrics
+from prefopt.losses.base import (
+    LossOutput,
+    PairLogps,
+    PreferenceLoss,
+    check_positive,
+    paired_metrics,
+)
 
 
 @dataclass
@@ -46,8 +52,6 @@ class DPOLoss(PreferenceLoss):
         eps = self.label_smoothing
         losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
 
-        metrics = paired_metrics(
-            policy, self.beta * chosen_logratio, self.beta * rejected_logratio
-        )
+        metrics = paired_metrics(policy, self.beta * chosen_logratio, self.beta * rejected_logratio)
         metrics["gradient_weight"] = (-logits).sigmoid().detach()
         return LossOutput(loss=losses.mean(), metrics=metrics)

@@ -16,7 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, check_positive, paired_metrics
+from prefopt.losses.base import (
+    LossOutput,
+    PairLogps,
+    PreferenceLoss,
+    check_positive,
+    paired_metrics,
+)
 
 
 @dataclass

@@ -53,7 +53,9 @@ class KTOLoss(PreferenceLoss):
         logratio = policy.completions.summed - reference.completions.summed
         desirable = policy.desirable.bool()
         desirable_losses = self.desirable_weight * (1 - (self.beta * (logratio - z_ref)).sigmoid())
-        undesirable_losses = self.undesirable_weight * (1 - (self.beta * (z_ref - logratio)).sigmoid())
+        undesirable_losses = self.undesirable_weight * (
+            1 - (self.beta * (z_ref - logratio)).sigmoid()
+        )
         losses = desirable_losses.where(desirable, undesirable_losses)
 
         rewards = (self.beta * logratio).detach()

@@ -15,7 +15,13 @@ from typing import ClassVar
 
 import torch.nn.functional as F
 
-from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, check_positive, paired_metrics
+from prefopt.losses.base import (
+    LossOutput,
+    PairLogps,
+    PreferenceLoss,
+    check_positive,
+    paired_metrics,
+)
 
 
 @dataclass
