@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import register_configs
@@ -32,7 +32,9 @@ def config_dir() -> str:
     for candidate in (here / "conf", here.parents[1] / "conf"):
         if (candidate / "config.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"prefopt's conf/ directory was found neither in {here} nor in {here.parents[1]}")
+    raise FileNotFoundError(
+        f"prefopt's conf/ directory was found neither in {here} nor in {here.parents[1]}"
+    )
 
 
 @dataclass
@@ -44,7 +46,9 @@ class TrainResult:
 
 def check_config(cfg: DictConfig) -> PreferenceLoss:
     """Everything that can be checked before a model or dataset is touched."""
-    loss = instantiate(cfg.loss)
+    loss_params = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss_class = get_class(loss_params.pop("_target_"))
+    loss = loss_class(**loss_params)  # direct call, so a bad value raises its own clear error
     if not cfg.optim.lr > 0:
         raise ValueError(f"optim.lr={cfg.optim.lr}: the learning rate must be > 0")
     check_model_config(cfg.model, cfg.model.path)
@@ -54,7 +58,9 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    logger = start_run(cfg.logger, cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr))
+    logger = start_run(
+        cfg.logger, cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
+    )
     status = "FAILED"
     try:
         log_config(logger, cfg)
@@ -108,7 +114,11 @@ def _print_summary(metrics: dict[str, float], export_dir: Path | None, logger) -
     shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("val/")}
     lines = [f"  {k:<28} {v:.4f}" for k, v in shown.items()]
     log.info("final validation metrics:\n%s", "\n".join(lines) or "  (none)")
-    log.info("MLflow run %s — open with: mlflow ui --backend-store-uri %s", logger.run_id, logger._tracking_uri)
+    log.info(
+        "MLflow run %s — open with: mlflow ui --backend-store-uri %s",
+        logger.run_id,
+        logger._tracking_uri,
+    )
 
 
 register_configs()

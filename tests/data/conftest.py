@@ -40,7 +40,9 @@ def build_tokenizer(*, add_bos: bool = True, pad: bool = True) -> PreTrainedToke
     steps = [processors.ByteLevel(trim_offsets=True)]
     if add_bos:
         bos_id = backend.token_to_id("<s>")
-        steps.append(processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)]))
+        steps.append(
+            processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos_id)])
+        )
     backend.post_processor = processors.Sequence(steps)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -62,3 +64,17 @@ def tokenizer() -> PreTrainedTokenizerFast:
 def tokenizer_without_bos() -> PreTrainedTokenizerFast:
     return build_tokenizer(add_bos=False)
 
+
+@pytest.fixture(autouse=True)
+def datasets_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Keep `datasets`' cache (written by load_dataset on a local folder) out of the home dir."""
+    import datasets
+
+    monkeypatch.setattr(
+        datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf-datasets"
+    )
+
+
+@pytest.fixture
+def tokenizer_without_pad() -> PreTrainedTokenizerFast:
+    return build_tokenizer(pad=False)  # a fresh one: the data module sets its pad token

@@ -59,14 +59,15 @@ def test_prompt_and_completion_are_tokenized_together(tokenizer, prompt, complet
     assert example["chosen_input_ids"] == [bos, *body, eos]
     boundary = prompt_tokens_by_decoding(tokenizer, body, prompt)
     assert example["chosen_prompt_length"] == 1 + boundary
-    # The first completion token holds completion text (possibly with prompt text merged in).
-    first = tokenizer.decode(body[boundary : boundary + 1])
-    assert first.strip() and first.strip()[0] == completion.strip()[0]
+    # The first completion token reaches into the completion (it may also hold prompt text).
+    assert len(tokenizer.decode(body[: boundary + 1])) > len(prompt)
 
 
 def test_boundary_merge_is_real(tokenizer):
     """The premise of the test above: separate encodings would differ from the joint one."""
-    assert enc(tokenizer, "Question: hi ") + enc(tokenizer, "there") != enc(tokenizer, "Question: hi there")
+    assert enc(tokenizer, "Question: hi ") + enc(tokenizer, "there") != enc(
+        tokenizer, "Question: hi there"
+    )
     assert tokenizer.convert_ids_to_tokens(enc(tokenizer, "Question: hi there"))[-1] == "Ġthere"
 
 
@@ -104,7 +105,11 @@ def test_eos_exactly_once_at_the_end(tokenizer, chosen):
     for key in ("chosen_input_ids", "rejected_input_ids"):
         assert example[key][-1] == eos
         assert example[key].count(eos) == 1
-    assert example["chosen_input_ids"] == [tokenizer.bos_token_id, *enc(tokenizer, "Question: hi there"), eos]
+    assert example["chosen_input_ids"] == [
+        tokenizer.bos_token_id,
+        *enc(tokenizer, "Question: hi there"),
+        eos,
+    ]
 
 
 def test_chat_template_rendering(tokenizer):
@@ -154,7 +159,9 @@ def test_truncation_keeps_the_prompt_end_and_the_completion_start(tokenizer):
     rejected = "Go away, I am busy with other things."
     assert enc(tokenizer, prompt) + enc(tokenizer, chosen) == enc(tokenizer, prompt + chosen)
     max_length, max_prompt_length = 12, 5
-    example, reason = PairTokenizer(tokenizer, max_length, max_prompt_length)(plain(prompt, chosen, rejected))
+    example, reason = PairTokenizer(tokenizer, max_length, max_prompt_length)(
+        plain(prompt, chosen, rejected)
+    )
     assert reason is None
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -163,7 +170,10 @@ def test_truncation_keeps_the_prompt_end_and_the_completion_start(tokenizer):
         ids = example[f"{side}_input_ids"]
         assert len(ids) == max_length
         assert example[f"{side}_prompt_length"] == max_prompt_length
-        assert ids == prompt_kept + [*enc(tokenizer, completion), eos][: max_length - max_prompt_length]
+        assert (
+            ids
+            == prompt_kept + [*enc(tokenizer, completion), eos][: max_length - max_prompt_length]
+        )
     assert example["prompt_input_ids"] == prompt_kept
 
 
@@ -174,7 +184,11 @@ def test_short_prompt_is_not_cut_when_only_the_completion_is_long(tokenizer):
     assert example["chosen_input_ids"][: len(prompt_ids)] == prompt_ids
     assert example["chosen_prompt_length"] == len(prompt_ids)
     assert len(example["chosen_input_ids"]) == 10
-    assert example["rejected_input_ids"] == [*prompt_ids, *enc(tokenizer, "Go away"), tokenizer.eos_token_id]
+    assert example["rejected_input_ids"] == [
+        *prompt_ids,
+        *enc(tokenizer, "Go away"),
+        tokenizer.eos_token_id,
+    ]
 
 
 def test_pairs_without_a_preference_are_dropped_and_counted(tokenizer):

@@ -41,7 +41,9 @@ class PreferenceDataModule(L.LightningDataModule):
         self.toy_world = toy_world
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
-                raise ValueError("the tokenizer has neither a pad nor an eos token; give it a pad token")
+                raise ValueError(
+                    "the tokenizer has neither a pad nor an eos token; give it a pad token"
+                )
             # Padding is masked out everywhere, so any id works; eos is the customary stand-in,
             # and setting it on the tokenizer keeps generation and export consistent with training.
             tokenizer.pad_token = tokenizer.eos_token
@@ -58,7 +60,9 @@ class PreferenceDataModule(L.LightningDataModule):
         if len(train_rows) == 0:
             raise ValueError(f"{train_rows.origin}: no training rows")
         layout = detect_format(train_rows) if self.cfg.format == "auto" else self.cfg.format
-        pair_tokenizer = PairTokenizer(self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length)
+        pair_tokenizer = PairTokenizer(
+            self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
+        )
         stats: dict[str, int] = {}
         examples = {}
         for split, rows in (("train", train_rows), ("val", val_rows)):
@@ -81,13 +85,19 @@ class PreferenceDataModule(L.LightningDataModule):
             log.warning(
                 "%s: dropped %d of %d pairs that do not fit max_length=%d (max_prompt_length=%d) "
                 "with a completion left that tells chosen from rejected",
-                split, dropped[DROPPED_TOO_LONG], total, self.cfg.max_length, self.cfg.max_prompt_length,
-            )  # fmt: skip
+                split,
+                dropped[DROPPED_TOO_LONG],
+                total,
+                self.cfg.max_length,
+                self.cfg.max_prompt_length,
+            )
         if dropped[DROPPED_IDENTICAL]:
             log.warning(
                 "%s: dropped %d of %d pairs whose chosen and rejected are identical",
-                split, dropped[DROPPED_IDENTICAL], total,
-            )  # fmt: skip
+                split,
+                dropped[DROPPED_IDENTICAL],
+                total,
+            )
 
     def _collate(self):
         # A partial of a module-level function pickles, so worker processes can receive it.
@@ -118,7 +128,9 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _require_setup(self) -> None:
         if self.train_examples is None:
-            raise RuntimeError("PreferenceDataModule.setup() must run before asking for dataloaders")
+            raise RuntimeError(
+                "PreferenceDataModule.setup() must run before asking for dataloaders"
+            )
 
 
 def _split_stats(split: str, rows: int, kept: int, dropped: Counter[str]) -> dict[str, int]:

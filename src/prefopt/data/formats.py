@@ -73,7 +73,9 @@ def _layout_of(row: dict[str, Any], where: str) -> str:
     if isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
         return "explicit" if isinstance(row.get("prompt"), str) else "implicit"
     types = {k: type(row.get(k)).__name__ for k in ("prompt", "chosen", "rejected")}
-    raise ValueError(f"{where}: cannot tell the layout from the value types {types}; expected {_EXPECTED}")
+    raise ValueError(
+        f"{where}: cannot tell the layout from the value types {types}; expected {_EXPECTED}"
+    )
 
 
 def normalise(rows: Rows, fmt: str = "auto") -> list[Pair]:
@@ -96,17 +98,23 @@ def _explicit(row: dict[str, Any], where: str) -> Pair:
 
 
 def _implicit(row: dict[str, Any], where: str) -> Pair:
-    prompt, chosen, rejected = split_shared_prefix(_text(row, "chosen", where), _text(row, "rejected", where))
+    prompt, chosen, rejected = split_shared_prefix(
+        _text(row, "chosen", where), _text(row, "rejected", where)
+    )
     return Pair(prompt, chosen, rejected, where)
 
 
 def _text(row: dict[str, Any], key: str, where: str) -> str:
     if key not in row:
-        raise ValueError(f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}")
+        raise ValueError(
+            f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}"
+        )
     value = row[key]
     if not isinstance(value, str):
         hint = " (messages need data.format=conversational)" if isinstance(value, list) else ""
-        raise ValueError(f"{where}: field {key!r} is a {type(value).__name__}, expected a string{hint}")
+        raise ValueError(
+            f"{where}: field {key!r} is a {type(value).__name__}, expected a string{hint}"
+        )
     return value
 
 
@@ -156,7 +164,9 @@ def _conversational(row: dict[str, Any], where: str) -> Pair:
         prompt_messages, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
     else:
         prompt_messages = (
-            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(row, "prompt", where)
+            [{"role": "user", "content": prompt}]
+            if isinstance(prompt, str)
+            else _messages(row, "prompt", where)
         )
         chosen = _after_prompt(chosen, prompt_messages)
         rejected = _after_prompt(rejected, prompt_messages)
@@ -170,17 +180,25 @@ def _conversational(row: dict[str, Any], where: str) -> Pair:
 
 def _messages(row: dict[str, Any], key: str, where: str) -> list[Message]:
     if key not in row:
-        raise ValueError(f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}")
+        raise ValueError(
+            f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}"
+        )
     value = row[key]
     if isinstance(value, str):
         # A plain-string completion next to a message-list prompt is the assistant's reply.
         return [{"role": "assistant", "content": value}]
     if not isinstance(value, list):
-        raise ValueError(f"{where}: field {key!r} is a {type(value).__name__}, expected a list of messages")
+        raise ValueError(
+            f"{where}: field {key!r} is a {type(value).__name__}, expected a list of messages"
+        )
     if not value:
         raise ValueError(f"{where}: field {key!r} is an empty list of messages")
     for j, message in enumerate(value):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and "content" in message):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and "content" in message
+        ):
             raise ValueError(
                 f"{where}: field {key!r} message {j} is {message!r:.80}; expected {{'role': str, 'content': ...}}"
             )

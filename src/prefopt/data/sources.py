@@ -44,7 +44,10 @@ class Rows:
 
     def subset(self, indices: list[int]) -> Rows:
         return Rows(
-            self.origin, [self.rows[i] for i in indices], [self.numbers[i] for i in indices], self.unit
+            self.origin,
+            [self.rows[i] for i in indices],
+            [self.numbers[i] for i in indices],
+            self.unit,
         )
 
 
@@ -198,7 +201,9 @@ def read_dataset(name_or_path: str, split: str, max_rows: int | None = None) -> 
 
 def _is_saved_dataset(path: Path) -> bool:
     # save_to_disk writes state.json (one Dataset) or dataset_dict.json (a DatasetDict).
-    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+    return path.is_dir() and (
+        (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +240,8 @@ def _load_train_and_val(
     read = read_dataset if cfg.source == "hub" else _read_local
     train = read(cfg.path, cfg.split, cap)
     if cfg.val_path:
+        if Path(cfg.val_path).is_file():  # a validation file also serves a hub training set
+            return train, read_file(cfg.val_path)
         return train, read(cfg.val_path, cfg.val_split or cfg.split, None)
     if cfg.val_split:
         if cfg.source == "local" and not Path(cfg.path).is_dir():
@@ -275,6 +282,7 @@ def remap_columns(rows: Rows, columns: dict[str, str]) -> Rows:
     """Rename source columns to canonical names: `columns = {canonical: source_name}`."""
     if not columns or not rows.rows:
         return rows
+    sources = set(columns.values())
     renamed = []
     for i, row in enumerate(rows.rows):
         missing = [source for source in columns.values() if source not in row]
@@ -283,7 +291,6 @@ def remap_columns(rows: Rows, columns: dict[str, str]) -> Rows:
                 f"{rows.where(i)}: data.columns maps to {missing} but the row has columns "
                 f"{sorted(row)}; fix data.columns ({{canonical: your_column}})"
             )
-        sources = set(columns.values())
         new = {k: v for k, v in row.items() if k not in sources}
         new.update({canonical: row[source] for canonical, source in columns.items()})
         renamed.append(new)

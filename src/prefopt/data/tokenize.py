@@ -124,7 +124,9 @@ class PairTokenizer:
     def _encode(self, full_text: str, prompt_chars: int, add_eos: bool) -> tuple[list[int], int]:
         """(ids, prompt_length) of a full text whose first `prompt_chars` characters are prompt."""
         if self.use_offsets:
-            encoding = self.tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+            encoding = self.tokenizer(
+                full_text, add_special_tokens=False, return_offsets_mapping=True
+            )
             ids = list(encoding["input_ids"])
             ends = [end for _, end in encoding["offset_mapping"]]
             prompt_length = next((i for i, end in enumerate(ends) if end > prompt_chars), len(ids))
@@ -133,7 +135,11 @@ class PairTokenizer:
             prompt_length = common_prefix_length(ids, self._ids(full_text[:prompt_chars]))
         if self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids, prompt_length = [self.bos_id, *ids], prompt_length + 1
-        if add_eos and self.eos_id is not None and (len(ids) == prompt_length or ids[-1] != self.eos_id):
+        if (
+            add_eos
+            and self.eos_id is not None
+            and (len(ids) == prompt_length or ids[-1] != self.eos_id)
+        ):
             ids.append(self.eos_id)
         return ids, prompt_length
 
