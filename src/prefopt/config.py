@@ -70,7 +70,7 @@ class DataConfig:
     """Hub split used for validation; null = hold out `val_fraction` of the training split."""
     val_fraction: float = 0.05
     format: str = "auto"
-    """auto, explicit (prompt/chosen/rejected strings), conversational (role/content messages) or implicit (chosen/rejected share the prompt as prefix)."""
+    """auto, explicit (prompt/chosen/rejected strings), conversational (role/content messages), implicit (chosen/rejected share the prompt as prefix) or unpaired (prompt/completion/label, for KTO)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Rename columns: {canonical: yours}, e.g. {prompt: question, chosen: good, rejected: bad}."""
     max_length: int = 512

@@ -81,9 +81,11 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResul
     reference_path = cfg.model.reference_path or policy_path
 
     tokenizer = load_tokenizer(policy_path, cfg.model)
-    datamodule = PreferenceDataModule(cfg.data, tokenizer, toy_world=world)
+    datamodule = PreferenceDataModule(cfg.data, tokenizer, toy_world=world, paired=loss.paired)
     datamodule.setup("fit")
     logger.log_hyperparams({f"data_stats/{k}": v for k, v in datamodule.stats.items()})
+    if advice := loss.check_data(datamodule.stats):
+        log.warning(advice)
 
     policy = load_causal_lm(policy_path, cfg.model)
     reference = load_causal_lm(reference_path, cfg.model) if loss.needs_reference else None

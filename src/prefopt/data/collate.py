@@ -21,6 +21,11 @@ def collate_pairs(examples: Sequence[TokenizedPair], pad_token_id: int) -> dict[
     """`input_ids`, `attention_mask` (long) and `completion_mask` (bool), each [2B, T], right padded."""
     sequences = [(e["chosen_input_ids"], e["chosen_prompt_length"]) for e in examples]
     sequences += [(e["rejected_input_ids"], e["rejected_prompt_length"]) for e in examples]
+    return pad_sequences(sequences, pad_token_id)
+
+
+def pad_sequences(sequences: Sequence[tuple[list[int], int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (ids, prompt_length) rows into `input_ids`, `attention_mask`, `completion_mask`."""
     width = max(len(ids) for ids, _ in sequences)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)

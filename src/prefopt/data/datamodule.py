@@ -14,13 +14,22 @@ from torch.utils.data import DataLoader
 from prefopt.config import DataConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.formats import detect_format, normalise
-from prefopt.data.sources import ToyWorldFiles, load_rows
+from prefopt.data.sources import Rows, ToyWorldFiles, load_rows
 from prefopt.data.tokenize import (
     DROPPED_IDENTICAL,
     DROPPED_TOO_LONG,
     PairTokenizer,
     TokenizedPair,
     tokenize_pairs,
+)
+from prefopt.data.unpaired import (
+    ExampleTokenizer,
+    TokenizedExample,
+    collate_unpaired,
+    is_unpaired,
+    normalise_unpaired,
+    split_pairs,
+    tokenize_examples,
 )
 
 log = logging.getLogger("prefopt.data")
@@ -34,9 +43,18 @@ class PreferenceDataModule(L.LightningDataModule):
     for the trainer to log.
     """
 
-    def __init__(self, cfg: DataConfig, tokenizer: Any, toy_world: ToyWorldFiles | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer: Any,
+        toy_world: ToyWorldFiles | None = None,
+        paired: bool = True,
+    ):
+        """`paired=False` (KTO) yields labelled examples: unpaired rows as they are, paired rows
+        split into a desirable and an undesirable example each (see `unpaired.py`)."""
         super().__init__()
         self.cfg = cfg
+        self.paired = paired
         self.tokenizer = tokenizer
         self.toy_world = toy_world
         if tokenizer.pad_token_id is None:
@@ -49,8 +67,8 @@ class PreferenceDataModule(L.LightningDataModule):
             tokenizer.pad_token = tokenizer.eos_token
             log.info("tokenizer has no pad token; using eos %r as pad", tokenizer.eos_token)
         self.pad_token_id: int = tokenizer.pad_token_id
-        self.train_examples: list[TokenizedPair] | None = None
-        self.val_examples: list[TokenizedPair] | None = None
+        self.train_examples: list[TokenizedPair] | list[TokenizedExample] | None = None
+        self.val_examples: list[TokenizedPair] | list[TokenizedExample] | None = None
         self.stats: dict[str, int] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -59,17 +77,19 @@ class PreferenceDataModule(L.LightningDataModule):
         train_rows, val_rows = load_rows(self.cfg, self.toy_world)
         if len(train_rows) == 0:
             raise ValueError(f"{train_rows.origin}: no training rows")
-        layout = detect_format(train_rows) if self.cfg.format == "auto" else self.cfg.format
-        pair_tokenizer = PairTokenizer(
-            self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
-        )
+        layout = self._layout(train_rows)
         stats: dict[str, int] = {}
         examples = {}
         for split, rows in (("train", train_rows), ("val", val_rows)):
-            pairs = normalise(rows, layout)
-            kept, dropped = tokenize_pairs(pairs, pair_tokenizer, desc=f"tokenizing {split}")
-            stats.update(_split_stats(split, len(rows), len(kept), dropped))
-            self._log_dropped(split, len(pairs), dropped)
+            if self.paired:
+                kept, dropped = self._tokenize_pairs(split, rows, layout)
+                stats.update(_split_stats(split, len(rows), len(kept), dropped))
+            else:
+                kept, dropped = self._tokenize_examples(split, rows, layout)
+                stats.update(_split_stats(split, len(rows), len(kept), dropped, unit="examples"))
+                stats[f"{split}_desirable"] = sum(e["desirable"] for e in kept)
+                stats[f"{split}_undesirable"] = len(kept) - stats[f"{split}_desirable"]
+            self._log_dropped(split, len(rows), dropped)
             examples[split] = kept
         if not examples["train"]:
             raise ValueError(
@@ -79,6 +99,30 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_examples, self.val_examples = examples["train"], examples["val"]
         self.stats = stats
         log.info("data (%s layout): %s", layout, stats)
+
+    def _layout(self, rows: Rows) -> str:
+        if self.cfg.format == "unpaired" or (
+            self.cfg.format == "auto" and len(rows) and is_unpaired(rows.rows[0])
+        ):
+            if self.paired:
+                raise ValueError(
+                    f"{rows.origin}: holds unpaired (prompt, completion, label) rows, but this loss "
+                    "trains on pairs (prompt, chosen, rejected); use loss=kto or paired data"
+                )
+            return "unpaired"
+        return detect_format(rows) if self.cfg.format == "auto" else self.cfg.format
+
+    def _tokenize_pairs(self, split: str, rows: Rows, layout: str):
+        pair_tokenizer = PairTokenizer(self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length)
+        return tokenize_pairs(normalise(rows, layout), pair_tokenizer, desc=f"tokenizing {split}")
+
+    def _tokenize_examples(self, split: str, rows: Rows, layout: str):
+        if layout == "unpaired":
+            examples = normalise_unpaired(rows)
+        else:
+            examples = split_pairs(normalise(rows, layout), seed=self.cfg.seed)
+        example_tokenizer = ExampleTokenizer(self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length)
+        return tokenize_examples(examples, example_tokenizer, desc=f"tokenizing {split}")
 
     def _log_dropped(self, split: str, total: int, dropped: Counter[str]) -> None:
         if dropped[DROPPED_TOO_LONG]:
@@ -101,7 +145,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _collate(self):
         # A partial of a module-level function pickles, so worker processes can receive it.
-        return functools.partial(collate_pairs, pad_token_id=self.pad_token_id)
+        collate = collate_pairs if self.paired else collate_unpaired
+        return functools.partial(collate, pad_token_id=self.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
@@ -133,10 +178,12 @@ class PreferenceDataModule(L.LightningDataModule):
             )
 
 
-def _split_stats(split: str, rows: int, kept: int, dropped: Counter[str]) -> dict[str, int]:
+def _split_stats(
+    split: str, rows: int, kept: int, dropped: Counter[str], unit: str = "pairs"
+) -> dict[str, int]:
     return {
         f"{split}_rows": rows,
-        f"{split}_pairs": kept,
+        f"{split}_{unit}": kept,
         f"{split}_dropped_too_long": dropped[DROPPED_TOO_LONG],
         f"{split}_dropped_identical": dropped[DROPPED_IDENTICAL],
     }

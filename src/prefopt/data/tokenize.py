@@ -89,22 +89,35 @@ class PairTokenizer:
 
     def _texts(self, pair: Pair) -> tuple[str, str, str]:
         """The prompt text and the two full texts (prompt + completion)."""
-        if not pair.conversational:
-            return pair.prompt, pair.prompt + pair.chosen, pair.prompt + pair.rejected
-        prompt_text = self._render(pair.prompt, pair.where, generation_prompt=True)
-        fulls = []
-        for completion in (pair.chosen, pair.rejected):
-            full = self._render(pair.prompt + completion, pair.where, generation_prompt=False)
-            if not full.startswith(prompt_text):
-                raise ValueError(
-                    f"{pair.where}: the chat template's rendering of the conversation does not start "
-                    f"with its rendering of the prompt plus generation header ({prompt_text[-40:]!r}), "
-                    "so the completion cannot be located; the completion must begin with an "
-                    "assistant message, and the template must render add_generation_prompt=True "
-                    "as the start of that message"
-                )
-            fulls.append(full)
-        return prompt_text, fulls[0], fulls[1]
+        prompt_text = self._prompt_text(pair.prompt, pair.where)
+        chosen = self._full_text(pair.prompt, prompt_text, pair.chosen, pair.where)
+        rejected = self._full_text(pair.prompt, prompt_text, pair.rejected, pair.where)
+        return prompt_text, chosen, rejected
+
+    def _prompt_text(self, prompt: str | list[Message], where: str) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self._render(prompt, where, generation_prompt=True)
+
+    def _full_text(
+        self,
+        prompt: str | list[Message],
+        prompt_text: str,
+        completion: str | list[Message],
+        where: str,
+    ) -> str:
+        if isinstance(prompt, str):
+            return prompt + completion
+        full = self._render(prompt + completion, where, generation_prompt=False)
+        if not full.startswith(prompt_text):
+            raise ValueError(
+                f"{where}: the chat template's rendering of the conversation does not start "
+                f"with its rendering of the prompt plus generation header ({prompt_text[-40:]!r}), "
+                "so the completion cannot be located; the completion must begin with an "
+                "assistant message, and the template must render add_generation_prompt=True "
+                "as the start of that message"
+            )
+        return full
 
     def _render(self, messages: list[Message], where: str, generation_prompt: bool) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:

@@ -80,6 +80,10 @@ class PreferenceLoss:
         """Paired losses take `PairLogps`; unpaired ones `UnpairedLogps` (see `paired`)."""
         raise NotImplementedError
 
+    def check_data(self, stats: dict[str, int]) -> str | None:
+        """A warning about the training data for this loss (the data module's `stats`), or None."""
+        return None
+
     def describe(self) -> str:
         """Short label with the key hyperparameters, used in MLflow run names."""
         parts = [self.name]

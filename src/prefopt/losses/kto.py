@@ -74,6 +74,9 @@ class KTOLoss(PreferenceLoss):
         }
         return LossOutput(loss=losses.mean(), metrics=metrics)
 
+    def check_data(self, stats: dict[str, int]) -> str | None:
+        return self.weight_advice(stats["train_desirable"], stats["train_undesirable"])
+
     def weight_advice(self, n_desirable: int, n_undesirable: int) -> str | None:
         """A warning when λ_D·n_D / (λ_U·n_U) lies outside the paper's [1, 4/3], with a fix."""
         if n_desirable == 0 or n_undesirable == 0:
