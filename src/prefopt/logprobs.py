@@ -28,4 +28,3 @@ def completion_logps(model: nn.Module, batch: dict[str, Tensor]) -> CompletionLo
     labels = input_ids[:, 1:]
     logps = token_logps(logits[:, :-1], labels) * scored
     return CompletionLogps(summed=logps.sum(-1), token_counts=scored.sum(-1))
-

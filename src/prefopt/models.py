@@ -21,7 +21,9 @@ def check_model_config(cfg: ModelConfig, path: str) -> None:
         raise ValueError(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
         if value and _looks_local(value) and not Path(value).exists():
-            raise FileNotFoundError(f"{key}={value}: no such directory; give a saved checkpoint or a hub id")
+            raise FileNotFoundError(
+                f"{key}={value}: no such directory; give a saved checkpoint or a hub id"
+            )
 
 
 def _looks_local(path: str) -> bool:

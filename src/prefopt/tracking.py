@@ -21,7 +21,7 @@ def resolve_tracking_uri(uri: str) -> str:
     """Make a relative sqlite path absolute, so every process of a sweep writes one database."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -65,4 +65,3 @@ def set_tags(logger: MLFlowLogger, tags: dict[str, str]) -> None:
 def finish_run(logger: MLFlowLogger, status: str) -> None:
     """End the run with FINISHED, FAILED or KILLED (overriding Lightning's own end-of-fit status)."""
     logger.experiment.set_terminated(logger.run_id, status)
-
