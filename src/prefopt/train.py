@@ -42,6 +42,7 @@ class TrainResult:
     run_id: str
     export_dir: Path | None
     metrics: dict[str, float]
+    module: PreferenceModule
 
 
 def check_config(cfg: DictConfig) -> PreferenceLoss:
@@ -109,7 +110,7 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResul
         set_tags(logger, {"prefopt.export_dir": str(export_dir.resolve())})
         log.info("aligned policy saved to %s", export_dir)
     _print_summary(metrics, export_dir, logger)
-    return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics)
+    return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=module)
 
 
 def _print_summary(metrics: dict[str, float], export_dir: Path | None, logger) -> None:

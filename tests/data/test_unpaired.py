@@ -113,3 +113,20 @@ def test_csv_labels_as_text(tmp_path, tokenizer):
     dm.setup()
     assert [e["desirable"] for e in dm.train_examples] == [True, False]
     assert torch.is_tensor(next(iter(dm.train_dataloader()))["desirable"])
+
+
+def test_toy_pairs_as_unpaired_rows(tmp_path, tokenizer):
+    """Each toy review becomes one example labelled by the sign of its reward; reward 0 is dropped."""
+    from types import SimpleNamespace
+
+    pairs = [
+        {"prompt": "p0 :", "chosen": " good", "rejected": " bad", "chosen_reward": 1, "rejected_reward": -1},
+        {"prompt": "p1 :", "chosen": " fine", "rejected": " meh", "chosen_reward": 2, "rejected_reward": 0},
+    ]
+    world = SimpleNamespace(train_path=write_jsonl(tmp_path / "train.jsonl", pairs),
+                            val_path=write_jsonl(tmp_path / "val.jsonl", pairs[:1]))
+    dm = PreferenceDataModule(DataConfig(source="toy", format="unpaired"), tokenizer, toy_world=world, paired=False)
+    dm.setup()
+    assert dm.stats["train_examples"] == 3
+    assert dm.stats["train_desirable"] == 2 and dm.stats["train_undesirable"] == 1
+    assert dm.stats["val_examples"] == 2

@@ -232,7 +232,10 @@ def _load_train_and_val(
             raise ValueError(
                 "data.source=toy needs the toy world; pass toy_world= to PreferenceDataModule"
             )
-        return _first(read_file(toy_world.train_path), cap), read_file(toy_world.val_path)
+        train, val = _first(read_file(toy_world.train_path), cap), read_file(toy_world.val_path)
+        if cfg.format == "unpaired":
+            return toy_unpaired(train), toy_unpaired(val)
+        return train, val
     if cfg.source not in ("local", "hub"):
         raise ValueError(f"data.source={cfg.source!r} is not one of: toy, local, hub")
     if cfg.path is None:
@@ -251,6 +254,19 @@ def _load_train_and_val(
             )
         return train, read(cfg.path, cfg.val_split, None)
     return train, None
+
+
+def toy_unpaired(pairs: Rows) -> Rows:
+    """The toy pairs as thumbs-up/down data: every sampled review on its own, desirable when
+    its ground-truth reward is positive, undesirable when negative (reward 0 says neither)."""
+    rows, numbers = [], []
+    for row, number in zip(pairs.rows, pairs.numbers, strict=True):
+        for side in ("chosen", "rejected"):
+            reward = row[f"{side}_reward"]
+            if reward != 0:
+                rows.append({"prompt": row["prompt"], "completion": row[side], "label": reward > 0})
+                numbers.append(number)
+    return Rows(pairs.origin, rows, numbers, pairs.unit)
 
 
 def _read_local(path: str, split: str, cap: int | None) -> Rows:

@@ -1,0 +1,40 @@
+"""Each loss trains end to end on the toy world through the real entry point."""
+
+import pytest
+
+from prefopt import train as train_module
+from prefopt.train import train
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["loss=ipo"], ["loss=simpo"], ["loss=kto"], ["loss=kto", "data=toy_unpaired"]],
+    ids=["ipo", "simpo", "kto-paired", "kto-unpaired"],
+)
+def test_each_loss_learns_the_toy_preference(compose_config, overrides):
+    result = train(compose_config(*overrides, "export=false"))
+    metrics = result.metrics
+    assert metrics["val/rewards/chosen"] > metrics["val/rewards/rejected"], metrics
+    if "val/rewards/accuracies" in metrics:
+        assert metrics["val/rewards/accuracies"] > 0.5, metrics
+
+
+def test_simpo_never_loads_or_runs_a_reference(compose_config, monkeypatch):
+    loaded = []
+    real_load = train_module.load_causal_lm
+
+    def counting_load(path, cfg):
+        loaded.append(path)
+        return real_load(path, cfg)
+
+    monkeypatch.setattr(train_module, "load_causal_lm", counting_load)
+    result = train(compose_config("loss=simpo", "export=false", "trainer.max_steps=3"))
+    assert len(loaded) == 1  # the policy only
+    assert result.module.reference is None
+
+
+def test_dpo_runs_its_reference_once_per_batch(compose_config):
+    result = train(compose_config("export=false", "trainer.max_steps=4", "trainer.limit_val_batches=2",
+                                  "trainer.val_check_interval=2"))
+    # 4 training batches + 2 validations of 2 batches each
+    assert result.module.reference.forward_calls == 4 + 2 * 2
