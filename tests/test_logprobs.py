@@ -1,5 +1,6 @@
 """Completion log-probs: shifted by one, prompt and padding masked, summed per sequence."""
 
+import pytest
 import torch
 
 from prefopt.logprobs import completion_logps
@@ -34,3 +35,27 @@ def test_padding_and_prompt_do_not_change_the_completion_logps(tiny_model_factor
     padded = {k: torch.nn.functional.pad(v, (0, 3)) for k, v in batch.items()}
     after = completion_logps(model, padded).summed
     torch.testing.assert_close(before, after, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1024])
+def test_chunked_logps_and_gradients_equal_the_full_logits_path(tiny_model_factory, batch, chunk_size):
+    """Chunked (only completion positions, recomputed in backward) vs full [N, T, V] logits."""
+    model = tiny_model_factory()
+    full = completion_logps(model, batch, chunk_size=None)
+    full_grads = torch.autograd.grad(full.summed.sum(), list(model.parameters()))
+    chunked = completion_logps(model, batch, chunk_size=chunk_size)
+    chunked_grads = torch.autograd.grad(chunked.summed.sum(), list(model.parameters()))
+
+    torch.testing.assert_close(chunked.summed, full.summed, atol=1e-5, rtol=0)
+    assert chunked.token_counts.tolist() == full.token_counts.tolist()
+    for a, b in zip(chunked_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_models_with_logit_softcapping_take_the_full_path(tiny_model_factory, batch):
+    model = tiny_model_factory()
+    model.config.final_logit_softcapping = 30.0  # as in Gemma 2: logits are not lm_head(h)
+    from prefopt.logprobs import _split_model
+
+    assert _split_model(model) is None
+    assert _split_model(tiny_model_factory()) is not None
