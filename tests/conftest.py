@@ -75,8 +75,13 @@ def toy_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("toy_cache")
 
 
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("reference_cache")
+
+
 @pytest.fixture
-def compose_config(toy_cache, tmp_path):
+def compose_config(toy_cache, reference_cache, tmp_path):
     """Compose conf/config.yaml as `python -m prefopt.train` would, pointed at tmp paths."""
     from hydra import compose, initialize_config_dir
 
@@ -88,6 +93,7 @@ def compose_config(toy_cache, tmp_path):
         defaults = [
             *SMALL_TOY,
             f"toy.cache_dir={toy_cache}",
+            f"reference.cache_dir={reference_cache}",
             f"output_dir={tmp_path / 'out'}",
             f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "trainer.enable_progress_bar=false",

@@ -33,8 +33,8 @@ def test_simpo_never_loads_or_runs_a_reference(compose_config, monkeypatch):
     assert result.module.reference is None
 
 
-def test_dpo_runs_its_reference_once_per_batch(compose_config):
-    result = train(compose_config("export=false", "trainer.max_steps=4", "trainer.limit_val_batches=2",
+def test_online_dpo_runs_its_reference_once_per_batch(compose_config):
+    result = train(compose_config("export=false", "reference.cache=false", "trainer.max_steps=4", "trainer.limit_val_batches=2",
                                   "trainer.val_check_interval=2"))
     # 4 training batches + 2 validations of 2 batches each
     assert result.module.reference.forward_calls == 4 + 2 * 2

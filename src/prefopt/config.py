@@ -46,7 +46,7 @@ class ToyWorldConfig:
     n_test_prompts: int = 200
     sft_texts: int = 6000
     sft_steps: int = 400
-    sft_batch_size: int = 64
+    sft_batch_size: int = 32
     sft_lr: float = 3e-3
     hidden_size: int = 128
     num_layers: int = 2
@@ -131,6 +131,15 @@ class LoggerConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    cache: bool = True
+    """Compute the reference log-probs of all data once, before training, and reuse them (also
+    across the jobs of a sweep); false = run the reference model at every step."""
+    cache_dir: str | None = None
+    """null = $PREFOPT_CACHE/reference, or ~/.cache/prefopt/reference."""
+
+
+@dataclass
 class Config:
     loss: Any = MISSING
     model: ModelConfig = MISSING
@@ -139,11 +148,14 @@ class Config:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     seed: int = 0
     output_dir: str = MISSING
     """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
     export: bool = True
     """Save the aligned policy and tokenizer with `save_pretrained` at the end."""
+    objective: str = "val/rewards/accuracies"
+    """The final metric a run returns to Hydra: what an optimising sweeper (Optuna) maximises."""
 
 
 def loss_schema(loss_cls: type) -> type:

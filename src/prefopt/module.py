@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from prefopt.config import OptimConfig
 from prefopt.logprobs import completion_logps
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
-from prefopt.reference import FrozenReference
+from prefopt.reference import CachedReference, FrozenReference
 
 
 class PreferenceModule(L.LightningModule):
@@ -29,23 +29,25 @@ class PreferenceModule(L.LightningModule):
         policy: nn.Module,
         loss: PreferenceLoss,
         optim: OptimConfig,
-        reference: nn.Module | None = None,
+        reference: nn.Module | FrozenReference | CachedReference | None = None,
     ):
         super().__init__()
         if loss.needs_reference and reference is None:
             raise ValueError(f"loss '{loss.name}' needs a reference model, none was given")
-        self.policy = policy
+        self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps modes
         self.loss = loss
         self.optim = optim
-        self.reference = FrozenReference(reference) if reference is not None else None
+        if isinstance(reference, nn.Module):
+            reference = FrozenReference(reference)
+        self.reference = reference
 
-    def compute_loss(self, batch: dict[str, Tensor]) -> LossOutput:
+    def compute_loss(self, batch: dict[str, Tensor], split: str = "train") -> LossOutput:
         n_examples = examples_in(batch)
         if self.loss.paired:
             policy = PairLogps(*completion_logps(self.policy, batch).split(n_examples))
             reference = None
             if self.loss.needs_reference:
-                reference = PairLogps(*self.reference.logps(batch).split(n_examples))
+                reference = PairLogps(*self.reference.logps(batch, split).split(n_examples))
             return self.loss(policy, reference)
 
         own, mismatched = split_rows(batch, n_examples)
@@ -53,7 +55,7 @@ class PreferenceModule(L.LightningModule):
             policy_mismatched = completion_logps(self.policy, mismatched)
         desirable = batch["desirable"]
         policy = UnpairedLogps(completion_logps(self.policy, own), policy_mismatched, desirable)
-        reference = UnpairedLogps(*self.reference.logps(batch).split(n_examples), desirable)
+        reference = UnpairedLogps(*self.reference.logps(batch, split).split(n_examples), desirable)
         return self.loss(policy, reference, mean_across_devices=self._mean_across_devices)
 
     def _mean_across_devices(self, value: Tensor) -> Tensor:
@@ -65,7 +67,7 @@ class PreferenceModule(L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        out = self.compute_loss(batch)
+        out = self.compute_loss(batch, "val")
         self._log_metrics("val", out, batch)
 
     def _log_metrics(self, stage: str, out: LossOutput, batch: dict[str, Tensor]) -> None:

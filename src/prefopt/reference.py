@@ -1,17 +1,35 @@
-"""The frozen reference policy π_ref.
+"""The frozen reference policy π_ref: run online, or its log-probs computed once and cached.
 
-It is held outside the LightningModule's submodules on purpose: it is then never in the
-optimizer, never in a checkpoint, never switched to train mode by Lightning, and never
-touched by gradient clipping. It runs in eval mode under `no_grad`.
+The online reference is held outside the LightningModule's submodules on purpose: it is then
+never in the optimizer, never in a checkpoint, never switched to train mode by Lightning, and
+never touched by gradient clipping. It runs in eval mode under `no_grad`.
+
+The reference never changes, so its log-probs of every training and validation sequence can be
+computed once, before training, and stored on disk (`ReferenceCache`). The cache key hashes
+the reference checkpoint's files, the tokenized data and the log-prob settings; a run whose key
+matches (the next job of a β or lr sweep, say) never loads the reference model at all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from prefopt.logprobs import completion_logps
 from prefopt.losses.base import CompletionLogps
+
+log = logging.getLogger("prefopt.reference")
+
+CACHE_FORMAT = 1
+"""Bump when the way reference log-probs are computed changes: old caches then miss."""
 
 
 class FrozenReference:
@@ -23,9 +41,141 @@ class FrozenReference:
         """How many batches the reference has scored (lets tests and benchmarks count them)."""
 
     @torch.no_grad()
-    def logps(self, batch: dict[str, Tensor]) -> CompletionLogps:
+    def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
         device = batch["input_ids"].device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
         self.forward_calls += 1
         return completion_logps(self.model, batch)
+
+
+class CachedReference:
+    """Reference log-probs looked up by (split, example index, row kind) instead of computed.
+
+    `table[split]` is [n_examples, 2]: column 0 the first half of a batch's rows (chosen, or
+    KTO's own completion), column 1 the second half (rejected, or KTO's mismatched pair).
+    """
+
+    def __init__(self, table: dict[str, Tensor], computed: int = 0):
+        self.table = table
+        self.forward_calls = 0
+        """Reference forwards during training: always 0 here."""
+        self.precompute_calls = computed
+        """Batches the reference model scored to build this cache in this run (0 on a hit)."""
+
+    def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
+        index = batch["example_index"].cpu()
+        values = self.table[split][index]  # [B, 2]
+        summed = torch.cat([values[:, 0], values[:, 1]]).to(batch["input_ids"].device)
+        return CompletionLogps(summed=summed, token_counts=batch["completion_mask"][:, 1:].sum(-1))
+
+
+def prepare_reference(
+    cfg, reference_path: str, datamodule, load_model
+) -> FrozenReference | CachedReference:
+    """The reference for training: cached log-probs when `cfg.reference.cache` allows, else the
+    model itself. On a cache miss the model is loaded once, scores all data, and is dropped."""
+    if not cfg.reference.cache:
+        return FrozenReference(load_model(reference_path))
+    if not Path(reference_path).is_dir():
+        log.info(
+            "reference log-probs: %s is not a local checkpoint; running it online", reference_path
+        )
+        return FrozenReference(load_model(reference_path))
+    settings = {
+        "dtype": cfg.model.dtype,
+        "paired": datamodule.paired,
+        # KTO's mismatched rows depend on how examples are grouped into batches.
+        "batching": None if datamodule.paired else [cfg.data.batch_size, cfg.data.seed],
+    }
+    examples = {"train": datamodule.train_examples, "val": datamodule.val_examples or []}
+    key = cache_key(checkpoint_fingerprint(reference_path), examples, settings)
+    path = Path(cfg.reference.cache_dir or default_cache_dir()) / f"{key}.pt"
+    cached = load_cache(path)
+    if cached is not None:
+        return cached
+    log.info("reference log-probs: no cache yet, computing them once for %s", reference_path)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    online = FrozenReference(load_model(reference_path).to(device))
+    table = compute_table(online, datamodule.reference_loaders(), device)
+    save_cache(path, table)
+    return CachedReference(table, computed=online.forward_calls)
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """Hash of a checkpoint directory's weight and config files (content, not timestamps)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"reference checkpoint {path} is not a local directory")
+    digest = hashlib.blake2b(digest_size=16)
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.suffix in (".safetensors", ".bin", ".json") and p.name != "generation_config.json"
+    )
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(fingerprint: str, examples: dict[str, list[dict]], settings: dict) -> str:
+    """One key for the reference weights, every tokenized example and the settings that matter."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(
+        json.dumps(
+            {"format": CACHE_FORMAT, "reference": fingerprint, **settings}, sort_keys=True
+        ).encode()
+    )
+    for split in sorted(examples):
+        digest.update(split.encode())
+        for example in examples[split]:
+            digest.update(json.dumps(example, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("PREFOPT_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "prefopt") / "reference"
+
+
+def load_cache(path: Path) -> CachedReference | None:
+    if not path.is_file():
+        return None
+    table = torch.load(path, weights_only=True)
+    log.info("reference log-probs: cache hit %s (the reference model is not loaded)", path)
+    return CachedReference(table)
+
+
+@torch.no_grad()
+def compute_table(
+    reference: FrozenReference, loaders: dict[str, object], device: torch.device
+) -> dict[str, Tensor]:
+    """Score every example of each split's (unshuffled) loader once, with a progress bar."""
+    table = {}
+    for split, loader in loaders.items():
+        n = len(loader.dataset) if hasattr(loader, "dataset") else 0
+        values = torch.full((n, 2), float("nan"))
+        for batch in tqdm(loader, desc=f"reference log-probs ({split})", leave=False):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            half = batch["input_ids"].shape[0] // 2
+            first, second = reference.logps(batch).split(half)
+            index = batch["example_index"].cpu()
+            values[index, 0] = first.summed.float().cpu()
+            values[index, 1] = second.summed.float().cpu()
+        if values.isnan().any():
+            raise RuntimeError(f"reference cache: some {split} examples were never scored")
+        table[split] = values
+    return table
+
+
+def save_cache(path: Path, table: dict[str, Tensor]) -> None:
+    """Write atomically: a killed job leaves no half-written cache behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        torch.save(table, handle)
+        tmp = Path(handle.name)
+    os.replace(tmp, path)
+    log.info("reference log-probs cached in %s", path)

@@ -20,6 +20,8 @@ from prefopt.data import PreferenceDataModule
 from prefopt.losses.base import PreferenceLoss
 from prefopt.models import check_model_config, load_causal_lm, load_tokenizer
 from prefopt.module import PreferenceModule
+from prefopt.reference import prepare_reference
+from prefopt.sweep import sweep_job
 from prefopt.toy import ToyWorld, build_toy_world
 from prefopt.tracking import default_run_name, finish_run, log_config, set_tags, start_run
 
@@ -59,12 +61,16 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    logger = start_run(
-        cfg.logger, cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
-    )
+    sweep = sweep_job(cfg)  # None unless this is a job of a --multirun
+    run_name = cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
+    if sweep and not cfg.logger.run_name:
+        run_name = sweep.run_name(run_name, cfg)
+    logger = start_run(cfg.logger, run_name, extra_tags=sweep.tags if sweep else None)
     status = "FAILED"
     try:
         log_config(logger, cfg)
+        if sweep:
+            logger.log_hyperparams(sweep.params)
         result = _fit_and_export(cfg, loss, logger)
         status = "FINISHED"
         return result
@@ -88,8 +94,12 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResul
     if advice := loss.check_data(datamodule.stats):
         log.warning(advice)
 
+    reference = None
+    if loss.needs_reference:
+        reference = prepare_reference(
+            cfg, reference_path, datamodule, lambda path: load_causal_lm(path, cfg.model)
+        )
     policy = load_causal_lm(policy_path, cfg.model)
-    reference = load_causal_lm(reference_path, cfg.model) if loss.needs_reference else None
     module = PreferenceModule(policy, loss, cfg.optim, reference=reference)
 
     output_dir = Path(cfg.output_dir)
@@ -128,8 +138,9 @@ register_configs()
 
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def main(cfg: DictConfig) -> float | None:
+    """Returns the run's `objective` metric, for sweepers that optimise it (Optuna)."""
+    return train(cfg).metrics.get(cfg.objective)
 
 
 if __name__ == "__main__":

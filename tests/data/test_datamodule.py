@@ -43,8 +43,10 @@ def test_batches_from_a_jsonl_file(tmp_path, tokenizer):
 
     batches = list(dm.train_dataloader())
     assert len(batches) == 4
+    seen = sorted(i for batch in batches for i in batch["example_index"].tolist())
+    assert seen == list(range(16))  # every example once per epoch, each row knows its example
     for batch in batches:
-        assert set(batch) == {"input_ids", "attention_mask", "completion_mask"}
+        assert set(batch) == {"input_ids", "attention_mask", "completion_mask", "example_index"}
         assert batch["input_ids"].shape[0] == 8
         assert (
             batch["input_ids"].shape

@@ -130,3 +130,19 @@ def test_toy_pairs_as_unpaired_rows(tmp_path, tokenizer):
     assert dm.stats["train_examples"] == 3
     assert dm.stats["train_desirable"] == 2 and dm.stats["train_undesirable"] == 1
     assert dm.stats["val_examples"] == 2
+
+
+def test_kto_batches_are_fixed_but_their_order_reshuffles(tmp_path, tokenizer):
+    """Fixed batch composition keeps mismatched rows cacheable; the order still changes."""
+    records = [{"prompt": f"Q{i}: ", "completion": f"answer {i}", "label": i % 2 == 0} for i in range(24)]
+    cfg = DataConfig(source="local", path=write_jsonl(tmp_path / "kto.jsonl", records), val_fraction=0.0, batch_size=4)
+    dm = PreferenceDataModule(cfg, tokenizer, paired=False)
+    dm.setup()
+    loader = dm.train_dataloader()
+    epoch1 = [tuple(b["example_index"].tolist()) for b in loader]
+    epoch2 = [tuple(b["example_index"].tolist()) for b in loader]
+    assert sorted(epoch1) == sorted(epoch2)
+    assert epoch1 != epoch2
+    assert sorted(i for b in epoch1 for i in b) == list(range(24))
+    reference_batches = [tuple(b["example_index"].tolist()) for b in dm.reference_loaders()["train"]]
+    assert sorted(reference_batches) == sorted(epoch1)

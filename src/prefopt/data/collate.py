@@ -21,7 +21,14 @@ def collate_pairs(examples: Sequence[TokenizedPair], pad_token_id: int) -> dict[
     """`input_ids`, `attention_mask` (long) and `completion_mask` (bool), each [2B, T], right padded."""
     sequences = [(e["chosen_input_ids"], e["chosen_prompt_length"]) for e in examples]
     sequences += [(e["rejected_input_ids"], e["rejected_prompt_length"]) for e in examples]
-    return pad_sequences(sequences, pad_token_id)
+    return with_index(pad_sequences(sequences, pad_token_id), examples)
+
+
+def with_index(batch: dict[str, torch.Tensor], examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """Add each example's position in its split (`example_index`), when the data module set it."""
+    if examples and "index" in examples[0]:
+        batch["example_index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
+    return batch
 
 
 def pad_sequences(sequences: Sequence[tuple[list[int], int]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from prefopt.config import DataConfig
 from prefopt.data.collate import collate_pairs
@@ -96,6 +96,9 @@ class PreferenceDataModule(L.LightningDataModule):
                 f"{train_rows.origin}: every training pair was dropped (see the log); "
                 "raise data.max_length or check the data"
             )
+        for kept in examples.values():
+            for index, example in enumerate(kept):
+                example["index"] = index  # lets a reference cache look rows up
         self.train_examples, self.val_examples = examples["train"], examples["val"]
         self.stats = stats
         log.info("data (%s layout): %s", layout, stats)
@@ -113,7 +116,9 @@ class PreferenceDataModule(L.LightningDataModule):
         return detect_format(rows) if self.cfg.format == "auto" else self.cfg.format
 
     def _tokenize_pairs(self, split: str, rows: Rows, layout: str):
-        pair_tokenizer = PairTokenizer(self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length)
+        pair_tokenizer = PairTokenizer(
+            self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
+        )
         return tokenize_pairs(normalise(rows, layout), pair_tokenizer, desc=f"tokenizing {split}")
 
     def _tokenize_examples(self, split: str, rows: Rows, layout: str):
@@ -121,7 +126,9 @@ class PreferenceDataModule(L.LightningDataModule):
             examples = normalise_unpaired(rows)
         else:
             examples = split_pairs(normalise(rows, layout), seed=self.cfg.seed)
-        example_tokenizer = ExampleTokenizer(self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length)
+        example_tokenizer = ExampleTokenizer(
+            self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
+        )
         return tokenize_examples(examples, example_tokenizer, desc=f"tokenizing {split}")
 
     def _log_dropped(self, split: str, total: int, dropped: Counter[str]) -> None:
@@ -150,25 +157,44 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
-        return DataLoader(
+        if not self.paired:
+            # KTO pairs each prompt with another completion of its batch; fixed batches make
+            # those mismatched rows the same every epoch, so their reference log-probs can be
+            # cached. Batch order is still reshuffled each epoch.
+            batches = FixedBatches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed)
+            return self._loader(self.train_examples, batch_sampler=batches)
+        return self._loader(
             self.train_examples,
             batch_size=self.cfg.batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(self.cfg.seed),
-            collate_fn=self._collate(),
-            num_workers=self.cfg.num_workers,
         )
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()
         if not self.val_examples:
             return []  # Lightning skips validation for an empty list
+        return self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size, shuffle=False)
+
+    def reference_loaders(self) -> dict[str, DataLoader]:
+        """Unshuffled loaders over every train and val example, batched as training batches
+        them where that matters (KTO's mismatched rows), for precomputing reference log-probs."""
+        self._require_setup()
+        if self.paired:
+            train = self._loader(self.train_examples, batch_size=self.cfg.eval_batch_size)
+        else:
+            batches = FixedBatches(
+                len(self.train_examples), self.cfg.batch_size, self.cfg.seed, shuffle=False
+            )
+            train = self._loader(self.train_examples, batch_sampler=batches)
+        loaders = {"train": train}
+        if self.val_examples:
+            loaders["val"] = self.val_dataloader()
+        return loaders
+
+    def _loader(self, examples: list, **kwargs) -> DataLoader:
         return DataLoader(
-            self.val_examples,
-            batch_size=self.cfg.eval_batch_size,
-            shuffle=False,
-            collate_fn=self._collate(),
-            num_workers=self.cfg.num_workers,
+            examples, collate_fn=self._collate(), num_workers=self.cfg.num_workers, **kwargs
         )
 
     def _require_setup(self) -> None:
@@ -187,3 +213,25 @@ def _split_stats(
         f"{split}_dropped_too_long": dropped[DROPPED_TOO_LONG],
         f"{split}_dropped_identical": dropped[DROPPED_IDENTICAL],
     }
+
+
+class FixedBatches(Sampler[list[int]]):
+    """Batches drawn once from a seeded permutation; only their order changes per epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        self.batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def __iter__(self):
+        order = (
+            torch.randperm(len(self.batches), generator=self.generator).tolist()
+            if self.shuffle
+            else range(len(self.batches))
+        )
+        for i in order:
+            yield self.batches[i]
+
+    def __len__(self) -> int:
+        return len(self.batches)

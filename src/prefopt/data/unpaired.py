@@ -28,7 +28,7 @@ from typing import Any, TypedDict
 import torch
 from tqdm.auto import tqdm
 
-from prefopt.data.collate import pad_sequences
+from prefopt.data.collate import pad_sequences, with_index
 from prefopt.data.formats import Message, Pair
 from prefopt.data.sources import Rows
 from prefopt.data.tokenize import DROPPED_TOO_LONG, PairTokenizer
@@ -142,6 +142,6 @@ def collate_unpaired(examples: Sequence[TokenizedExample], pad_token_id: int) ->
         prompt = example["input_ids"][: example["prompt_length"]]
         completion = other["input_ids"][other["prompt_length"] :]
         sequences.append((prompt + completion, len(prompt)))
-    batch = pad_sequences(sequences, pad_token_id)
+    batch = with_index(pad_sequences(sequences, pad_token_id), examples)
     batch["desirable"] = torch.tensor([e["desirable"] for e in examples], dtype=torch.bool)
     return batch

@@ -1,0 +1,103 @@
+"""Reference log-probs computed once and cached: same losses, never stale, reused by sweeps."""
+
+import copy
+
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save_file
+
+from prefopt import train as train_module
+from prefopt.data import PreferenceDataModule
+from prefopt.models import load_causal_lm, load_tokenizer
+from prefopt.reference import CachedReference, prepare_reference
+from prefopt.toy import build_toy_world
+from prefopt.train import train
+
+
+def loss_history(cfg, run_id):
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    return [m.value for m in client.get_metric_history(run_id, "train/loss")]
+
+
+def test_cached_reference_gives_the_same_losses_as_the_online_one(compose_config, tmp_path):
+    common = ["export=false", "trainer.max_steps=6", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=1",
+              f"reference.cache_dir={tmp_path / 'fresh_cache'}"]
+    online = train(compose_config(*common, "reference.cache=false", "logger.experiment_name=online"))
+    cached_cfg = compose_config(*common, "logger.experiment_name=cached")
+    cached = train(cached_cfg)
+
+    assert isinstance(cached.module.reference, CachedReference)
+    assert cached.module.reference.forward_calls == 0
+    assert cached.module.reference.precompute_calls > 0  # this run built the cache
+    a, b = loss_history(cached_cfg, online.run_id), loss_history(cached_cfg, cached.run_id)
+    assert len(a) == len(b) == 6
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), atol=1e-4, rtol=0)
+    assert abs(online.metrics["val/loss"] - cached.metrics["val/loss"]) < 1e-4
+
+
+def test_second_job_of_a_sweep_loads_no_reference(compose_config, monkeypatch, tmp_path):
+    loads = []
+    real = train_module.load_causal_lm
+    monkeypatch.setattr(train_module, "load_causal_lm", lambda path, cfg: loads.append(path) or real(path, cfg))
+    common = ["export=false", "trainer.max_steps=3", "trainer.limit_val_batches=1",
+              f"reference.cache_dir={tmp_path / 'sweep_cache'}"]
+    train(compose_config(*common, "loss.beta=0.1"))
+    assert len(loads) == 2  # job 1: reference (to fill the cache) + policy
+    second = train(compose_config(*common, "loss.beta=0.5"))
+    assert len(loads) == 3  # job 2: the policy only
+    assert second.module.reference.precompute_calls == 0
+    assert second.module.reference.forward_calls == 0
+
+
+def _prepare(cfg, tokenizer, world, reference_path):
+    dm = PreferenceDataModule(cfg.data, tokenizer, toy_world=world)
+    dm.setup()
+    loads = []
+
+    def load(path):
+        loads.append(path)
+        return load_causal_lm(path, cfg.model)
+
+    return prepare_reference(cfg, str(reference_path), dm, load), loads
+
+
+def test_a_stale_cache_is_never_used(compose_config, tmp_path):
+    cfg = compose_config(f"reference.cache_dir={tmp_path / 'cache'}")
+    world = build_toy_world(cfg.toy, progress=False)
+    tokenizer = load_tokenizer(str(world.model_dir), cfg.model)
+    model_dir = tmp_path / "reference"
+    load_causal_lm(str(world.model_dir), cfg.model).save_pretrained(model_dir)
+
+    first, loads = _prepare(cfg, tokenizer, world, model_dir)
+    assert loads and first.precompute_calls > 0
+    again, loads = _prepare(cfg, tokenizer, world, model_dir)
+    assert loads == [] and again.precompute_calls == 0  # a hit: the model is not even loaded
+    torch.testing.assert_close(again.table["train"], first.table["train"])
+
+    # one changed weight -> miss
+    weights_file = next(model_dir.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    name = next(iter(weights))
+    changed = copy.deepcopy(weights)
+    changed[name] = changed[name] + 1e-3
+    save_file(changed, weights_file, metadata={"format": "pt"})
+    after_weight, loads = _prepare(cfg, tokenizer, world, model_dir)
+    assert loads and after_weight.precompute_calls > 0
+    save_file(weights, weights_file, metadata={"format": "pt"})
+
+    # a different max_length -> different tokenized data -> miss
+    shorter = compose_config(f"reference.cache_dir={tmp_path / 'cache'}", "data.max_length=20", "data.max_prompt_length=12")
+    after_length, loads = _prepare(shorter, tokenizer, world, model_dir)
+    assert loads and after_length.precompute_calls > 0
+
+    # one changed data row -> miss
+    rows = world.train_path.read_text().splitlines()
+    edited_train = tmp_path / "train.jsonl"
+    edited_train.write_text("\n".join([rows[0].replace(" .", " great ."), *rows[1:]]) + "\n")
+    edited_world = type("World", (), {"train_path": edited_train, "val_path": world.val_path})()
+    after_row, loads = _prepare(cfg, tokenizer, edited_world, model_dir)
+    assert loads and after_row.precompute_calls > 0
+
+    # the original setting still hits
+    back, loads = _prepare(cfg, tokenizer, world, model_dir)
+    assert loads == []
