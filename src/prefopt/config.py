@@ -31,6 +31,9 @@ class ModelConfig:
     """Weights dtype on load: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Run code shipped with a hub checkpoint. Off unless you trust its author."""
+    logits_chunk_size: int = 1024
+    """Completion tokens sent through the output layer at once (bounds the logits' memory);
+    0 = full [batch, seq, vocab] logits."""
 
 
 @dataclass

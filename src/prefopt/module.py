@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.config import OptimConfig
-from prefopt.logprobs import completion_logps
+from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
 from prefopt.reference import CachedReference, FrozenReference
 
@@ -30,6 +30,7 @@ class PreferenceModule(L.LightningModule):
         loss: PreferenceLoss,
         optim: OptimConfig,
         reference: nn.Module | FrozenReference | CachedReference | None = None,
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     ):
         super().__init__()
         if loss.needs_reference and reference is None:
@@ -37,14 +38,17 @@ class PreferenceModule(L.LightningModule):
         self.policy = policy.train()  # from_pretrained returns eval mode; Lightning keeps modes
         self.loss = loss
         self.optim = optim
+        self.chunk_size = chunk_size
         if isinstance(reference, nn.Module):
-            reference = FrozenReference(reference)
+            reference = FrozenReference(reference, chunk_size)
         self.reference = reference
 
     def compute_loss(self, batch: dict[str, Tensor], split: str = "train") -> LossOutput:
         n_examples = examples_in(batch)
         if self.loss.paired:
-            policy = PairLogps(*completion_logps(self.policy, batch).split(n_examples))
+            policy = PairLogps(
+                *completion_logps(self.policy, batch, self.chunk_size).split(n_examples)
+            )
             reference = None
             if self.loss.needs_reference:
                 reference = PairLogps(*self.reference.logps(batch, split).split(n_examples))
@@ -52,9 +56,11 @@ class PreferenceModule(L.LightningModule):
 
         own, mismatched = split_rows(batch, n_examples)
         with torch.no_grad():
-            policy_mismatched = completion_logps(self.policy, mismatched)
+            policy_mismatched = completion_logps(self.policy, mismatched, self.chunk_size)
         desirable = batch["desirable"]
-        policy = UnpairedLogps(completion_logps(self.policy, own), policy_mismatched, desirable)
+        policy = UnpairedLogps(
+            completion_logps(self.policy, own, self.chunk_size), policy_mismatched, desirable
+        )
         reference = UnpairedLogps(*self.reference.logps(batch, split).split(n_examples), desirable)
         return self.loss(policy, reference, mean_across_devices=self._mean_across_devices)
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from prefopt.logprobs import completion_logps
+from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import CompletionLogps
 
 log = logging.getLogger("prefopt.reference")
@@ -33,10 +33,11 @@ CACHE_FORMAT = 1
 
 
 class FrozenReference:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
         model.eval()
         model.requires_grad_(False)
         self.model = model
+        self.chunk_size = chunk_size
         self.forward_calls = 0
         """How many batches the reference has scored (lets tests and benchmarks count them)."""
 
@@ -46,7 +47,7 @@ class FrozenReference:
         if next(self.model.parameters()).device != device:
             self.model.to(device)
         self.forward_calls += 1
-        return completion_logps(self.model, batch)
+        return completion_logps(self.model, batch, self.chunk_size)
 
 
 class CachedReference:
@@ -75,13 +76,14 @@ def prepare_reference(
 ) -> FrozenReference | CachedReference:
     """The reference for training: cached log-probs when `cfg.reference.cache` allows, else the
     model itself. On a cache miss the model is loaded once, scores all data, and is dropped."""
+    chunk_size = cfg.model.logits_chunk_size or None
     if not cfg.reference.cache:
-        return FrozenReference(load_model(reference_path))
+        return FrozenReference(load_model(reference_path), chunk_size)
     if not Path(reference_path).is_dir():
         log.info(
             "reference log-probs: %s is not a local checkpoint; running it online", reference_path
         )
-        return FrozenReference(load_model(reference_path))
+        return FrozenReference(load_model(reference_path), chunk_size)
     settings = {
         "dtype": cfg.model.dtype,
         "paired": datamodule.paired,
@@ -96,7 +98,7 @@ def prepare_reference(
         return cached
     log.info("reference log-probs: no cache yet, computing them once for %s", reference_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    online = FrozenReference(load_model(reference_path).to(device))
+    online = FrozenReference(load_model(reference_path).to(device), chunk_size)
     table = compute_table(online, datamodule.reference_loaders(), device)
     save_cache(path, table)
     return CachedReference(table, computed=online.forward_calls)

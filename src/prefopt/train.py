@@ -100,7 +100,9 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResul
             cfg, reference_path, datamodule, lambda path: load_causal_lm(path, cfg.model)
         )
     policy = load_causal_lm(policy_path, cfg.model)
-    module = PreferenceModule(policy, loss, cfg.optim, reference=reference)
+    module = PreferenceModule(
+        policy, loss, cfg.optim, reference=reference, chunk_size=cfg.model.logits_chunk_size or None
+    )
 
     output_dir = Path(cfg.output_dir)
     trainer = L.Trainer(

@@ -1,0 +1,224 @@
+"""Step time, throughput and peak memory of a DPO step, against a plain SFT step on the same tokens.
+
+    python benchmarks/step_benchmark.py --model toy --pairs 16 --prompt-len 16 --completion-len 32
+    python benchmarks/step_benchmark.py --model vocab152k --pairs 4 --prompt-len 128 --completion-len 384 \\
+        --modes sft dpo_full_logits dpo_online
+    python benchmarks/step_benchmark.py --model qwen2.5-0.5b --device cuda --dtype bfloat16 \\
+        --pairs 4 --prompt-len 256 --completion-len 768      # on a GPU
+
+Modes (each measured in a fresh process, so peak memory is its own):
+  sft              plain PyTorch SFT step on the same 2·pairs sequences (full logits, HF loss): the floor
+  dpo_online       prefopt DPO step, reference model run every step
+  dpo_cached       prefopt DPO step, reference log-probs precomputed (as with reference.cache=true)
+  dpo_full_logits  prefopt DPO step with online reference but full [batch, seq, vocab] logits
+  trl              TRL's DPOTrainer on the same model and data (only when `trl` is installed)
+
+Models are random-initialised from a config (no download): `toy` (the toy world's shape),
+`vocab152k` (Qwen2.5's 151,936-token vocabulary on a tiny body: isolates the logits' cost) and
+`qwen2.5-0.5b` (the real shape). Peak memory is CUDA max-allocated on GPU, the process's peak
+RSS on CPU. Prints one table and writes JSON (`--json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+MODES = ("sft", "dpo_online", "dpo_cached", "dpo_full_logits", "trl")
+
+SHAPES = {
+    "toy": dict(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=320,
+    ),
+    "vocab152k": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=151936,
+    ),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
+}
+
+
+def build_model(name: str, max_len: int, dtype: torch.dtype, seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        **SHAPES[name], max_position_embeddings=max(max_len, 32), tie_word_embeddings=True
+    )
+    return Qwen2ForCausalLM(config).to(dtype)
+
+
+def make_batch(args, vocab_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows: a shared random prompt, different random completions."""
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, vocab_size, (args.pairs, args.prompt_len), generator=g)
+    chosen = torch.randint(3, vocab_size, (args.pairs, args.completion_len), generator=g)
+    rejected = torch.randint(3, vocab_size, (args.pairs, args.completion_len), generator=g)
+    input_ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)])
+    completion_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    completion_mask[:, args.prompt_len :] = True
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "completion_mask": completion_mask,
+        "example_index": torch.arange(args.pairs),
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def run_worker(args) -> dict:
+    """Measure one mode in this process."""
+    from prefopt.config import OptimConfig
+    from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
+    from prefopt.losses import DPOLoss
+    from prefopt.module import PreferenceModule
+    from prefopt.reference import CachedReference, FrozenReference
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    seq_len = args.prompt_len + args.completion_len
+    policy = build_model(args.model, seq_len, dtype).to(device)
+    batch = make_batch(args, policy.config.vocab_size, device)
+    tokens = batch["input_ids"].numel()
+
+    if args.mode == "trl":
+        return run_trl(args, policy, batch)
+
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
+    if args.mode == "sft":
+        labels = batch["input_ids"].masked_fill(~batch["completion_mask"], -100)
+
+        def step():
+            policy(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
+            ).loss.backward()
+    else:
+        chunk = None if args.mode == "dpo_full_logits" else DEFAULT_CHUNK_SIZE
+        reference_model = build_model(args.model, seq_len, dtype).to(device)
+        if args.mode == "dpo_cached":
+            with torch.no_grad():
+                first, second = completion_logps(reference_model, batch, chunk).split(args.pairs)
+            reference = CachedReference(
+                {"train": torch.stack([first.summed, second.summed], 1).float().cpu()}
+            )
+            del reference_model  # as on a cache hit: no reference model in memory
+        else:
+            reference = FrozenReference(reference_model, chunk)
+        module = PreferenceModule(
+            policy, DPOLoss(beta=0.1), OptimConfig(lr=1e-5), reference=reference, chunk_size=chunk
+        )
+
+        def step():
+            module.compute_loss(batch).loss.backward()
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "mode": args.mode,
+        "median_step_s": median,
+        "tokens_per_s": tokens / median,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+
+
+def run_trl(args, policy, batch) -> dict:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return {"mode": "trl", "skipped": "trl is not installed (pip install trl)"}
+    return {"mode": "trl", "skipped": "TRL comparison is run on GPU sessions; see the README"}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=sorted(SHAPES), default="toy")
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--completion-len", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=["sft", "dpo_online", "dpo_cached"]
+    )
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.mode:
+        print(json.dumps(run_worker(args)))
+        return
+
+    results = []
+    for mode in args.modes:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", mode]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+
+    floor = next((r for r in results if r["mode"] == "sft" and "median_step_s" in r), None)
+    print(
+        f"\nmodel={args.model} pairs={args.pairs} prompt={args.prompt_len} completion={args.completion_len} "
+        f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()}"
+    )
+    print(f"{'mode':<17} {'step ms':>9} {'× sft':>7} {'tokens/s':>10} {'peak MB':>9}")
+    for r in results:
+        if "skipped" in r:
+            print(f"{r['mode']:<17} skipped: {r['skipped']}")
+            continue
+        ratio = r["median_step_s"] / floor["median_step_s"] if floor else float("nan")
+        print(
+            f"{r['mode']:<17} {1000 * r['median_step_s']:9.1f} {ratio:7.2f} {r['tokens_per_s']:10.0f} "
+            f"{r['peak_memory_mb']:9.0f}"
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
