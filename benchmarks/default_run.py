@@ -26,7 +26,10 @@ def timed_run(workdir: Path, cache: Path, overrides: list[str]) -> tuple[float, 
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "prefopt.train", "trainer.enable_progress_bar=false", *overrides],
-        cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL,
+        cwd=workdir,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     seconds = time.perf_counter() - start
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
@@ -35,7 +38,9 @@ def timed_run(workdir: Path, cache: Path, overrides: list[str]) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs-dir", type=Path, default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -47,10 +52,14 @@ def main() -> None:
         seconds, metrics = timed_run(root / label, cache, args.overrides)
         rows.append((label, seconds, metrics))
 
-    print(f"\n{'toy cache':<10} {'seconds':>8} {'val/rewards/accuracies':>23} {'val/rewards/margins':>20}")
+    print(
+        f"\n{'toy cache':<10} {'seconds':>8} {'val/rewards/accuracies':>23} {'val/rewards/margins':>20}"
+    )
     for label, seconds, metrics in rows:
-        print(f"{label:<10} {seconds:8.1f} {metrics.get('val/rewards/accuracies', float('nan')):23.3f} "
-              f"{metrics.get('val/rewards/margins', float('nan')):20.3f}")
+        print(
+            f"{label:<10} {seconds:8.1f} {metrics.get('val/rewards/accuracies', float('nan')):23.3f} "
+            f"{metrics.get('val/rewards/margins', float('nan')):20.3f}"
+        )
     print(f"(cpu threads: {os.cpu_count()}, runs in {root})")
 
 

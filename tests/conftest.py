@@ -97,6 +97,7 @@ def compose_config(toy_cache, reference_cache, tmp_path):
             f"output_dir={tmp_path / 'out'}",
             f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "trainer.enable_progress_bar=false",
+            "eval.num_prompts=8",  # generation eval stays on, on few prompts: a fast suite
         ]
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose("config", overrides=[*defaults, *overrides])

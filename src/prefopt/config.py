@@ -143,6 +143,51 @@ class ReferenceConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """The seed's failure modes, checked during the run and reported as warnings, metrics, tags."""
+
+    enabled: bool = True
+    margin_window: int = 3
+    """K: warn when `val/rewards/margins` rose by no more than `margin_min_increase` over the
+    last K validations (the reference is mismatched with the data, or β is off)."""
+    margin_min_increase: float = 1e-3
+    collapse_logp: float = -5.0
+    """A chosen completion whose mean per-token log-prob under the reference is below this
+    (nats; -5 = perplexity 148) counts as nearly impossible for the reference."""
+    collapse_max_share: float = 0.25
+    """Warn before training when more than this share of chosen completions is below `collapse_logp`."""
+    collapse_sample: int = 256
+    """Chosen completions (a seeded sample of the training data) scored for that check."""
+
+
+@dataclass
+class EvalConfig:
+    """Generation-based evaluation: sample from policy and reference on held-out prompts, judge
+    both, and log win rate, rewards, KL and a table of generations (`conf/eval/`)."""
+
+    judge: str = "toy"
+    """toy (the toy world's ground-truth reward), reward_model (a sequence-classification
+    checkpoint at `judge_path`) or none (KL and lengths only)."""
+    judge_path: str | None = None
+    """Reward model checkpoint for judge=reward_model: a local directory or a hub id."""
+    num_prompts: int = 64
+    """Held-out prompts (a seeded sample of the validation prompts); 0 = no generation eval."""
+    every_n_steps: int = 0
+    """Evaluate at the first validation at least this many steps after the last evaluation;
+    0 = at every validation. Always once more at the end of training."""
+    temperature: float = 1.0
+    """Sampling temperature; 1 samples the policy itself (what `eval/kl_seq` assumes), 0 = greedy."""
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    """Prompts per generate / scoring / judge call."""
+    seed: int = 0
+    """Seed of the prompt choice and of sampling (the same at every evaluation)."""
+    table_rows: int = 16
+    """Generations per evaluation written to the `eval/generations.json` table."""
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+@dataclass
 class Config:
     loss: Any = MISSING
     model: ModelConfig = MISSING
@@ -152,6 +197,7 @@ class Config:
     logger: LoggerConfig = MISSING
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    eval: EvalConfig = MISSING
     seed: int = 0
     output_dir: str = MISSING
     """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
@@ -185,5 +231,6 @@ def register_configs() -> None:
         ("optim", OptimConfig),
         ("trainer", TrainerConfig),
         ("logger", LoggerConfig),
+        ("eval", EvalConfig),
     ]:
         cs.store(group=group, name=f"{group}_schema", node=schema)

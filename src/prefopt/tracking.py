@@ -7,9 +7,12 @@ is recorded too: `finish_run` marks it FAILED whenever the run did not reach the
 from __future__ import annotations
 
 import logging
+import random
+import time
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import LoggerConfig
@@ -38,14 +41,42 @@ def default_run_name(loss_description: str, lr: float) -> str:
     return f"{loss_description} lr={format_number(lr)}"
 
 
-def start_run(cfg: LoggerConfig, run_name: str) -> MLFlowLogger:
+def ensure_experiment(tracking_uri: str, name: str, attempts: int = 6) -> str:
+    """The id of experiment `name`, created if missing.
+
+    Processes starting at the same moment (the jobs of a parallel sweep, a team on one server)
+    race to create the experiment, and on a fresh SQLite file to create the tables: the loser
+    sees an error, waits and finds the winner's experiment.
+    """
+    for attempt in range(attempts):
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            return client.create_experiment(name)
+        except Exception as error:  # lock, integrity and migration errors differ by store
+            if attempt == attempts - 1:
+                raise
+            delay = 0.2 * 2**attempt * (1 + random.random())
+            log.debug("creating experiment %r failed (%s); retrying in %.1fs", name, error, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def start_run(
+    cfg: LoggerConfig, run_name: str, extra_tags: dict[str, str] | None = None
+) -> MLFlowLogger:
+    """Create the run now (not at the first metric). `extra_tags`: a sweep job's grouping tags."""
+    tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
+    ensure_experiment(tracking_uri, cfg.experiment_name)
     logger = MLFlowLogger(
         experiment_name=cfg.experiment_name,
         run_name=run_name,
-        tracking_uri=resolve_tracking_uri(cfg.tracking_uri),
-        tags=dict(cfg.tags) or None,
+        tracking_uri=tracking_uri,
+        tags={**cfg.tags, **(extra_tags or {})} or None,
     )
-    _ = logger.run_id  # creates the run now, not at the first metric
+    _ = logger.run_id
     log.info("MLflow run '%s' (%s) at %s", run_name, logger.run_id, logger._tracking_uri)
     return logger
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import register_configs
 from prefopt.data import PreferenceDataModule
+from prefopt.evaluation import build_callbacks, check_eval_config
 from prefopt.losses.base import PreferenceLoss
 from prefopt.models import check_model_config, load_causal_lm, load_tokenizer
 from prefopt.module import PreferenceModule
@@ -55,6 +56,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     if not cfg.optim.lr > 0:
         raise ValueError(f"optim.lr={cfg.optim.lr}: the learning rate must be > 0")
     check_model_config(cfg.model, cfg.model.path)
+    check_eval_config(cfg.eval)
     return loss
 
 
@@ -110,6 +112,9 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResul
         logger=logger,
         default_root_dir=output_dir,
         enable_checkpointing=False,
+        callbacks=build_callbacks(
+            cfg, loss, tokenizer, lambda: load_causal_lm(reference_path, cfg.model)
+        ),
     )
     trainer.fit(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -126,7 +131,7 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResul
 
 
 def _print_summary(metrics: dict[str, float], export_dir: Path | None, logger) -> None:
-    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("val/")}
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "eval/"))}
     lines = [f"  {k:<28} {v:.4f}" for k, v in shown.items()]
     log.info("final validation metrics:\n%s", "\n".join(lines) or "  (none)")
     log.info(

@@ -1,15 +1,18 @@
-"""The toy language: short product and movie reviews, and their ground-truth reward.
+"""The toy language: short product reviews, and their ground-truth reward.
 
-A prompt names something to review, ``"review of the {qualifier} {descriptor} {subject} :"``
+A prompt names a product, ``"review of the {qualifier} {descriptor} {subject} :"``
 (e.g. ``"review of the new red phone :"``; 12 x 10 x 30 = 3600 distinct prompts). A completion is
 a review of 6 to 16 words (punctuation counts as a word) ending with ``"."``: an optional
-``"overall ,"`` and one to three clauses, each judging an aspect of the subject (battery, screen
-for products; plot, acting for movies) positively, negatively or neutrally. Clauses are joined
-by ``"but"`` when their sentiments differ, else by ``"and"`` or ``","``.
+``"overall ,"`` and one to three clauses, each judging an aspect (price, design, sound, ...)
+positively, negatively or neutrally, with independently drawn sentiments so that reviews are
+mixed. Clauses are joined by ``"but"`` when their sentiments differ, else by ``"and"`` or ``","``.
+Aspects suit any product on purpose: a review that depended on the subject would need a model
+that learns to look back at it, which a two-layer model does only after more SFT steps than the
+build's time budget allows (and unreliably across seeds).
 
 Text convention: words are separated by single spaces, a prompt ends with ``":"``, and a
 completion starts with a space, so ``prompt + completion`` is exactly the text the model reads:
-``"review of the new red phone :" + " the battery is great but i hated the screen ."``.
+``"review of the new red phone :" + " the price is great but i hated the sound ."``.
 
 Ground-truth reward of a completion: the number of positive words minus the number of negative
 words, where a sentiment word directly after ``"not"`` counts with the opposite sign
@@ -25,25 +28,16 @@ import random
 import string
 
 QUALIFIERS = "new old small big latest classic popular basic modern famous recent second".split()
-DESCRIPTORS = "red blue green black white silver french japanese german italian".split()
-PRODUCTS = (
-    "phone laptop tablet camera watch speaker headset keyboard monitor printer router "
-    "blender kettle toaster lamp"
+DESCRIPTORS = "red blue green black white silver pink grey brown golden".split()
+SUBJECTS = (
+    "phone laptop tablet camera watch speaker headset keyboard monitor printer router blender "
+    "kettle toaster lamp mouse charger backpack jacket chair desk bottle mug bicycle drone "
+    "console radio fan heater clock"
 ).split()
-MOVIES = (
-    "movie film show documentary series comedy thriller drama cartoon musical western "
-    "sequel remake mystery romance"
+ASPECTS = (
+    "price quality design look feel size weight value finish style color packaging material "
+    "shape sound"
 ).split()
-ASPECTS = {
-    "product": (
-        "battery screen design price sound keypad build size weight audio charger case "
-        "finish software display"
-    ).split(),
-    "movie": (
-        "plot acting ending music story cast dialogue pacing animation soundtrack script "
-        "humor atmosphere direction photography"
-    ).split(),
-}
 POSITIVE_ADJECTIVES = (
     "great good excellent amazing wonderful fantastic superb brilliant lovely perfect solid "
     "impressive beautiful fun charming delightful"
@@ -55,7 +49,7 @@ NEGATIVE_ADJECTIVES = (
 NEUTRAL_ADJECTIVES = "okay average normal standard typical ordinary plain usual".split()
 POSITIVE_VERBS = "loved liked enjoyed adored".split()
 NEGATIVE_VERBS = "hated disliked regretted".split()
-NEUTRAL_VERBS = {"product": "used bought tried".split(), "movie": "watched saw tried".split()}
+NEUTRAL_VERBS = "noticed checked tested".split()
 ADVERBS = "very really quite so pretty truly".split()
 FUNCTION_WORDS = "review of the : . , is it i would not recommend overall and but".split()
 
@@ -69,24 +63,26 @@ VOCAB: list[str] = list(
         FUNCTION_WORDS
         + QUALIFIERS
         + DESCRIPTORS
-        + PRODUCTS
-        + MOVIES
-        + ASPECTS["product"]
-        + ASPECTS["movie"]
+        + SUBJECTS
+        + ASPECTS
         + POSITIVE_ADJECTIVES
         + NEGATIVE_ADJECTIVES
         + NEUTRAL_ADJECTIVES
         + POSITIVE_VERBS
         + NEGATIVE_VERBS
-        + NEUTRAL_VERBS["product"]
-        + NEUTRAL_VERBS["movie"]
+        + NEUTRAL_VERBS
         + ADVERBS
     )
 )
 """Every word the grammar can produce, in a fixed order (the tokenizer's vocabulary)."""
 
 MIN_WORDS, MAX_WORDS = 6, 16
-_NEGATION_RATE = 0.15
+# Negation stays rare: each "not" flips the meaning of the next word, which makes the pairs'
+# preference harder to learn (at 0.15, DPO's validation accuracy dropped by about 0.1).
+_NEGATION_RATE = 0.04
+_RECOMMEND_RATE = 0.03
+_ADJECTIVES = {1: POSITIVE_ADJECTIVES, -1: NEGATIVE_ADJECTIVES, 0: NEUTRAL_ADJECTIVES}
+_VERBS = {1: POSITIVE_VERBS, -1: NEGATIVE_VERBS, 0: NEUTRAL_VERBS}
 _PUNCTUATION = string.punctuation
 
 
@@ -101,41 +97,37 @@ def reward(completion: str) -> float:
     return float(score)
 
 
-def all_prompts() -> list[tuple[str, str]]:
-    """Every (prompt, subject) pair of the language, in a fixed order."""
+def all_prompts() -> list[str]:
+    """Every prompt of the language, in a fixed order."""
     return [
-        (f"review of the {q} {d} {s} :", s)
-        for s, q, d in itertools.product(PRODUCTS + MOVIES, QUALIFIERS, DESCRIPTORS)
+        f"review of the {q} {d} {s} :"
+        for s, q, d in itertools.product(SUBJECTS, QUALIFIERS, DESCRIPTORS)
     ]
 
 
-def category(subject: str) -> str:
-    return "product" if subject in PRODUCTS else "movie"
-
-
-def _clause(rng: random.Random, polarity: int, kind: str) -> list[str]:
-    aspect = rng.choice(ASPECTS[kind])
-    adjectives = {1: POSITIVE_ADJECTIVES, -1: NEGATIVE_ADJECTIVES, 0: NEUTRAL_ADJECTIVES}
-    verbs = {1: POSITIVE_VERBS, -1: NEGATIVE_VERBS, 0: NEUTRAL_VERBS[kind]}
+def _clause(rng: random.Random, polarity: int) -> list[str]:
+    aspect = rng.choice(ASPECTS)
     if polarity != 0 and rng.random() < _NEGATION_RATE:
-        # A negated opposite word carries the clause's polarity: "not bad" is positive.
-        if rng.random() < 0.3:
-            return "i would recommend it".split() if polarity > 0 else "i would not recommend it".split()
-        return ["the", aspect, "is", "not", rng.choice(adjectives[-polarity])]
+        # "not" before a word of the opposite sentiment carries the clause's: "not bad" is positive.
+        return ["the", aspect, "is", "not", rng.choice(_ADJECTIVES[-polarity])]
+    if polarity != 0 and rng.random() < _RECOMMEND_RATE:
+        return (
+            "i would recommend it".split() if polarity > 0 else "i would not recommend it".split()
+        )
     adverb = [rng.choice(ADVERBS)] if rng.random() < 0.3 else []
+    adjective = rng.choice(_ADJECTIVES[polarity])
     template = rng.randrange(4)
     if template == 0:
-        return ["the", aspect, "is", *adverb, rng.choice(adjectives[polarity])]
+        return ["the", aspect, "is", *adverb, adjective]
     if template == 1:
-        return ["i", rng.choice(verbs[polarity]), "the", aspect]
+        return ["i", rng.choice(_VERBS[polarity]), "the", aspect]
     if template == 2:
-        return [rng.choice(adjectives[polarity]), aspect]
-    return ["it", "is", *adverb, rng.choice(adjectives[polarity])]
+        return [adjective, aspect]
+    return ["it", "is", *adverb, adjective]
 
 
-def sample_completion(rng: random.Random, subject: str) -> str:
-    """A grammatical review of `subject` with independently drawn clause sentiments."""
-    kind = category(subject)
+def sample_completion(rng: random.Random) -> str:
+    """A grammatical review with independently drawn clause sentiments."""
     while True:
         words = ["overall", ","] if rng.random() < 0.2 else []
         previous = None
@@ -144,7 +136,7 @@ def sample_completion(rng: random.Random, subject: str) -> str:
             if previous is not None:
                 contrast = polarity * previous < 0
                 words.append("but" if contrast else rng.choice(("and", ",")))
-            words += _clause(rng, polarity, kind)
+            words += _clause(rng, polarity)
             previous = polarity
         words.append(".")
         if MIN_WORDS <= len(words) <= MAX_WORDS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -16,10 +17,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from prefopt.toy.language import sample_completion
 from prefopt.toy.tokenizer import MODEL_MAX_LENGTH
 
+if TYPE_CHECKING:
+    from prefopt.config import ToyWorldConfig
+
 _WARMUP_FRACTION = 0.05
 
 
-def build_model(cfg, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+def build_model(cfg: ToyWorldConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -41,12 +45,9 @@ def build_model(cfg, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     return model
 
 
-def sft_examples(
-    rng: random.Random, prompts: list[tuple[str, str]], n: int
-) -> list[tuple[str, str]]:
+def sft_examples(rng: random.Random, prompts: list[str], n: int) -> list[tuple[str, str]]:
     """`n` (prompt, completion) pairs: random prompts, each with a fresh grammar sample."""
-    chosen = [rng.choice(prompts) for _ in range(n)]
-    return [(prompt, sample_completion(rng, subject)) for prompt, subject in chosen]
+    return [(rng.choice(prompts), sample_completion(rng)) for _ in range(n)]
 
 
 def _encode(
@@ -70,7 +71,7 @@ def train_sft(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     examples: list[tuple[str, str]],
-    cfg,
+    cfg: ToyWorldConfig,
     progress: bool = True,
 ) -> float:
     """Train in place; returns the mean loss of the last 10% of steps."""

@@ -21,12 +21,14 @@ import random
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from prefopt.config import ToyWorldConfig
 from prefopt.toy.language import all_prompts, reward
@@ -35,7 +37,7 @@ from prefopt.toy.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 1
+WORLD_VERSION = 3
 """Part of the cache key: bump it whenever the language, the model or the sampling changes."""
 
 _SAMPLING_ATTEMPTS = 4
@@ -56,7 +58,7 @@ class ToyWorld:
         return cls(root, root / "model", *(root / f"{split}.jsonl" for split in SPLITS))
 
 
-def cache_key(cfg) -> str:
+def cache_key(cfg: ToyWorldConfig) -> str:
     """Hash of every `ToyWorldConfig` field but `cache_dir` (works on a DictConfig too)."""
     fields = {}
     for f in dataclasses.fields(ToyWorldConfig):
@@ -69,7 +71,7 @@ def cache_key(cfg) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_root(cfg) -> Path:
+def cache_root(cfg: ToyWorldConfig) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
     if os.environ.get("PREFOPT_CACHE"):
@@ -77,7 +79,7 @@ def cache_root(cfg) -> Path:
     return Path.home() / ".cache" / "prefopt" / "toy"
 
 
-def build_toy_world(cfg, progress: bool = True) -> ToyWorld:
+def build_toy_world(cfg: ToyWorldConfig, progress: bool = True) -> ToyWorld:
     """The world of `cfg`: loaded from the cache if it was built before, else built now."""
     root = cache_root(cfg)
     final = root / cache_key(cfg)
@@ -88,7 +90,9 @@ def build_toy_world(cfg, progress: bool = True) -> ToyWorld:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     log.info("toy world: building %s (cached for later runs)", final)
     try:
-        _build(cfg, staging, progress)
+        with _one_thread():
+            _build(cfg, staging, progress)
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the world from other users
         os.rename(staging, final)
     except OSError:
         # Another process finished the same world first: theirs is as good as ours.
@@ -99,7 +103,7 @@ def build_toy_world(cfg, progress: bool = True) -> ToyWorld:
     return ToyWorld.at(final)
 
 
-def _build(cfg, out: Path, progress: bool) -> None:
+def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     start = time.perf_counter()
     rng = random.Random(cfg.seed)
     prompts = all_prompts()
@@ -119,13 +123,13 @@ def _build(cfg, out: Path, progress: bool) -> None:
     sft_loss = train_sft(
         model, tokenizer, sft_examples(rng, prompts[n_eval:], cfg.sft_texts), cfg, progress
     )
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
+    _save(model, tokenizer, out / "model")
 
-    torch.manual_seed(cfg.seed + 1)
+    # Reseeding here keeps the samples independent of how many random numbers SFT drew.
+    torch.manual_seed(cfg.seed)
     stats = {}
     for split, split_prompts in zip(SPLITS, (train, val, test), strict=True):
-        pairs = sample_pairs(model, tokenizer, [p for p, _ in split_prompts], cfg, progress, split)
+        pairs = sample_pairs(model, tokenizer, split_prompts, cfg.max_new_tokens, progress, split)
         with open(out / f"{split}.jsonl", "w") as f:
             f.writelines(json.dumps(pair) + "\n" for pair in pairs)
         gaps = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
@@ -146,6 +150,34 @@ def _build(cfg, out: Path, progress: bool) -> None:
     log.info("toy world: built in %.1f s: %s", summary["build_seconds"], stats)
 
 
+@contextmanager
+def _one_thread():
+    """Run torch on one intra-op thread, then restore the caller's setting.
+
+    A model this small gains little from a second thread, while on a busy machine OpenMP's
+    spin-waiting made the SFT 5-20x slower with two threads than with one. One thread also
+    makes the built world independent of the machine's core count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    # save_pretrained draws a bar for its single shard: noise between the build's own bars.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
 @torch.no_grad()
 def sample_completions(
     model: LlamaForCausalLM,
@@ -155,8 +187,7 @@ def sample_completions(
     max_new_tokens: int,
 ) -> list[list[str]]:
     """`per_prompt` completions per prompt, sampled at temperature 1 without truncation."""
-    tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     output = model.generate(
         **batch,
         do_sample=True,
@@ -178,7 +209,7 @@ def sample_pairs(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
     prompts: list[str],
-    cfg,
+    max_new_tokens: int,
     progress: bool = True,
     split: str = "",
 ) -> list[dict]:
@@ -191,20 +222,21 @@ def sample_pairs(
         for start in range(0, len(pending), _SAMPLING_BATCH):
             chunk = pending[start : start + _SAMPLING_BATCH]
             samples = sample_completions(
-                model, tokenizer, [prompts[i] for i in chunk], 2, cfg.max_new_tokens
+                model, tokenizer, [prompts[i] for i in chunk], 2, max_new_tokens
             )
             for i, (a, b) in zip(chunk, samples, strict=True):
                 ra, rb = reward(a), reward(b)
                 if ra == rb:
                     tied.append(i)
                     continue
-                (chosen, rc), (rejected, rr) = sorted([(a, ra), (b, rb)], key=lambda s: -s[1])
+                if ra < rb:
+                    a, b, ra, rb = b, a, rb, ra
                 pairs[i] = {
                     "prompt": prompts[i],
-                    "chosen": chosen,
-                    "rejected": rejected,
-                    "chosen_reward": rc,
-                    "rejected_reward": rr,
+                    "chosen": a,
+                    "rejected": b,
+                    "chosen_reward": ra,
+                    "rejected_reward": rb,
                 }
                 bar.update()
         pending = tied

@@ -1,0 +1,234 @@
+"""`GenerationEvalCallback`: does the policy now write better completions than the reference?
+
+At validation end (every `eval.every_n_steps`) and once more at the end of training, the
+policy and the reference complete the same held-out prompts; a judge scores both, and MLflow
+gets
+
+- `eval/win_rate_vs_ref`: share of prompts where the policy's completion scores higher (ties 1/2),
+- `eval/reward_policy`, `eval/reward_ref`: mean judge scores,
+- `eval/kl_seq`: mean over the policy's samples of log π(y|x) − log π_ref(y|x),
+- `eval/length_policy` (and `eval/length_ref`): completion tokens, EOS not counted,
+- `eval/generations.json`: a table (prompt, policy, reference, their rewards) per evaluation.
+
+The reference never changes, so its samples and rewards are computed at the first evaluation
+and reused. π_ref for evaluation is, in this order: the model training runs online as its
+reference; else, when `model.reference_path` is unset (the reference IS the initial policy), a
+frozen copy of the policy taken in `setup`, before the first step and before Lightning moves it
+to the accelerator; else the `model.reference_path` checkpoint, loaded at the first evaluation.
+A copy or a loaded model stays on the CPU between evaluations. So cached reference log-probs
+still spare training the reference's load and forwards, and reference-free losses (SimPO)
+are measured against the same baseline as the others: runs of a sweep across losses compare.
+Evaluation runs on global rank 0 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from prefopt.config import EvalConfig
+from prefopt.evaluation.generation import Samples, decode_completions, generate, score
+from prefopt.evaluation.judges import Judge
+from prefopt.evaluation.metrics import mean, sequence_kl, win_rate
+
+log = logging.getLogger("prefopt.evaluation")
+
+TABLE_FILE = "eval/generations.json"
+
+
+class GenerationEvalCallback(L.Callback):
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        tokenizer,
+        judge: Judge | None,
+        load_reference: Callable[[], nn.Module] | None = None,
+        chunk_size: int | None = None,
+    ):
+        """`load_reference` loads a reference checkpoint other than the initial policy; None =
+        the reference is the initial policy (copied in `setup` when training holds no reference)."""
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.judge = judge
+        self.load_reference = load_reference
+        self.chunk_size = chunk_size
+        self.prompts: list[list[int]] = []
+        self.prompt_texts: list[str] = []
+        self.reference_samples: Samples | None = None
+        self.reference_rewards: list[float] | None = None
+        self.last_step: int | None = None
+        self.history: list[dict[str, float]] = []
+        """The metrics of each evaluation, in order."""
+        self._own_reference: nn.Module | None = None
+
+    # --- Lightning hooks -------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        online = getattr(getattr(pl_module, "reference", None), "model", None)
+        if stage != "fit" or online is not None or self.load_reference is not None:
+            return
+        if not trainer.is_global_zero:
+            return  # evaluation runs on rank 0 only
+        if self._own_reference is None and self.cfg.num_prompts > 0:
+            # Still on the CPU here: the copy never takes accelerator memory outside evaluation.
+            self._own_reference = copy.deepcopy(pl_module.policy).eval().requires_grad_(False)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        examples = trainer.datamodule.val_examples if trainer.datamodule else None
+        self.prompts = select_prompts(examples or [], self.cfg.num_prompts, self.cfg.seed)
+        if not self.prompts:
+            log.warning("eval: no validation prompts, so no generation-based evaluation")
+        self.prompt_texts = [
+            self.tokenizer.decode(ids, skip_special_tokens=True) for ids in self.prompts
+        ]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        every = self.cfg.every_n_steps
+        if self.last_step is not None and trainer.global_step - self.last_step < max(every, 1):
+            return
+        self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.last_step != trainer.global_step:
+            self.evaluate(trainer, pl_module)
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        self.last_step = trainer.global_step
+        if not self.prompts or not trainer.is_global_zero:
+            return {}
+        start = time.perf_counter()
+        device = pl_module.device
+        reference = self._reference_model(pl_module, device)
+        try:
+            if self.reference_samples is None:
+                self.reference_samples = self._sample(reference, device)
+                self.reference_rewards = self._judge(self.reference_samples, device)
+            policy_samples = self._sample(pl_module.policy, device)
+            policy_rewards = self._judge(policy_samples, device)
+            kl = self._kl(pl_module.policy, reference, policy_samples, device)
+        finally:
+            if self._own_reference is not None and device.type != "cpu":
+                self._own_reference.to("cpu")
+
+        eos = self.tokenizer.eos_token_id
+        metrics = {
+            "eval/kl_seq": kl,
+            "eval/length_policy": mean(policy_samples.lengths(eos)),
+            "eval/length_ref": mean(self.reference_samples.lengths(eos)),
+        }
+        if policy_rewards is not None:
+            metrics["eval/win_rate_vs_ref"] = win_rate(policy_rewards, self.reference_rewards)
+            metrics["eval/reward_policy"] = mean(policy_rewards)
+            metrics["eval/reward_ref"] = mean(self.reference_rewards)
+        self.history.append({"step": float(trainer.global_step), **metrics})
+        self._log(trainer, metrics, policy_samples, policy_rewards)
+        log.info(
+            "eval at step %d (%d prompts, %.1f s): %s",
+            trainer.global_step,
+            len(self.prompts),
+            time.perf_counter() - start,
+            ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items()),
+        )
+        return metrics
+
+    def _reference_model(self, pl_module: L.LightningModule, device: torch.device) -> nn.Module:
+        online = getattr(getattr(pl_module, "reference", None), "model", None)
+        if online is not None:  # training runs the reference itself: share it
+            return online.to(device)
+        if self._own_reference is None:
+            if self.load_reference is None:
+                raise RuntimeError("eval: no reference model (setup() did not run for fit)")
+            log.info("eval: loading the reference model (kept on the CPU between evaluations)")
+            self._own_reference = self.load_reference().eval().requires_grad_(False)
+        return self._own_reference.to(device)
+
+    def _sample(self, model: nn.Module, device: torch.device) -> Samples:
+        ids = generate(
+            model,
+            self.prompts,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+            seed=self.cfg.seed,
+            batch_size=self.cfg.batch_size,
+            device=device,
+        )
+        return Samples(ids, decode_completions(self.tokenizer, self.prompts, ids))
+
+    def _judge(self, samples: Samples, device: torch.device) -> list[float] | None:
+        if self.judge is None:
+            return None
+        return self.judge.score(self.prompt_texts, samples.texts, device=device)
+
+    def _kl(self, policy, reference, samples: Samples, device: torch.device) -> float:
+        kwargs = dict(
+            pad_token_id=self.tokenizer.pad_token_id,
+            batch_size=self.cfg.batch_size,
+            device=device,
+            chunk_size=self.chunk_size,
+        )
+        policy_logps = score(policy, self.prompts, samples.completion_ids, **kwargs)
+        reference_logps = score(reference, self.prompts, samples.completion_ids, **kwargs)
+        return sequence_kl(policy_logps, reference_logps)
+
+    def _log(self, trainer, metrics, policy_samples: Samples, policy_rewards) -> None:
+        step = trainer.global_step
+        for name, value in metrics.items():
+            trainer.callback_metrics[name] = torch.tensor(value)
+        logger = trainer.logger
+        if logger is None:
+            return
+        logger.log_metrics(metrics, step=step)
+        n = min(self.cfg.table_rows, len(self.prompts))
+        table = {
+            "step": [step] * n,
+            "prompt": self.prompt_texts[:n],
+            "policy": policy_samples.texts[:n],
+            "reference": self.reference_samples.texts[:n],
+        }
+        if policy_rewards is not None:
+            table["reward_policy"] = policy_rewards[:n]
+            table["reward_ref"] = self.reference_rewards[:n]
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "log_table"):
+            with _quiet_artifact_transfers():  # appending re-downloads the table: no progress bar
+                logger.experiment.log_table(logger.run_id, data=table, artifact_file=TABLE_FILE)
+
+
+def select_prompts(examples: list[dict], count: int, seed: int) -> list[list[int]]:
+    """A seeded sample of `count` distinct prompts (as token ids), in their data order."""
+    unique: dict[tuple[int, ...], None] = {}
+    for example in examples:
+        unique.setdefault(tuple(example["prompt_input_ids"]), None)
+    prompts = list(unique)
+    if count < len(prompts):
+        chosen = sorted(random.Random(seed).sample(range(len(prompts)), count))
+        prompts = [prompts[i] for i in chosen]
+    return [list(p) for p in prompts] if count > 0 else []
+
+
+@contextlib.contextmanager
+def _quiet_artifact_transfers():
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous

@@ -1,0 +1,126 @@
+"""Judges score completions; the evaluation compares the policy's scores with the reference's.
+
+A judge is anything with `score(prompts, completions) -> list[float]`, higher = better, where
+`completions[i]` is the text that follows `prompts[i]`:
+
+- `ToyJudge`: the toy world's ground-truth reward (`prefopt.toy.reward`), which reads the
+  completion only.
+- `RewardModelJudge`: any Hugging Face sequence-classification checkpoint with one output (a
+  reward model), reading prompt + completion as one plain text with its own tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+log = logging.getLogger("prefopt.evaluation")
+
+JUDGES = ("toy", "reward_model", "none")
+
+
+class Judge(Protocol):
+    name: str
+
+    def score(
+        self, prompts: list[str], completions: list[str], device: torch.device | None = None
+    ) -> list[float]: ...
+
+
+class ToyJudge:
+    name = "toy"
+
+    def score(
+        self, prompts: list[str], completions: list[str], device: torch.device | None = None
+    ) -> list[float]:
+        from prefopt.toy import reward
+
+        return [reward(completion) for completion in completions]
+
+
+class RewardModelJudge:
+    """A reward model: the single logit of a sequence classifier on prompt + completion.
+
+    Kept on the CPU between calls and moved to `device` only while scoring, so a large reward
+    model costs accelerator memory during evaluation only.
+    """
+
+    name = "reward_model"
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 8,
+        dtype: torch.dtype = torch.float32,
+        trust_remote_code: bool = False,
+    ):
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        if self.model.config.num_labels != 1:
+            raise ValueError(
+                f"eval.judge_path={path}: a reward model has exactly one output (num_labels=1), "
+                f"this checkpoint has {self.model.config.num_labels}"
+            )
+        if self.tokenizer.pad_token_id is None:
+            if self.tokenizer.eos_token_id is None:
+                raise ValueError(f"eval.judge_path={path}: its tokenizer has no pad or eos token")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Sequence classifiers read the last non-padding token; they find it through this id.
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.padding_side = "right"
+        self.model.eval().requires_grad_(False)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def score(
+        self, prompts: list[str], completions: list[str], device: torch.device | None = None
+    ) -> list[float]:
+        device = device or torch.device("cpu")
+        self.model.to(device)
+        scores: list[float] = []
+        try:
+            texts = [p + c for p, c in zip(prompts, completions)]
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    return_tensors="pt",
+                ).to(device)
+                logits = self.model(**batch).logits
+                scores += logits[:, 0].float().cpu().tolist()
+        finally:
+            self.model.to("cpu")
+        return scores
+
+
+def build_judge(cfg, uses_toy_data: bool, model_cfg=None) -> Judge | None:
+    """The judge `eval.judge` names, or None for `none`."""
+    if cfg.judge not in JUDGES:
+        raise ValueError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
+    if cfg.judge == "toy":
+        if not uses_toy_data:
+            log.warning(
+                "eval.judge=toy scores the toy world's sentiment lexicon, but this run's data is "
+                "not the toy world: evaluating without a judge (KL and lengths only). Judge with "
+                "a reward model: eval=reward_model eval.judge_path=/path/to/reward_model"
+            )
+            return None
+        return ToyJudge()
+    if cfg.judge == "reward_model":
+        if not cfg.judge_path:
+            raise ValueError(
+                "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
+                "checkpoint with one output)"
+            )
+        from prefopt.models import DTYPES
+
+        dtype = DTYPES[model_cfg.dtype] if model_cfg is not None else torch.float32
+        trust = bool(model_cfg.trust_remote_code) if model_cfg is not None else False
+        return RewardModelJudge(cfg.judge_path, cfg.batch_size, dtype, trust)
+    return None

@@ -1,0 +1,92 @@
+"""GenerationEvalCallback on a tiny model, without Lightning: the numbers at the start of
+training, where the policy IS the reference, are known exactly."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from prefopt.config import EvalConfig
+from prefopt.evaluation.callback import GenerationEvalCallback
+
+from ..conftest import tiny_llama
+
+
+class LengthJudge:
+    """Rewards the number of words: any deterministic judge will do here."""
+
+    name = "length"
+
+    def score(self, prompts, completions, device=None):
+        return [float(len(c.split())) for c in completions]
+
+
+def fake_run(tokenizer, n_prompts=6):
+    prompts = ["review of the phone :", "it is", "i loved the sound", "the price", "but", "i"]
+    examples = [{"prompt_input_ids": tokenizer(p).input_ids} for p in prompts[:n_prompts]]
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(val_examples=examples),
+        global_step=0,
+        is_global_zero=True,
+        logger=None,
+        callback_metrics={},
+        sanity_checking=False,
+    )
+    module = SimpleNamespace(policy=tiny_llama(seed=5), reference=None, device=torch.device("cpu"))
+    return trainer, module
+
+
+def make_callback(tokenizer, **cfg):
+    cfg = EvalConfig(**{"num_prompts": 6, "max_new_tokens": 8, "batch_size": 4, **cfg})
+    return GenerationEvalCallback(cfg, tokenizer, LengthJudge())
+
+
+def test_before_any_step_the_policy_ties_the_reference_and_kl_is_zero(tokenizer):
+    """Policy = reference, same seed: identical samples, so every prompt is a tie
+    (win rate 6 × 0.5 / 6 = 0.5), equal mean rewards, and log π − log π_ref = 0 exactly."""
+    trainer, module = fake_run(tokenizer)
+    callback = make_callback(tokenizer)
+    callback.setup(trainer, module, "fit")
+    callback.on_fit_start(trainer, module)
+    metrics = callback.evaluate(trainer, module)
+    assert metrics["eval/win_rate_vs_ref"] == 0.5
+    assert metrics["eval/reward_policy"] == metrics["eval/reward_ref"]
+    assert metrics["eval/kl_seq"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["eval/length_policy"] == metrics["eval/length_ref"] > 0
+    assert trainer.callback_metrics["eval/win_rate_vs_ref"] == 0.5
+
+
+def test_the_reference_is_a_frozen_copy_that_later_updates_do_not_touch(tokenizer):
+    """After the policy changes, its samples differ, KL is positive, and the reference's samples
+    (generated once) are reused unchanged."""
+    trainer, module = fake_run(tokenizer)
+    callback = make_callback(tokenizer)
+    callback.setup(trainer, module, "fit")
+    callback.on_fit_start(trainer, module)
+    callback.evaluate(trainer, module)
+    reference_texts = callback.reference_samples.texts
+
+    with torch.no_grad():  # a different policy: push every token's logit around
+        module.policy.lm_head.weight.mul_(-3.0)
+    trainer.global_step = 10
+    metrics = callback.evaluate(trainer, module)
+    assert callback.reference_samples.texts == reference_texts
+    assert metrics["eval/kl_seq"] > 0.1
+    assert not all(
+        p is q for p, q in zip(module.policy.parameters(), callback._own_reference.parameters())
+    )
+    assert [h["step"] for h in callback.history] == [0.0, 10.0]
+
+
+def test_validation_end_respects_every_n_steps_and_training_end_evaluates_once_more(tokenizer):
+    trainer, module = fake_run(tokenizer, n_prompts=2)
+    callback = make_callback(tokenizer, every_n_steps=10, num_prompts=2)
+    callback.setup(trainer, module, "fit")
+    callback.on_fit_start(trainer, module)
+    for step in (4, 8, 12, 16, 22, 26, 28):  # the first validation ≥ 10 steps after the last
+        trainer.global_step = step
+        callback.on_validation_end(trainer, module)
+    trainer.global_step = 30
+    callback.on_train_end(trainer, module)
+    callback.on_train_end(trainer, module)  # nothing new since: no second evaluation
+    assert [h["step"] for h in callback.history] == [4.0, 16.0, 26.0, 30.0]

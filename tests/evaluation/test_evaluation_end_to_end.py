@@ -1,0 +1,203 @@
+"""Evaluation and diagnostics through `prefopt.train.train` on the toy world: what reaches
+MLflow on a short default run, and each diagnostic on data built to trigger it."""
+
+import json
+import logging
+import re
+
+import torch
+from mlflow.tracking import MlflowClient
+from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+from prefopt import train as train_module
+from prefopt.toy import build_toy_world, reward
+from prefopt.train import train
+
+EVAL_METRICS = (
+    "eval/win_rate_vs_ref",
+    "eval/reward_policy",
+    "eval/reward_ref",
+    "eval/kl_seq",
+    "eval/length_policy",
+)
+QUIET = ("reference policy collapse", "not increasing", "outside [")
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def read_table(client, run_id, tmp_path):
+    path = client.download_artifacts(run_id, "eval/generations.json", str(tmp_path / "dl"))
+    table = json.load(open(path))
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def toy_rows(cfg, split="train"):
+    world = build_toy_world(cfg.toy, progress=False)
+    path = world.train_path if split == "train" else world.val_path
+    return [json.loads(line) for line in open(path)], world
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_short_default_run_logs_the_evaluation_and_no_diagnostic_fires(
+    compose_config, caplog, tmp_path
+):
+    cfg = compose_config(
+        "export=false",
+        "trainer.max_steps=12",
+        "trainer.val_check_interval=4",
+        "eval.num_prompts=8",
+        "eval.max_new_tokens=24",
+    )
+    with caplog.at_level(logging.INFO):
+        result = train(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    run = client.get_run(result.run_id)
+
+    for key in EVAL_METRICS:  # validations at steps 4, 8, 12; nothing new to evaluate at the end
+        assert [step for step, _ in history(client, result.run_id, key)] == [4, 8, 12], key
+    reference_rewards = {v for _, v in history(client, result.run_id, "eval/reward_ref")}
+    assert len(reference_rewards) == 1  # reference samples are drawn once and reused
+    assert result.metrics["eval/kl_seq"] > 0
+
+    rows = read_table(client, result.run_id, tmp_path)
+    assert len(rows) == 3 * 8 and {r["step"] for r in rows} == {4, 8, 12}
+    assert set(rows[0]) == {"step", "prompt", "policy", "reference", "reward_policy", "reward_ref"}
+    last = [r for r in rows if r["step"] == 12]
+    assert all(r["reward_policy"] == reward(r["policy"]) for r in last)  # the toy judge's scores
+    wins = [
+        1.0
+        if r["reward_policy"] > r["reward_ref"]
+        else 0.5
+        if r["reward_policy"] == r["reward_ref"]
+        else 0.0
+        for r in last
+    ]
+    assert sum(wins) / len(wins) == result.metrics["eval/win_rate_vs_ref"]
+
+    # the diagnostics ran and stayed quiet
+    assert run.data.tags["diagnostics.beta_range"] == "inside"
+    assert "diagnostics.reference_collapse" not in run.data.tags
+    assert "diagnostics.margin_stalled" not in run.data.tags
+    assert run.data.metrics["diagnostics/ref_low_logp_share"] <= 0.25
+    assert history(client, result.run_id, "diagnostics/margin_stalled") == [(12, 0.0)]
+    assert not [r.message for r in caplog.records if any(q in r.getMessage() for q in QUIET)]
+
+
+def test_reference_collapse_and_beta_range_fire_on_data_built_for_them(
+    compose_config, caplog, tmp_path
+):
+    """Chosen completions the reference never writes (a product name repeated; it only ever
+    writes product names in prompts), and β = 1 for DPO, above the authors' [0.05, 0.5]."""
+    rows, _ = toy_rows(compose_config())
+    rows = [
+        {**r, "chosen": " " + " ".join([r["prompt"].split()[-2]] * 10) + " ."} for r in rows[:64]
+    ]
+    data = write_jsonl(tmp_path / "collapsed.jsonl", rows)
+    cfg = compose_config(
+        "data=local",
+        f"data.path={data}",
+        "loss.beta=1.0",
+        "export=false",
+        "trainer.max_steps=1",
+        "eval.num_prompts=0",
+    )
+    with caplog.at_level(logging.INFO):
+        result = train(cfg)
+    run = MlflowClient(cfg.logger.tracking_uri).get_run(result.run_id)
+    assert run.data.metrics["diagnostics/ref_low_logp_share"] == 1.0
+    assert run.data.tags["diagnostics.reference_collapse"] == "1.000"
+    collapse = [r for r in caplog.records if "reference policy collapse" in r.getMessage()]
+    assert collapse and collapse[0].levelno == logging.WARNING
+    assert re.search(r"100% of \d+ sampled chosen completions", collapse[0].getMessage())
+    assert run.data.tags["diagnostics.beta_range"] == "outside"
+    beta = [r for r in caplog.records if "loss.beta=1 is outside [0.05, 0.5]" in r.getMessage()]
+    assert beta and beta[0].levelno == logging.INFO
+
+
+def test_a_margin_that_cannot_rise_is_flagged(compose_config, caplog, tmp_path):
+    """Contradictory preferences: every pair also appears with chosen and rejected swapped, so
+    the mean validation margin stays at 0 however the policy moves."""
+    rows, _ = toy_rows(compose_config(), split="val")
+    rows = rows[:32]
+    rows += [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
+    data = write_jsonl(tmp_path / "contradictory.jsonl", rows)
+    cfg = compose_config(
+        "data=local",
+        f"data.path={data}",
+        f"data.val_path={data}",
+        "export=false",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+        "eval.num_prompts=0",
+    )
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    assert history(client, result.run_id, "diagnostics/margin_stalled") == [(6, 1.0)]
+    assert client.get_run(result.run_id).data.tags["diagnostics.margin_stalled"] == "true"
+    warned = [r.getMessage() for r in caplog.records if "not increasing" in r.getMessage()]
+    assert len(warned) == 1
+    assert "reference policy mismatched with the preference data; revise the data or β" in warned[0]
+
+
+def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
+    compose_config, monkeypatch, tmp_path
+):
+    """SimPO loads no reference; evaluation compares with a frozen copy of the initial policy
+    and judges with a tiny reward model saved to disk (it reads the toy tokenizer's words)."""
+    _, world = toy_rows(compose_config())
+    tokenizer = AutoTokenizer.from_pretrained(world.model_dir)
+    torch.manual_seed(0)
+    reward_model = LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            num_labels=1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    reward_model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+
+    loads = []
+    real_load = train_module.load_causal_lm
+    monkeypatch.setattr(
+        train_module, "load_causal_lm", lambda path, cfg: loads.append(path) or real_load(path, cfg)
+    )
+    cfg = compose_config(
+        "loss=simpo",
+        "eval=reward_model",
+        f"eval.judge_path={tmp_path / 'rm'}",
+        "eval.num_prompts=4",
+        "eval.max_new_tokens=12",
+        "export=false",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+    )
+    result = train(cfg)
+    assert len(loads) == 1 and result.module.reference is None  # SimPO: the policy only
+    client = MlflowClient(cfg.logger.tracking_uri)
+    run = client.get_run(result.run_id)
+    for key in EVAL_METRICS:
+        assert key in run.data.metrics, key
+    assert "diagnostics/ref_low_logp_share" not in run.data.metrics  # no reference in SimPO
+
+    rows = read_table(client, result.run_id, tmp_path)
+    reward_model.eval()
+    for row in rows:
+        ids = tokenizer(row["prompt"] + row["policy"], return_tensors="pt").input_ids
+        with torch.no_grad():
+            expected = reward_model(input_ids=ids).logits[0, 0].item()
+        assert abs(row["reward_policy"] - expected) < 1e-4

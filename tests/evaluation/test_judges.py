@@ -1,0 +1,90 @@
+"""The judge interface: the toy world's ground truth, and any saved reward model."""
+
+import logging
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from prefopt.config import EvalConfig
+from prefopt.evaluation import check_eval_config
+from prefopt.evaluation.judges import RewardModelJudge, ToyJudge, build_judge
+from prefopt.toy import reward
+
+from .conftest import word_tokenizer
+
+
+def save_reward_model(path, num_labels=1, seed=0):
+    """A tiny Llama sequence classifier (one logit = the reward) and its tokenizer, on disk."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_toy_judge_is_the_ground_truth_reward_of_the_completion():
+    completions = [
+        " it is great .",
+        " the sound is awful .",
+        " i loved the price but the design is bad .",
+    ]
+    scores = ToyJudge().score(["review of the red phone :"] * 3, completions)
+    assert scores == [reward(c) for c in completions]
+    assert scores[0] > scores[1]
+
+
+def test_reward_model_judge_scores_prompt_plus_completion_one_logit_each(tmp_path):
+    path = save_reward_model(tmp_path / "rm")
+    judge = build_judge(EvalConfig(judge="reward_model", judge_path=str(path), batch_size=4), True)
+    assert isinstance(judge, RewardModelJudge)
+    prompts = ["review of the phone :", "review of the phone :", "review of the phone :"]
+    completions = [" it is great .", " bad", " i loved the sound but the price is awful ."]
+    scores = judge.score(prompts, completions)
+
+    # The same model on each text alone (no padding at all), read by hand.
+    model = LlamaForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = word_tokenizer()
+    for text_score, prompt, completion in zip(scores, prompts, completions):
+        ids = tokenizer(prompt + completion, return_tensors="pt").input_ids
+        with torch.no_grad():
+            expected = model(input_ids=ids).logits[0, 0].item()
+        assert text_score == pytest.approx(expected, abs=1e-5)
+    assert len(set(scores)) == 3
+    assert next(judge.model.parameters()).device.type == "cpu"
+
+
+def test_a_classifier_with_several_outputs_is_refused(tmp_path):
+    path = save_reward_model(tmp_path / "clf", num_labels=2)
+    with pytest.raises(ValueError, match="num_labels=1"):
+        RewardModelJudge(str(path))
+
+
+def test_the_toy_judge_steps_aside_on_data_that_is_not_the_toy_world(caplog):
+    with caplog.at_level(logging.WARNING, logger="prefopt.evaluation"):
+        assert build_judge(EvalConfig(judge="toy"), uses_toy_data=False) is None
+    assert "eval=reward_model eval.judge_path=" in caplog.text
+    assert isinstance(build_judge(EvalConfig(judge="toy"), uses_toy_data=True), ToyJudge)
+    assert build_judge(EvalConfig(judge="none"), uses_toy_data=True) is None
+
+
+def test_bad_eval_settings_fail_at_start():
+    with pytest.raises(ValueError, match="eval.judge='gpt4'"):
+        check_eval_config(EvalConfig(judge="gpt4"))
+    with pytest.raises(ValueError, match="needs eval.judge_path"):
+        check_eval_config(EvalConfig(judge="reward_model"))
+    with pytest.raises(ValueError, match="eval.temperature=-1"):
+        check_eval_config(EvalConfig(temperature=-1.0))
+    check_eval_config(EvalConfig())

@@ -1,0 +1,402 @@
+"""Sweeps: `--multirun` jobs grouped under one MLflow parent run, with a summary at the end.
+
+The end-to-end tests run the real command line (`python -m prefopt.train --multirun ...`) in a
+temporary directory on the small toy world, a couple of steps per job, and read the results
+back through MLflow's client: nothing of MLflow or Hydra is mocked.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from prefopt.sweep import SweepJob, swept_overrides
+
+from .conftest import CONF_DIR, SMALL_TOY
+
+STEPS = 2
+"""Each job trains STEPS steps, validates after every step and logs every step."""
+
+# A small generation evaluation, so that the summary and the notebook see eval/ metrics.
+SMALL_EVAL = ["eval.num_prompts=8", "eval.max_new_tokens=8"]
+
+
+def fast_job_overrides(toy_cache: Path) -> list[str]:
+    return [
+        *SMALL_TOY,
+        *(SMALL_EVAL if (Path(CONF_DIR) / "eval").is_dir() else []),
+        f"toy.cache_dir={toy_cache}",
+        f"trainer.max_steps={STEPS}",
+        "trainer.val_check_interval=1",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "export=false",
+    ]
+
+
+@pytest.fixture(scope="session")
+def prefopt_cache(tmp_path_factory):
+    """$PREFOPT_CACHE for the command lines: reference log-probs computed once, then shared."""
+    return tmp_path_factory.mktemp("prefopt_cache")
+
+
+def run_sweep(cwd: Path, args: list[str], toy_cache: Path, cache: Path, **env: str):
+    """`python -m prefopt.train --multirun <fast small-toy overrides> <args>` in `cwd`."""
+    env = {**os.environ, "PREFOPT_CACHE": str(cache), "MPLBACKEND": "Agg", **env}
+    cmd = [sys.executable, "-m", "prefopt.train", "--multirun", *fast_job_overrides(toy_cache)]
+    cmd += args
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def sweep_runs(client: MlflowClient, experiment: str = "prefopt"):
+    """(parent, children sorted by job number) of the only sweep in `experiment`."""
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("prefopt.sweep_role") == "parent"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1, "every other run is a child of the parent"
+    return parents[0], sorted(children, key=lambda r: int(r.data.tags["prefopt.sweep_job"]))
+
+
+def read_summary(client: MlflowClient, parent_id: str, tmp_path: Path) -> list[dict[str, str]]:
+    local = client.download_artifacts(parent_id, "summary/summary.csv", str(tmp_path))
+    with open(local, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_nothing_lost(client: MlflowClient, children) -> None:
+    """Every child finished with the full config as params and every step's metrics."""
+    reference_params = set(children[0].data.params)
+    assert {"loss/beta", "optim/lr", "trainer/max_steps", "data_stats/train_pairs"} <= (
+        reference_params
+    )
+    for child in children:
+        assert child.info.status == "FINISHED", child.info.run_name
+        assert set(child.data.params) == reference_params, child.info.run_name
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "config.yaml" in artifacts
+        for metric in ("train/loss", "val/rewards/margins", "val/rewards/accuracies"):
+            history = client.get_metric_history(child.info.run_id, metric)
+            assert len(history) == STEPS, (child.info.run_name, metric, history)
+
+
+# --- a β sweep, four jobs at once on one SQLite store --------------------------------------
+
+BETAS = ["0.05", "0.1", "0.2", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def beta_sweep(tmp_path_factory, toy_cache, prefopt_cache):
+    """`--multirun loss.beta=...` with Hydra's joblib launcher: the four jobs run at once, in
+    four worker processes, all writing to ./mlflow.db."""
+    cwd = tmp_path_factory.mktemp("beta_sweep")
+    args = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4", f"loss.beta={','.join(BETAS)}"]
+    proc = run_sweep(cwd, args, toy_cache, prefopt_cache, OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    [sweep_dir] = (cwd / "multirun").glob("*/*")
+    return SimpleNamespace(cwd=cwd, proc=proc, uri=uri, client=MlflowClient(uri), dir=sweep_dir)
+
+
+def test_a_multirun_is_one_parent_run_with_a_named_child_per_job(beta_sweep):
+    parent, children = sweep_runs(beta_sweep.client)
+
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == f"sweep loss.beta={','.join(BETAS)}"
+    assert parent.data.tags["prefopt.sweep_id"] == str(beta_sweep.dir)
+    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=0.001" for b in BETAS]
+    assert [c.data.tags["prefopt.sweep_job"] for c in children] == ["0", "1", "2", "3"]
+    assert [c.data.params["loss/beta"] for c in children] == BETAS
+    for child in children:
+        assert child.info.experiment_id == parent.info.experiment_id
+        assert child.data.tags["prefopt.sweep_id"] == str(beta_sweep.dir)
+
+
+def test_four_jobs_at_once_on_one_sqlite_store_lose_nothing(beta_sweep):
+    parent, children = sweep_runs(beta_sweep.client)
+    assert_nothing_lost(beta_sweep.client, children)
+    # They really ran at the same time: some moment sees at least two runs open.
+    second_start = sorted(c.info.start_time for c in children)[1]
+    first_end = min(c.info.end_time for c in children)
+    assert second_start < first_end, [(c.info.start_time, c.info.end_time) for c in children]
+
+
+def test_the_parent_run_gets_the_summary_table_and_plots(beta_sweep, tmp_path):
+    client = beta_sweep.client
+    parent, children = sweep_runs(client)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert artifacts == {"summary/summary.csv", "summary/loss.beta.png", "summary/margins.png"}
+
+    rows = read_summary(client, parent.info.run_id, tmp_path)
+    assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
+    for row, child in zip(rows, children):
+        assert row["loss.beta"] == child.data.params["loss/beta"]
+        assert row["status"] == "FINISHED"
+        for metric in ("val/rewards/margins", "val/rewards/accuracies"):
+            assert float(row[metric]) == pytest.approx(child.data.metrics[metric], abs=1e-4)
+    for metric in ("eval/win_rate_vs_ref", "eval/kl_seq"):  # a column only when runs have it
+        assert (metric in rows[0]) == (metric in children[0].data.metrics), metric
+
+    for name in ("loss.beta.png", "margins.png"):
+        png = (beta_sweep.dir / "summary" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+    printed = beta_sweep.proc.stdout
+    assert "job  run_name" in printed and "val/rewards/accuracies" in printed
+    for child in children:
+        assert child.info.run_name in printed
+
+
+def test_the_notebook_runs_against_the_sweep(beta_sweep, tmp_path, monkeypatch):
+    import json
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "compare_sweep.ipynb"
+    # A kernel spec for this very interpreter, whatever kernels the machine has installed.
+    spec_dir = tmp_path / "jupyter" / "kernels" / "prefopt-test"
+    spec_dir.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec = {"argv": argv, "display_name": "prefopt-test", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("PREFOPT_TRACKING_URI", beta_sweep.uri)
+    monkeypatch.setenv("PREFOPT_SWEEP_ID", str(beta_sweep.dir))
+
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(
+        nb,
+        timeout=300,
+        kernel_name="prefopt-test",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    text = "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs
+    )
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    parent, children = sweep_runs(beta_sweep.client)
+    assert parent.info.run_id in text
+    for child in children:
+        assert child.info.run_name in text
+    if "eval/kl_seq" in children[0].data.metrics:
+        assert len(images) == 3  # margin curves, β against the final metrics, the trade-off
+    else:
+        assert len(images) == 2
+        assert "no eval/ metrics in this sweep" in text
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+def test_a_failed_job_ends_the_parent_failed_and_shows_in_the_summary(
+    tmp_path, toy_cache, prefopt_cache
+):
+    proc = run_sweep(tmp_path, ["loss.beta=0.1,-0.1"], toy_cache, prefopt_cache)
+    assert proc.returncode != 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent, children = sweep_runs(client)
+
+    assert parent.info.status == "FAILED"
+    # β=-0.1 fails its config check before its run exists; the parent records it all the same.
+    assert [c.info.run_name for c in children] == ["dpo β=0.1 lr=0.001"]
+    assert "loss.beta=-0.1" in parent.data.tags["prefopt.failed_job.1"]
+    rows = read_summary(client, parent.info.run_id, tmp_path)
+    assert [(r["job"], r["loss.beta"], r["status"]) for r in rows] == [
+        ("0", "0.1", "FINISHED"),
+        ("1", "-0.1", "FAILED"),
+    ]
+    assert "2 jobs, FAILED" in proc.stdout
+
+
+# --- a real tracking server -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 with its own SQLite store and artifact directory."""
+    port, log_path = free_port(), tmp_path / "server.log"
+    cmd = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+        *("--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"),
+    ]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not start in time"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        yield SimpleNamespace(url=url, artifacts=tmp_path / "server-artifacts")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.mark.slow  # a server start and a sweep: about a minute on 2 idle cores
+def test_a_sweep_against_a_real_tracking_server(mlflow_server, tmp_path, toy_cache, prefopt_cache):
+    args = [f"logger.tracking_uri={mlflow_server.url}", "loss.beta=0.05,0.5"]
+    proc = run_sweep(tmp_path, args, toy_cache, prefopt_cache, NO_PROXY="127.0.0.1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+
+    client = MlflowClient(mlflow_server.url)
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.run_name for c in children] == ["dpo β=0.05 lr=0.001", "dpo β=0.5 lr=0.001"]
+    assert_nothing_lost(client, children)
+    rows = read_summary(client, parent.info.run_id, tmp_path)
+    assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
+    # Artifacts went through the server into its own artifact store.
+    stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
+    assert {"config.yaml", "summary.csv", "loss.beta.png"} <= stored
+
+
+# --- naming and swept keys (no training) ----------------------------------------------------
+
+
+def test_swept_keys_come_from_the_command_line_and_the_sweeper_params():
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweeper": {"params": {"optim.lr": "1e-4,1e-3", "data.batch_size": "8,16"}},
+                "overrides": {
+                    "task": [
+                        "loss=dpo,ipo",
+                        "loss.beta=0.05,0.1",
+                        "data.batch_size=8",  # the command line wins over the sweep config
+                        "trainer.max_steps=10",
+                        "hydra.launcher.n_jobs=2,4",
+                    ]
+                },
+            }
+        }
+    )
+    assert swept_overrides(config) == {
+        "optim.lr": "optim.lr=1e-4,1e-3",
+        "loss": "loss=dpo,ipo",
+        "loss.beta": "loss.beta=0.05,0.1",
+    }
+
+
+def test_a_run_name_adds_every_swept_key_the_default_name_lacks(compose_config):
+    cfg = compose_config("loss=dpo", "loss.label_smoothing=0.1", "optim.scheduler=cosine")
+    job = SweepJob(
+        sweep_id="/sweeps/a",
+        job_num=3,
+        parent_run_id="abc",
+        swept_keys=("loss", "loss.beta", "optim.lr", "optim.scheduler", "loss.label_smoothing"),
+        choices={"loss": "dpo"},
+    )
+    name = "dpo β=0.1 label_smoothing=0.1 lr=0.001"  # what `default_run_name` gives
+    assert job.run_name(name, cfg) == f"{name} optim.scheduler=cosine"
+    assert job.tags == {
+        "prefopt.sweep_id": "/sweeps/a",
+        "prefopt.sweep_job": "3",
+        "mlflow.parentRunId": "abc",
+    }
+    assert job.params == {"loss": "dpo"}
+
+
+def test_a_job_without_the_environment_finds_its_parent_by_sweep_id(tmp_path, monkeypatch):
+    """A launcher that starts jobs in a fresh environment: the job asks the store instead."""
+    from prefopt.sweep import ENV_VAR, SweepCallback, find_parent
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def sweep_config(sweep_dir: str):
+        return OmegaConf.create(
+            {
+                "hydra": {
+                    "runtime": {"cwd": str(tmp_path)},
+                    "sweep": {"dir": sweep_dir},
+                    "overrides": {"task": ["loss.beta=0.1,0.2", "trainer.max_steps=3"]},
+                },
+                "logger": {"tracking_uri": uri, "experiment_name": "prefopt"},
+                "model": {"path": "elsewhere"},
+                "data": {"source": "local"},
+            }
+        )
+
+    config = sweep_config("multirun/a")
+    callback = SweepCallback()
+    callback.on_multirun_start(config)
+    assert os.environ[ENV_VAR]  # what jobs launched from here inherit
+    monkeypatch.delenv(ENV_VAR)
+
+    found = find_parent(config.hydra, config.logger)
+    assert found["run_id"] == callback.parent["run_id"]
+    assert found["sweep_id"] == str(tmp_path / "multirun" / "a")
+    assert found["swept_keys"] == ["loss.beta"]
+    assert find_parent(sweep_config("multirun/b").hydra, config.logger) is None
+
+    callback.on_multirun_end(config)  # a sweep without a single job did not succeed
+    assert MlflowClient(uri).get_run(found["run_id"]).info.status == "FAILED"
+
+
+# --- the ready sweeps of conf/sweep/ -------------------------------------------------------
+
+READY_SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", READY_SWEEPS)
+def test_every_ready_sweep_is_one_command_with_valid_values(name, tmp_path):
+    """`python -m prefopt.train sweep=<name>` is a multirun, and the first value of each swept
+    key makes a config that passes the same checks as a real job."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    from prefopt.config import register_configs
+    from prefopt.train import check_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        config = compose("config", overrides=[f"sweep={name}"], return_hydra_config=True)
+        assert config.hydra.mode.name == "MULTIRUN"
+        swept = swept_overrides(config)
+        assert swept, name
+        first_values = []
+        for key, line in swept.items():
+            override = OverridesParser.create().parse_overrides([line])[0]
+            value = override.value()
+            first = value.start if isinstance(value, IntervalSweep) else None
+            first = first if first is not None else next(override.sweep_string_iterator())
+            first_values.append(f"{key}={first}")
+        job = compose(
+            "config", overrides=[f"sweep={name}", *first_values, f"output_dir={tmp_path}"]
+        )
+    check_config(job)
