@@ -12,7 +12,7 @@ from prefopt.train import train
     ids=["ipo", "simpo", "kto-paired", "kto-unpaired"],
 )
 def test_each_loss_learns_the_toy_preference(compose_config, overrides):
-    result = train(compose_config(*overrides, "export=false"))
+    result = train(compose_config(*overrides, "export=false", "eval.num_prompts=0"))
     metrics = result.metrics
     assert metrics["val/rewards/chosen"] > metrics["val/rewards/rejected"], metrics
     if "val/rewards/accuracies" in metrics:
@@ -28,13 +28,15 @@ def test_simpo_never_loads_or_runs_a_reference(compose_config, monkeypatch):
         return real_load(path, cfg)
 
     monkeypatch.setattr(train_module, "load_causal_lm", counting_load)
-    result = train(compose_config("loss=simpo", "export=false", "trainer.max_steps=3"))
+    result = train(compose_config("loss=simpo", "export=false", "trainer.max_steps=3", "eval.num_prompts=0"))
     assert len(loaded) == 1  # the policy only
     assert result.module.reference is None
 
 
 def test_online_dpo_runs_its_reference_once_per_batch(compose_config):
-    result = train(compose_config("export=false", "reference.cache=false", "trainer.max_steps=4", "trainer.limit_val_batches=2",
+    # evaluation and diagnostics would add reference forwards of their own: off here
+    result = train(compose_config("export=false", "reference.cache=false", "eval.num_prompts=0",
+                                  "eval.diagnostics.enabled=false", "trainer.max_steps=4", "trainer.limit_val_batches=2",
                                   "trainer.val_check_interval=2"))
     # 4 training batches + 2 validations of 2 batches each
     assert result.module.reference.forward_calls == 4 + 2 * 2

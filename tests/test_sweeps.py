@@ -36,7 +36,7 @@ SMALL_EVAL = ["eval.num_prompts=8", "eval.max_new_tokens=8"]
 def fast_job_overrides(toy_cache: Path) -> list[str]:
     return [
         *SMALL_TOY,
-        *(SMALL_EVAL if (Path(CONF_DIR) / "eval").is_dir() else []),
+        *SMALL_EVAL,
         f"toy.cache_dir={toy_cache}",
         f"trainer.max_steps={STEPS}",
         "trainer.val_check_interval=1",

@@ -40,7 +40,7 @@ class ModelConfig:
 class ToyWorldConfig:
     """The embedded toy world: generated reviews, a tiny SFT model, ground-truth-labelled pairs.
 
-    Every field is part of the cache key, so changing any of them builds a new world.
+    Every field but `cache_dir` is part of the cache key, so changing one builds a new world.
     """
 
     seed: int = 0
@@ -48,7 +48,7 @@ class ToyWorldConfig:
     n_val_prompts: int = 200
     n_test_prompts: int = 200
     sft_texts: int = 6000
-    sft_steps: int = 400
+    sft_steps: int = 300
     sft_batch_size: int = 32
     sft_lr: float = 3e-3
     hidden_size: int = 128

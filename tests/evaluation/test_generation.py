@@ -8,6 +8,7 @@ from prefopt.evaluation.generation import (
     generate,
     left_pad,
     score,
+    stop_token_ids,
 )
 
 from ..conftest import tiny_llama
@@ -19,7 +20,7 @@ PROMPTS = [[1, 5, 6, 7, 8, 9], [1, 10], [1, 11, 12, 13]]
 def _generate(model, prompts, **overrides):
     kwargs = dict(
         pad_token_id=0,
-        eos_token_id=2,
+        stop_ids=[2],
         max_new_tokens=6,
         temperature=1.0,
         seed=0,
@@ -35,10 +36,19 @@ def test_left_pad_puts_every_prompt_against_the_right_edge():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_cut_at_eos_keeps_the_first_eos_and_drops_what_follows():
-    assert cut_at_eos([7, 8, 2, 0, 0], eos_token_id=2) == [7, 8, 2]
-    assert cut_at_eos([7, 2, 2, 2], eos_token_id=2) == [7, 2]
-    assert cut_at_eos([7, 8, 9], eos_token_id=2) == [7, 8, 9]  # ran out of budget
+def test_cut_at_eos_keeps_the_first_stop_token_and_drops_what_follows():
+    assert cut_at_eos([7, 8, 2, 0, 0], stop_ids=[2]) == [7, 8, 2]
+    assert cut_at_eos([7, 2, 2, 2], stop_ids=[2]) == [7, 2]
+    assert cut_at_eos([7, 8, 9], stop_ids=[2]) == [7, 8, 9]  # ran out of budget
+    assert cut_at_eos([7, 9, 8, 2], stop_ids=[2, 9]) == [7, 9]  # a chat model's end of turn
+
+
+def test_stop_tokens_join_the_tokenizer_eos_and_the_model_generation_config(tokenizer):
+    model = tiny_llama()
+    model.generation_config.eos_token_id = [2, 30]
+    assert stop_token_ids(tokenizer, model) == [2, 30]
+    model.generation_config.eos_token_id = None
+    assert stop_token_ids(tokenizer, model) == [2]
 
 
 def test_batched_greedy_generation_equals_one_prompt_at_a_time():

@@ -36,7 +36,13 @@ import torch
 from torch import nn
 
 from prefopt.config import EvalConfig
-from prefopt.evaluation.generation import Samples, decode_completions, generate, score
+from prefopt.evaluation.generation import (
+    Samples,
+    decode_completions,
+    generate,
+    score,
+    stop_token_ids,
+)
 from prefopt.evaluation.judges import Judge
 from prefopt.evaluation.metrics import mean, sequence_kl, win_rate
 
@@ -63,6 +69,7 @@ class GenerationEvalCallback(L.Callback):
         self.chunk_size = chunk_size
         self.prompts: list[list[int]] = []
         self.prompt_texts: list[str] = []
+        self.stop_ids: list[int] = []
         self.reference_samples: Samples | None = None
         self.reference_rewards: list[float] | None = None
         self.last_step: int | None = None
@@ -90,6 +97,7 @@ class GenerationEvalCallback(L.Callback):
         self.prompt_texts = [
             self.tokenizer.decode(ids, skip_special_tokens=True) for ids in self.prompts
         ]
+        self.stop_ids = stop_token_ids(self.tokenizer, pl_module.policy)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -123,11 +131,10 @@ class GenerationEvalCallback(L.Callback):
             if self._own_reference is not None and device.type != "cpu":
                 self._own_reference.to("cpu")
 
-        eos = self.tokenizer.eos_token_id
         metrics = {
             "eval/kl_seq": kl,
-            "eval/length_policy": mean(policy_samples.lengths(eos)),
-            "eval/length_ref": mean(self.reference_samples.lengths(eos)),
+            "eval/length_policy": mean(policy_samples.lengths(self.stop_ids)),
+            "eval/length_ref": mean(self.reference_samples.lengths(self.stop_ids)),
         }
         if policy_rewards is not None:
             metrics["eval/win_rate_vs_ref"] = win_rate(policy_rewards, self.reference_rewards)
@@ -160,7 +167,7 @@ class GenerationEvalCallback(L.Callback):
             model,
             self.prompts,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            stop_ids=self.stop_ids,
             max_new_tokens=self.cfg.max_new_tokens,
             temperature=self.cfg.temperature,
             seed=self.cfg.seed,

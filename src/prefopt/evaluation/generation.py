@@ -8,6 +8,7 @@ and the training RNG is left exactly where it was.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -22,15 +23,13 @@ class Samples:
     """Completions of one model for the eval prompts, row i answering prompt i."""
 
     completion_ids: list[list[int]]
-    """Generated ids up to and including the first EOS (none if the budget ran out first)."""
+    """Generated ids up to and including the first stop token (none if the budget ran out)."""
     texts: list[str]
     """The completions as text, as they follow the prompt's text."""
 
-    def lengths(self, eos_token_id: int | None) -> list[int]:
-        """Completion lengths in tokens, EOS not counted."""
-        return [
-            len(ids) - (1 if ids and ids[-1] == eos_token_id else 0) for ids in self.completion_ids
-        ]
+    def lengths(self, stop_ids: Collection[int]) -> list[int]:
+        """Completion lengths in tokens, the final stop token (EOS) not counted."""
+        return [len(ids) - (1 if ids and ids[-1] in stop_ids else 0) for ids in self.completion_ids]
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int) -> dict[str, Tensor]:
@@ -43,11 +42,22 @@ def left_pad(prompts: list[list[int]], pad_token_id: int) -> dict[str, Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def cut_at_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
-    """Keep tokens up to and including the first EOS; what `generate` pads after it is dropped."""
-    if eos_token_id is not None and eos_token_id in ids:
-        return ids[: ids.index(eos_token_id) + 1]
+def cut_at_eos(ids: list[int], stop_ids: Collection[int]) -> list[int]:
+    """Keep tokens up to and including the first stop token; what `generate` pads after it is
+    dropped."""
+    for position, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[: position + 1]
     return ids
+
+
+def stop_token_ids(tokenizer, model: nn.Module) -> list[int]:
+    """The tokenizer's EOS and the model's own (chat models end a turn with a token of their
+    own, e.g. `<|im_end|>`, listed in their generation config)."""
+    ids = [tokenizer.eos_token_id]
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += config_eos if isinstance(config_eos, list) else [config_eos]
+    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 @torch.no_grad()
@@ -56,7 +66,7 @@ def generate(
     prompts: list[list[int]],
     *,
     pad_token_id: int,
-    eos_token_id: int | None,
+    stop_ids: list[int],
     max_new_tokens: int,
     temperature: float,
     seed: int,
@@ -82,11 +92,11 @@ def generate(
                     **batch,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad_token_id,
-                    eos_token_id=eos_token_id,
+                    eos_token_id=stop_ids or None,
                     **sampling,
                 )
                 new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-                completions += [cut_at_eos(ids, eos_token_id) for ids in new_tokens]
+                completions += [cut_at_eos(ids, stop_ids) for ids in new_tokens]
     finally:
         model.train(was_training)
     return completions

@@ -27,8 +27,9 @@ from prefopt.losses.base import (
 
 @dataclass
 class IPOLoss(PreferenceLoss):
-    beta: float = 0.1
-    """Regularisation τ of the paper: the target margin is 1/(2β)."""
+    beta: float = 0.5
+    """Regularisation τ of the paper: the target margin is 1/(2β). With length-normalised
+    log-probs the margin is per token, so β = 0.5 asks for 1 nat per token (β = 0.1 for 5)."""
     length_normalize: bool = True
     """Use mean per-token log-probs (true) or sums (false, the seed's form)."""
 
