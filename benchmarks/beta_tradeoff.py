@@ -67,7 +67,9 @@ def main() -> None:
     )
     parser.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.1, 0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--prompts", type=int, default=200, help="held-out prompts (eval)")
+    parser.add_argument(
+        "--prompts", type=int, default=200, help="eval.num_prompts: held-out prompts judged"
+    )
     parser.add_argument("--runs-dir", type=Path, default=None)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args()
@@ -93,7 +95,8 @@ def main() -> None:
         cells = [cell([m.get(key, float("nan")) for m in runs]) for key, _ in COLUMNS]
         print(f"| {beta:g} | {' | '.join(cells)} |")
     print(
-        f"\n{len(args.seeds)} seed(s) per β, {args.prompts} held-out prompts, "
+        f"\n{len(args.seeds)} seed(s) per β, eval.num_prompts={args.prompts} (at most the "
+        f"distinct validation prompts), "
         f"{time.perf_counter() - start:.0f} s; runs in {root} (mlflow ui --backend-store-uri "
         f"sqlite:///{root / 'mlflow.db'})"
     )

@@ -43,6 +43,6 @@ def test_online_dpo_runs_its_reference_once_per_batch(compose_config):
     client = MlflowClient(tracking_uri=result_cfg.logger.tracking_uri)
     validations = len(client.get_metric_history(result.run_id, "val/loss"))
     assert validations >= 1
-    # one reference forward per training batch, plus those of the validation passes (2 batches
-    # each; the history may also hold the end-of-fit epoch value of the last one)
-    assert 4 + 2 <= result.module.reference.forward_calls <= 4 + 2 * validations
+    # one reference forward per training batch and per validation batch
+    val_batches = min(2, -(-result.module.trainer.datamodule.stats["val_pairs"] // result_cfg.data.eval_batch_size))
+    assert result.module.reference.forward_calls == 4 + val_batches * validations
