@@ -29,7 +29,6 @@ from prefopt.data.unpaired import (
     is_unpaired,
     normalise_unpaired,
     split_pairs,
-    tokenize_examples,
 )
 
 log = logging.getLogger("prefopt.data")
@@ -129,7 +128,7 @@ class PreferenceDataModule(L.LightningDataModule):
         example_tokenizer = ExampleTokenizer(
             self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
         )
-        return tokenize_examples(examples, example_tokenizer, desc=f"tokenizing {split}")
+        return tokenize_pairs(examples, example_tokenizer, desc=f"tokenizing {split}")
 
     def _log_dropped(self, split: str, total: int, dropped: Counter[str]) -> None:
         if dropped[DROPPED_TOO_LONG]:

@@ -26,6 +26,7 @@ The rules, each guarding a known way to corrupt DPO's log-probabilities:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from tqdm.auto import tqdm
@@ -195,10 +196,11 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 
 def tokenize_pairs(
-    pairs: list[Pair], pair_tokenizer: PairTokenizer, desc: str = "tokenizing"
-) -> tuple[list[TokenizedPair], Counter[str]]:
-    """Tokenize every pair; returns the kept pairs and the number dropped per reason."""
-    examples: list[TokenizedPair] = []
+    pairs: Sequence[Any], pair_tokenizer: PairTokenizer, desc: str = "tokenizing"
+) -> tuple[list[Any], Counter[str]]:
+    """Tokenize every pair (or unpaired example, with an `ExampleTokenizer`); returns the kept
+    ones and the number dropped per reason."""
+    examples: list[Any] = []
     dropped: Counter[str] = Counter()
     for pair in tqdm(pairs, desc=desc, disable=len(pairs) < _PROGRESS_MIN_PAIRS):
         example, reason = pair_tokenizer(pair)

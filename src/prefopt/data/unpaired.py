@@ -20,13 +20,11 @@ combination together would cost a tokenizer call per batch row.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import torch
-from tqdm.auto import tqdm
 
 from prefopt.data.collate import pad_sequences, with_index
 from prefopt.data.formats import Message, Pair
@@ -75,7 +73,9 @@ def normalise_unpaired(rows: Rows) -> list[Example]:
             if isinstance(prompt, list) and isinstance(completion, str):
                 completion = [{"role": "assistant", "content": completion}]
             else:
-                raise ValueError(f"{where}: 'prompt' and 'completion' must both be strings or both messages")
+                raise ValueError(
+                    f"{where}: 'prompt' and 'completion' must both be strings or both messages"
+                )
         examples.append(Example(prompt, completion, _label(row["label"], where), where))
     return examples
 
@@ -119,21 +119,9 @@ class ExampleTokenizer(PairTokenizer):
         ), None
 
 
-def tokenize_examples(
-    examples: Sequence[Example], tokenizer: ExampleTokenizer, desc: str = "tokenizing"
-) -> tuple[list[TokenizedExample], Counter[str]]:
-    kept: list[TokenizedExample] = []
-    dropped: Counter[str] = Counter()
-    for example in tqdm(examples, desc=desc, disable=len(examples) < 2000):
-        tokenized, reason = tokenizer(example)
-        if tokenized is None:
-            dropped[reason] += 1
-        else:
-            kept.append(tokenized)
-    return kept, dropped
-
-
-def collate_unpaired(examples: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate_unpaired(
+    examples: Sequence[TokenizedExample], pad_token_id: int
+) -> dict[str, torch.Tensor]:
     """2N rows: the examples, then each prompt with the next example's completion."""
     n = len(examples)
     sequences = [(e["input_ids"], e["prompt_length"]) for e in examples]

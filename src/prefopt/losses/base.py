@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -117,6 +118,19 @@ def paired_metrics(
     }
 
 
+def smoothed_sigmoid_loss(logits: Tensor, label_smoothing: float) -> Tensor:
+    """−(1 − ε)·log σ(z) − ε·log σ(−z): the Bradley-Terry loss with labels flipped w.p. ε."""
+    return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+
+
+def check_label_smoothing(value: float) -> None:
+    if not 0.0 <= value < 0.5:
+        raise ValueError(
+            f"loss.label_smoothing={value}: it must be in [0, 0.5) "
+            "(0.5 would make the labels pure noise)"
+        )
+
+
 def check_positive(loss_name: str, key: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"loss.{key}={value} for loss '{loss_name}': it must be > 0")
@@ -128,6 +142,8 @@ __all__ = [
     "PairLogps",
     "PreferenceLoss",
     "UnpairedLogps",
+    "check_label_smoothing",
     "check_positive",
     "paired_metrics",
+    "smoothed_sigmoid_loss",
 ]

@@ -15,14 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch.nn.functional as F
-
 from prefopt.losses.base import (
     LossOutput,
     PairLogps,
     PreferenceLoss,
+    check_label_smoothing,
     check_positive,
     paired_metrics,
+    smoothed_sigmoid_loss,
 )
 
 
@@ -38,19 +38,14 @@ class DPOLoss(PreferenceLoss):
 
     def __post_init__(self) -> None:
         check_positive(self.name, "beta", self.beta)
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(
-                f"loss.label_smoothing={self.label_smoothing}: it must be in [0, 0.5) "
-                "(0.5 would make the labels pure noise)"
-            )
+        check_label_smoothing(self.label_smoothing)
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         reference = self._require_reference(reference)
         chosen_logratio = policy.chosen.summed - reference.chosen.summed
         rejected_logratio = policy.rejected.summed - reference.rejected.summed
         logits = self.beta * (chosen_logratio - rejected_logratio)
-        eps = self.label_smoothing
-        losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+        losses = smoothed_sigmoid_loss(logits, self.label_smoothing)
 
         metrics = paired_metrics(policy, self.beta * chosen_logratio, self.beta * rejected_logratio)
         metrics["gradient_weight"] = (-logits).sigmoid().detach()

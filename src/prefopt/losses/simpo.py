@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch.nn.functional as F
-
 from prefopt.losses.base import (
     LossOutput,
     PairLogps,
     PreferenceLoss,
+    check_label_smoothing,
     check_positive,
     paired_metrics,
+    smoothed_sigmoid_loss,
 )
 
 
@@ -41,14 +41,12 @@ class SimPOLoss(PreferenceLoss):
         check_positive(self.name, "beta", self.beta)
         if self.gamma_beta_ratio < 0:
             raise ValueError(f"loss.gamma_beta_ratio={self.gamma_beta_ratio}: it must be ≥ 0")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"loss.label_smoothing={self.label_smoothing}: it must be in [0, 0.5)")
+        check_label_smoothing(self.label_smoothing)
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None = None) -> LossOutput:
         chosen_rewards = self.beta * policy.chosen.mean
         rejected_rewards = self.beta * policy.rejected.mean
         logits = chosen_rewards - rejected_rewards - self.gamma_beta_ratio * self.beta
-        eps = self.label_smoothing
-        losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
+        losses = smoothed_sigmoid_loss(logits, self.label_smoothing)
         metrics = paired_metrics(policy, chosen_rewards, rejected_rewards)
         return LossOutput(loss=losses.mean(), metrics=metrics)
