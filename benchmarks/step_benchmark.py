@@ -96,6 +96,8 @@ def run_worker(args) -> dict:
     from prefopt.module import PreferenceModule
     from prefopt.reference import CachedReference, FrozenReference
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     seq_len = args.prompt_len + args.completion_len
@@ -171,6 +173,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def combine_rounds(rounds: list[dict]) -> dict:
+    if "skipped" in rounds[0]:
+        return rounds[0]
+    median = statistics.median(r["median_step_s"] for r in rounds)
+    return {
+        "mode": rounds[0]["mode"],
+        "median_step_s": median,
+        "tokens_per_s": rounds[0]["tokens_per_s"] * rounds[0]["median_step_s"] / median,
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,6 +196,12 @@ def main() -> None:
     parser.add_argument("--completion-len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of fresh processes per mode (median taken)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads per worker (0: torch's default)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument(
@@ -194,16 +215,20 @@ def main() -> None:
         print(json.dumps(run_worker(args)))
         return
 
-    results = []
-    for mode in args.modes:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", mode]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    # Rounds of fresh processes, modes interleaved, so a noisy neighbour on the machine slows
+    # every mode alike; each mode reports the median over rounds of its median step time.
+    runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+    for _ in range(args.repeats):
+        for mode in args.modes:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", mode]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            runs[mode].append(json.loads(out.strip().splitlines()[-1]))
+    results = [combine_rounds(rounds) for rounds in runs.values()]
 
     floor = next((r for r in results if r["mode"] == "sft" and "median_step_s" in r), None)
     print(
         f"\nmodel={args.model} pairs={args.pairs} prompt={args.prompt_len} completion={args.completion_len} "
-        f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()}"
+        f"device={args.device} dtype={args.dtype} threads={args.threads or torch.get_num_threads()}"
     )
     print(f"{'mode':<17} {'step ms':>9} {'× sft':>7} {'tokens/s':>10} {'peak MB':>9}")
     for r in results:
