@@ -11,7 +11,9 @@ Modes (each measured in a fresh process, so peak memory is its own):
   dpo_online       prefopt DPO step, reference model run every step
   dpo_cached       prefopt DPO step, reference log-probs precomputed (as with reference.cache=true)
   dpo_full_logits  prefopt DPO step with online reference but full [batch, seq, vocab] logits
-  trl              TRL's DPOTrainer on the same model and data (only when `trl` is installed)
+  trl              TRL's DPOTrainer on the same model and tokens, online reference
+  trl_precomputed  TRL's DPOTrainer with `precompute_ref_log_probs=True`
+                   (both only when `trl` is installed: pip install -e ".[bench]")
 
 Models are random-initialised from a config (no download): `toy` (the toy world's shape),
 `vocab152k` (Qwen2.5's 151,936-token vocabulary on a tiny body: isolates the logits' cost) and
@@ -27,12 +29,15 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-MODES = ("sft", "dpo_online", "dpo_cached", "dpo_full_logits", "trl")
+MODES = ("sft", "dpo_online", "dpo_cached", "dpo_full_logits", "trl", "trl_precomputed")
+EOS_ID = 2
+"""Every completion ends with this id (so TRL, which appends EOS, sees the same tokens)."""
 
 SHAPES = {
     "toy": dict(
@@ -76,6 +81,7 @@ def make_batch(args, vocab_size: int, device: torch.device) -> dict[str, torch.T
     prompt = torch.randint(3, vocab_size, (args.pairs, args.prompt_len), generator=g)
     chosen = torch.randint(3, vocab_size, (args.pairs, args.completion_len), generator=g)
     rejected = torch.randint(3, vocab_size, (args.pairs, args.completion_len), generator=g)
+    chosen[:, -1] = rejected[:, -1] = EOS_ID
     input_ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)])
     completion_mask = torch.zeros_like(input_ids, dtype=torch.bool)
     completion_mask[:, args.prompt_len :] = True
@@ -105,7 +111,7 @@ def run_worker(args) -> dict:
     batch = make_batch(args, policy.config.vocab_size, device)
     tokens = batch["input_ids"].numel()
 
-    if args.mode == "trl":
+    if args.mode.startswith("trl"):
         return run_trl(args, policy, batch)
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
@@ -117,7 +123,7 @@ def run_worker(args) -> dict:
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels
             ).loss.backward()
     else:
-        chunk = None if args.mode == "dpo_full_logits" else DEFAULT_CHUNK_SIZE
+        chunk = None if args.mode == "dpo_full_logits" else args.chunk_size or DEFAULT_CHUNK_SIZE
         reference_model = build_model(args.model, seq_len, dtype).to(device)
         if args.mode == "dpo_cached":
             with torch.no_grad():
@@ -155,11 +161,94 @@ def run_worker(args) -> dict:
 
 
 def run_trl(args, policy, batch) -> dict:
+    """TRL's DPOTrainer, fed the very token ids of `batch` through a word-level tokenizer whose
+    token `t<i>` is id i, so its own tokenization path yields the same sequences."""
     try:
-        import trl  # noqa: F401
+        import trl
+        from datasets import Dataset
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast, TrainerCallback
     except ImportError:
-        return {"mode": "trl", "skipped": "trl is not installed (pip install trl)"}
-    return {"mode": "trl", "skipped": "TRL comparison is run on GPU sessions; see the README"}
+        return {"mode": args.mode, "skipped": "trl is not installed (pip install -e '.[bench]')"}
+
+    vocab_size = policy.config.vocab_size
+    word_level = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, unk_token="t0", pad_token="t1", eos_token=f"t{EOS_ID}"
+    )
+
+    def text(ids) -> str:
+        return " ".join(f"t{i}" for i in ids.tolist())
+
+    ids = batch["input_ids"].cpu()
+    p = args.prompt_len
+    rows = [
+        {
+            "prompt": text(ids[i, :p]),
+            "chosen": " " + text(ids[i, p:]),
+            "rejected": " " + text(ids[args.pairs + i, p:]),
+        }
+        for i in range(args.pairs)
+    ]
+    steps = args.warmup + args.steps
+    dataset = Dataset.from_list(rows * steps)  # the same pairs every step, as in the other modes
+
+    times: list[float] = []
+    device = torch.device(args.device)
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            sync(device)
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            sync(device)
+            times.append(time.perf_counter() - self.start)
+
+    precompute = args.mode == "trl_precomputed"
+    config = trl.DPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"),
+        per_device_train_batch_size=args.pairs,
+        max_steps=steps,
+        learning_rate=1e-5,
+        beta=0.1,
+        max_length=args.prompt_len + args.completion_len,
+        precompute_ref_log_probs=precompute,
+        bf16=args.dtype == "bfloat16",
+        use_cpu=device.type == "cpu",
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_drop_last=True,
+        seed=0,
+    )
+    # With precomputed log-probs TRL scores the data with the policy itself before training
+    # (it equals the reference then), so it needs no reference model.
+    reference = None if precompute else build_model(args.model, config.max_length, policy.dtype)
+    trainer = trl.DPOTrainer(
+        model=policy,
+        ref_model=reference.to(device) if reference is not None else None,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    first = trainer.train_dataset[0]
+    same_tokens = (
+        first["prompt_ids"] + first["chosen_ids"] == ids[0].tolist()
+    )  # TRL saw exactly our sequences
+    trainer.train()
+    median = statistics.median(times[args.warmup :])
+    return {
+        "mode": args.mode,
+        "median_step_s": median,
+        "tokens_per_s": batch["input_ids"].numel() / median,
+        "peak_memory_mb": peak_memory_mb(device),
+        "trl_version": trl.__version__,
+        "same_tokens": same_tokens,
+    }
 
 
 def sync(device: torch.device) -> None:
@@ -201,6 +290,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads per worker (0: torch's default)"
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=0, help="model.logits_chunk_size (0: prefopt's default)"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

@@ -31,9 +31,9 @@ class ModelConfig:
     """Weights dtype on load: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Run code shipped with a hub checkpoint. Off unless you trust its author."""
-    logits_chunk_size: int = 1024
-    """Completion tokens sent through the output layer at once (bounds the logits' memory);
-    0 = full [batch, seq, vocab] logits."""
+    logits_chunk_size: int = 512
+    """Completion tokens sent through the output layer at once (bounds the logits' memory: 512
+    tokens of a 152k vocabulary are 311 MB in fp32); 0 = full [batch, seq, vocab] logits."""
 
 
 @dataclass
@@ -55,6 +55,10 @@ class ToyWorldConfig:
     num_layers: int = 2
     num_heads: int = 4
     max_new_tokens: int = 20
+    label_temperature: float = 1.0
+    """Training labels are sampled as human ones are modelled (Bradley–Terry): the higher-reward
+    completion is chosen with probability σ((r_a − r_b) / τ). 0 = always the higher reward.
+    Validation and test pairs are always ordered by the true reward."""
     cache_dir: str | None = None
     """Where built worlds are kept; null = $PREFOPT_CACHE or ~/.cache/prefopt/toy."""
 

@@ -19,7 +19,9 @@ from torch.utils.checkpoint import checkpoint
 
 from prefopt.losses.base import CompletionLogps
 
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = 512
+"""At 152k vocabulary: 311 MB of fp32 logits per chunk (measured peak RSS for 4 pairs of 512
+tokens: 1.9 GB at 512, 3.1 GB at 1024, 10.2 GB with full logits; benchmarks/step_benchmark.py)."""
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> Tensor:

@@ -66,6 +66,38 @@ def test_reward_model_judge_scores_prompt_plus_completion_one_logit_each(tmp_pat
     assert next(judge.model.parameters()).device.type == "cpu"
 
 
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {{ eos_token }} "
+    "{% endfor %}"
+)
+
+
+def test_reward_model_with_a_chat_template_reads_the_exchange_through_it(tmp_path):
+    """A reward model trained on chat transcripts scores `<bos> user : prompt <eos> assistant :
+    completion <eos>`, tokenized without a second BOS, not the bare prompt + completion."""
+    path = save_reward_model(tmp_path / "rm")
+    tokenizer = word_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    judge = RewardModelJudge(str(path))
+    prompt, completion = "review of the phone :", " it is great ."
+
+    text = judge.render(prompt, completion)
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    assert text == f"{bos}user : {prompt} {eos} assistant : it is great . {eos} "
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    assert (ids == tokenizer.bos_token_id).sum() == 1
+
+    model = LlamaForSequenceClassification.from_pretrained(path).eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[0, 0].item()
+        plain = tokenizer(prompt + completion, return_tensors="pt").input_ids
+        plain_score = model(input_ids=plain).logits[0, 0].item()
+    [score] = judge.score([prompt], [completion])
+    assert score == pytest.approx(expected, abs=1e-5)
+    assert score != pytest.approx(plain_score, abs=1e-5)
+
+
 def test_a_classifier_with_several_outputs_is_refused(tmp_path):
     path = save_reward_model(tmp_path / "clf", num_labels=2)
     with pytest.raises(ValueError, match="num_labels=1"):

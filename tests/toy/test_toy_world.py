@@ -15,7 +15,7 @@ from prefopt.toy import ToyWorld, build_toy_world, reward
 from prefopt.toy import world as world_module
 from prefopt.toy.language import MAX_WORDS, MIN_WORDS, VOCAB, all_prompts, sample_completion
 from prefopt.toy.tokenizer import build_tokenizer
-from prefopt.toy.world import cache_key, cache_root
+from prefopt.toy.world import cache_key, cache_root, sample_labels
 
 
 def small_config(cache_dir, **overrides) -> ToyWorldConfig:
@@ -115,7 +115,7 @@ def test_splits_have_disjoint_prompts(cfg, world):
     assert len(train) == len(prompts["train"])  # one pair per prompt
 
 
-def test_pairs_are_labelled_by_the_ground_truth_reward(world):
+def test_pairs_carry_their_ground_truth_rewards(world):
     for path in (world.train_path, world.val_path, world.test_path):
         for row in read_pairs(path):
             assert set(row) == {"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}
@@ -123,7 +123,31 @@ def test_pairs_are_labelled_by_the_ground_truth_reward(world):
             assert row["chosen"].startswith(" ") and row["rejected"].startswith(" ")
             assert row["chosen_reward"] == reward(row["chosen"])
             assert row["rejected_reward"] == reward(row["rejected"])
-            assert row["chosen_reward"] > row["rejected_reward"]
+            assert row["chosen_reward"] != row["rejected_reward"]  # ties are never kept
+
+
+def test_eval_pairs_are_ordered_by_the_true_reward_and_train_labels_are_noisy(world):
+    for path in (world.val_path, world.test_path):
+        assert all(row["chosen_reward"] > row["rejected_reward"] for row in read_pairs(path))
+    train = read_pairs(world.train_path)
+    against = sum(row["chosen_reward"] < row["rejected_reward"] for row in train)
+    # Bradley–Terry with τ=1 on gaps of 1-5 reward points flips roughly 10-25% of labels.
+    assert 0.05 * len(train) < against < 0.35 * len(train)
+
+
+def test_bradley_terry_labels_follow_sigmoid_of_the_reward_gap():
+    """Gap 1 keeps the order with p = σ(1) = 0.731, gap 3 with σ(3) = 0.953; τ = 2 halves the
+    gap: σ(0.5) = 0.622. Over 20k pairs each, the kept share lies within ±0.015 of these."""
+    for gap, temperature, expected in [(1, 1.0, 0.731), (3, 1.0, 0.953), (1, 2.0, 0.622)]:
+        pairs = [
+            {"prompt": "p", "chosen": " a", "rejected": " b", "chosen_reward": gap, "rejected_reward": 0}
+        ] * 20_000
+        labelled = sample_labels(pairs, temperature, random.Random(0))
+        kept = sum(row["chosen"] == " a" for row in labelled) / len(labelled)
+        assert kept == pytest.approx(expected, abs=0.015)
+        flipped = next(row for row in labelled if row["chosen"] == " b")
+        assert (flipped["chosen_reward"], flipped["rejected_reward"]) == (0, gap)
+    assert sample_labels(pairs, 0.0, random.Random(0)) == pairs  # τ = 0: the true order
 
 
 def test_model_dir_reloads_with_auto_classes(cfg, world):

@@ -6,7 +6,9 @@ A judge is anything with `score(prompts, completions) -> list[float]`, higher = 
 - `ToyJudge`: the toy world's ground-truth reward (`prefopt.toy.reward`), which reads the
   completion only.
 - `RewardModelJudge`: any Hugging Face sequence-classification checkpoint with one output (a
-  reward model), reading prompt + completion as one plain text with its own tokenizer.
+  reward model). It reads the exchange the way it was trained to: through its tokenizer's chat
+  template (the prompt as the user turn, the completion as the assistant turn) when it has one,
+  else as the plain text prompt + completion.
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ class RewardModelJudge:
         self.model.eval().requires_grad_(False)
         self.batch_size = batch_size
 
+    def render(self, prompt: str, completion: str) -> str:
+        """The text the reward model reads for one exchange."""
+        if not self.tokenizer.chat_template:
+            return prompt + completion
+        messages = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": completion.strip()},
+        ]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
     @torch.no_grad()
     def score(
         self, prompts: list[str], completions: list[str], device: torch.device | None = None
@@ -84,13 +96,15 @@ class RewardModelJudge:
         self.model.to(device)
         scores: list[float] = []
         try:
-            texts = [p + c for p, c in zip(prompts, completions)]
+            texts = [self.render(p, c) for p, c in zip(prompts, completions)]
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(
                     texts[start : start + self.batch_size],
                     padding=True,
                     truncation=True,
                     return_tensors="pt",
+                    # A rendered chat template already holds its BOS; adding one would double it.
+                    add_special_tokens=not self.tokenizer.chat_template,
                 ).to(device)
                 logits = self.model(**batch).logits
                 scores += logits[:, 0].float().cpu().tolist()

@@ -3,7 +3,14 @@
 Like the IMDb experiment of the DPO paper in miniature: an SFT model is trained on generated
 reviews, two completions per prompt are sampled from it, and the ground-truth reward
 (`prefopt.toy.language.reward`) decides which one is chosen. Pairs whose rewards tie are
-resampled a few times, then dropped. Train, validation and test prompts are disjoint, and the
+resampled a few times, then dropped.
+
+Training labels are noisy the way the DPO derivation assumes human labels are: the
+Bradley–Terry model p(a ≻ b) = σ((r_a − r_b)/τ), τ = `label_temperature`. With noisy labels the
+DPO objective has a finite optimum, π/π_ref ∝ exp(r/(βτ)), so β visibly sets how far the policy
+drifts (KL falls as β rises); with deterministic labels every β drives the margins to infinity
+and β only sets the speed. Validation and test pairs are ordered by the true reward, so
+validation accuracy measures agreement with the ground truth. Train, validation and test prompts are disjoint, and the
 SFT model never sees a validation or test prompt.
 
 A world lives in ``<cache root>/<hash of the config>``; it is built in a temporary sibling
@@ -16,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -37,7 +45,7 @@ from prefopt.toy.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 """Part of the cache key: bump it whenever the language, the model or the sampling changes."""
 
 _SAMPLING_ATTEMPTS = 4
@@ -130,6 +138,8 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
     stats = {}
     for split, split_prompts in zip(SPLITS, (train, val, test), strict=True):
         pairs = sample_pairs(model, tokenizer, split_prompts, cfg.max_new_tokens, progress, split)
+        if split == "train":
+            pairs = sample_labels(pairs, cfg.label_temperature, random.Random(cfg.seed))
         with open(out / f"{split}.jsonl", "w") as f:
             f.writelines(json.dumps(pair) + "\n" for pair in pairs)
         gaps = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
@@ -137,6 +147,7 @@ def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
             "prompts": len(split_prompts),
             "pairs": len(pairs),
             "mean_reward_gap": sum(gaps) / max(1, len(gaps)),
+            "labels_against_reward": sum(gap < 0 for gap in gaps) / max(1, len(gaps)),
         }
     summary = {
         "config": {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ToyWorldConfig)},
@@ -203,6 +214,26 @@ def sample_completions(
     # Leading space: see the text convention in `prefopt.toy.language`.
     completions = [" " + text.strip() for text in texts]
     return [completions[i : i + per_prompt] for i in range(0, len(completions), per_prompt)]
+
+
+def sample_labels(pairs: list[dict], temperature: float, rng: random.Random) -> list[dict]:
+    """Relabel reward-ordered pairs by the Bradley–Terry model: keep the order with probability
+    σ((r_chosen − r_rejected)/τ), else swap chosen and rejected (with their rewards)."""
+    if temperature <= 0:
+        return pairs
+    labelled = []
+    for pair in pairs:
+        gap = (pair["chosen_reward"] - pair["rejected_reward"]) / temperature
+        if rng.random() < 1 / (1 + math.exp(gap)):  # 1 − σ(gap): the annotator disagrees
+            pair = {
+                **pair,
+                "chosen": pair["rejected"],
+                "rejected": pair["chosen"],
+                "chosen_reward": pair["rejected_reward"],
+                "rejected_reward": pair["chosen_reward"],
+            }
+        labelled.append(pair)
+    return labelled
 
 
 def sample_pairs(
