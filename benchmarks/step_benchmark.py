@@ -171,15 +171,17 @@ def run_trl(args, policy, batch) -> dict:
     except ImportError:
         return {"mode": args.mode, "skipped": "trl is not installed (pip install -e '.[bench]')"}
 
-    vocab_size = policy.config.vocab_size
-    word_level = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    # Special tokens get names no other token contains (the tokenizer would split them out).
+    names = [f"t{i}" for i in range(policy.config.vocab_size)]
+    names[0], names[1], names[EOS_ID] = "<unk>", "<pad>", "<eos>"
+    word_level = Tokenizer(models.WordLevel({n: i for i, n in enumerate(names)}, unk_token="<unk>"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=word_level, unk_token="t0", pad_token="t1", eos_token=f"t{EOS_ID}"
+        tokenizer_object=word_level, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
     )
 
     def text(ids) -> str:
-        return " ".join(f"t{i}" for i in ids.tolist())
+        return " ".join(names[i] for i in ids.tolist())
 
     ids = batch["input_ids"].cpu()
     p = args.prompt_len
