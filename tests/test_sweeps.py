@@ -117,7 +117,7 @@ def test_a_multirun_is_one_parent_run_with_a_named_child_per_job(beta_sweep):
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name == f"sweep loss.beta={','.join(BETAS)}"
     assert parent.data.tags["prefopt.sweep_id"] == str(beta_sweep.dir)
-    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=0.001" for b in BETAS]
+    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=5e-4" for b in BETAS]
     assert [c.data.tags["prefopt.sweep_job"] for c in children] == ["0", "1", "2", "3"]
     assert [c.data.params["loss/beta"] for c in children] == BETAS
     for child in children:
@@ -213,7 +213,7 @@ def test_a_failed_job_ends_the_parent_failed_and_shows_in_the_summary(
 
     assert parent.info.status == "FAILED"
     # β=-0.1 fails its config check before its run exists; the parent records it all the same.
-    assert [c.info.run_name for c in children] == ["dpo β=0.1 lr=0.001"]
+    assert [c.info.run_name for c in children] == ["dpo β=0.1 lr=5e-4"]
     assert "loss.beta=-0.1" in parent.data.tags["prefopt.failed_job.1"]
     rows = read_summary(client, parent.info.run_id, tmp_path)
     assert [(r["job"], r["loss.beta"], r["status"]) for r in rows] == [
@@ -275,7 +275,7 @@ def test_a_sweep_against_a_real_tracking_server(mlflow_server, tmp_path, toy_cac
     client = MlflowClient(mlflow_server.url)
     parent, children = sweep_runs(client)
     assert parent.info.status == "FINISHED"
-    assert [c.info.run_name for c in children] == ["dpo β=0.05 lr=0.001", "dpo β=0.5 lr=0.001"]
+    assert [c.info.run_name for c in children] == ["dpo β=0.05 lr=5e-4", "dpo β=0.5 lr=5e-4"]
     assert_nothing_lost(client, children)
     rows = read_summary(client, parent.info.run_id, tmp_path)
     assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
@@ -320,7 +320,7 @@ def test_a_run_name_adds_every_swept_key_the_default_name_lacks(compose_config):
         swept_keys=("loss", "loss.beta", "optim.lr", "optim.scheduler", "loss.label_smoothing"),
         choices={"loss": "dpo"},
     )
-    name = "dpo β=0.1 label_smoothing=0.1 lr=0.001"  # what `default_run_name` gives
+    name = "dpo β=0.1 label_smoothing=0.1 lr=5e-4"  # what `default_run_name` gives
     assert job.run_name(name, cfg) == f"{name} optim.scheduler=cosine"
     assert job.tags == {
         "prefopt.sweep_id": "/sweeps/a",

@@ -22,9 +22,9 @@ def test_dpo_on_the_toy_world_aligns_logs_and_exports(compose_config):
     client = client_for(cfg)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "dpo β=0.1 lr=0.001"
+    assert run.info.run_name == "dpo β=0.1 lr=5e-4"
     assert run.data.params["loss/beta"] == "0.1"
-    assert run.data.params["optim/lr"] == "0.001"
+    assert run.data.params["optim/lr"] == "0.0005"
     for name in (
         "loss",
         "rewards/chosen",
