@@ -9,7 +9,9 @@ from prefopt.train import train
 
 @pytest.mark.parametrize(
     "overrides",
-    [["loss=ipo"], ["loss=simpo"], ["loss=kto"], ["loss=kto", "data=toy_unpaired"]],
+    # KTO on pairs split in two learns slowest (no pairwise difference cancels what the two
+    # completions share): on this small test world it needs a second epoch to separate them.
+    [["loss=ipo"], ["loss=simpo"], ["loss=kto", "trainer.max_epochs=2"], ["loss=kto", "data=toy_unpaired"]],
     ids=["ipo", "simpo", "kto-paired", "kto-unpaired"],
 )
 def test_each_loss_learns_the_toy_preference(compose_config, overrides):

@@ -3,6 +3,7 @@ MLflow on a short default run, and each diagnostic on data built to trigger it."
 
 import json
 import logging
+import math
 import re
 
 import torch
@@ -63,7 +64,9 @@ def test_a_short_default_run_logs_the_evaluation_and_no_diagnostic_fires(
         assert [step for step, _ in history(client, result.run_id, key)] == [4, 8, 12], key
     reference_rewards = {v for _, v in history(client, result.run_id, "eval/reward_ref")}
     assert len(reference_rewards) == 1  # reference samples are drawn once and reused
-    assert result.metrics["eval/kl_seq"] > 0
+    # A Monte-Carlo estimate on 8 samples after 12 small steps: it can fall either side of 0,
+    # but the policy has moved, so it is not 0 (that KL is computed right is tested by hand).
+    assert math.isfinite(result.metrics["eval/kl_seq"]) and result.metrics["eval/kl_seq"] != 0
 
     rows = read_table(client, result.run_id, tmp_path)
     assert len(rows) == 3 * 8 and {r["step"] for r in rows} == {4, 8, 12}
