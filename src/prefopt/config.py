@@ -82,6 +82,9 @@ class DataConfig:
     """Prompt tokens kept when a sequence is too long (the prompt keeps its end)."""
     max_rows: int | None = None
     """Use at most this many training rows (quick experiments)."""
+    on_invalid: str = "error"
+    """A bad row (missing field, wrong type, empty, identical sides, too long): `error` stops
+    before training naming the file, row and field; `skip` drops such rows and counts them."""
     batch_size: int = 16
     """Pairs per step per device."""
     eval_batch_size: int = 32

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from prefopt.config import ModelConfig
+from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.models")
 
@@ -18,7 +19,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def check_model_config(cfg: ModelConfig, path: str) -> None:
     """Fail before loading anything when the config cannot work."""
     if cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise PrefoptError(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
         if value and _looks_local(value) and not Path(value).exists():
             raise FileNotFoundError(
