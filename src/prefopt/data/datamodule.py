@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections import Counter
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from prefopt.config import DataConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.formats import detect_format, normalise
+from prefopt.data.order import ResumableBatches, ResumableLoader, fixed_batches, shuffled_batches
 from prefopt.data.sources import Rows, ToyWorldFiles, load_rows
 from prefopt.data.tokenize import (
     DROPPED_IDENTICAL,
@@ -31,7 +33,7 @@ from prefopt.data.unpaired import (
     split_pairs,
 )
 from prefopt.data.validate import InvalidRows
-from prefopt.errors import PrefoptError
+from prefopt.errors import PrefoptError, RowError
 
 log = logging.getLogger("prefopt.data")
 
@@ -122,7 +124,12 @@ class PreferenceDataModule(L.LightningDataModule):
             return "unpaired"
         if self.cfg.format != "auto":
             return self.cfg.format
-        return detect_format(rows, tolerant=self.cfg.on_invalid == "skip")
+        try:
+            return detect_format(rows, tolerant=self.cfg.on_invalid == "skip")
+        except RowError as error:
+            InvalidRows(self.cfg.on_invalid).record(error)  # raises, with the hint to skip
+            raise
+
 
     def _tokenize_pairs(self, split: str, rows: Rows, layout: str, invalid: InvalidRows):
         pair_tokenizer = PairTokenizer(
@@ -168,19 +175,31 @@ class PreferenceDataModule(L.LightningDataModule):
         return functools.partial(collate, pad_token_id=self.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
+        """Batches in an order fixed by (data.seed, epoch), resumable mid-epoch (`order.py`)."""
         self._require_setup()
-        if not self.paired:
+        n, size, seed = len(self.train_examples), self.cfg.batch_size, self.cfg.seed
+        if self.paired:
+            batches = ResumableBatches(
+                functools.partial(shuffled_batches, n, size, seed), math.ceil(n / size)
+            )
+        else:
             # KTO pairs each prompt with another completion of its batch; fixed batches make
             # those mismatched rows the same every epoch, so their reference log-probs can be
             # cached. Batch order is still reshuffled each epoch.
-            batches = FixedBatches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed)
-            return self._loader(self.train_examples, batch_sampler=batches)
-        return self._loader(
+            batches = ResumableBatches(
+                functools.partial(fixed_batches, n, size, seed), math.ceil(n / size)
+            )
+        return ResumableLoader(
             self.train_examples,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.cfg.seed),
+            batch_sampler=batches,
+            collate_fn=self._collate(),
+            num_workers=self.cfg.num_workers,
+            progress=self._batches_done,
         )
+
+    def _batches_done(self) -> int:
+        """Training batches the trainer has finished in the current epoch."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()

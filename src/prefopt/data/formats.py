@@ -88,10 +88,12 @@ def _layout_of(row: dict[str, Any], where: str) -> str:
         return "conversational"
     if isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
         return "explicit" if isinstance(row.get("prompt"), str) else "implicit"
-    types = {k: type(row.get(k)).__name__ for k in ("prompt", "chosen", "rejected")}
+    key = next(k for k in ("chosen", "rejected") if not isinstance(row[k], (str, list)))
     raise RowError(
-        f"{where}: cannot tell the layout from the value types {types}; expected {_EXPECTED}",
+        f"{where}: field {key!r} is a {type(row[key]).__name__}, expected a string (or a list "
+        f"of {{role, content}} messages); expected {_EXPECTED}",
         reason="wrong_type",
+        field=key,
     )
 
 
