@@ -410,11 +410,12 @@ def test_metrics_are_buffered_when_the_server_goes_away_and_sync_uploads_them(tm
 
 RESUME_ARGS = [
     *SMALL_TOY,
-    "trainer.max_steps=14",
+    "trainer.max_steps=10",
     "trainer.val_check_interval=5",
+    "trainer.log_every_n_steps=1",
     "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false",
-    "checkpoint.every_n_steps=4",
+    "checkpoint.every_n_steps=3",
     "eval.num_prompts=4",
     "eval.max_new_tokens=8",
     "export=false",
@@ -443,10 +444,10 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_mlflow_run_and_ends_as_if_
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # mid-epoch: 14 steps are about half of the first epoch
+    proc.send_signal(signal.SIGKILL)  # mid-epoch: 10 steps are under half of the first epoch
     assert proc.wait(timeout=30) == -signal.SIGKILL, proc.stderr.read()[-3000:]
     killed_at = safe_load(checkpoint)["global_step"]
-    assert 4 <= killed_at < 14
+    assert 3 <= killed_at < 10
     run_id = json.loads((out / CHECKPOINT_DIR / RUN_FILE).read_text())["run_id"]
 
     resumed = train(compose_config(*args, "resume=true"))
@@ -457,11 +458,13 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_mlflow_run_and_ends_as_if_
     assert [(r.info.run_id, r.info.status) for r in runs] == [(run_id, "FINISHED")]
     assert runs[0].data.tags["prefopt.resumed_from"] == str(checkpoint.resolve())
     steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
-    assert max(steps) >= 13 and min(steps) <= killed_at
+    # Logged before the kill and after the resume; the checkpointed step's own metrics are
+    # logged just after its checkpoint is written, so a kill in between may lose that one point.
+    assert set(range(10)) - {killed_at - 1} <= steps
     for key, value in uninterrupted.metrics.items():
         if key.startswith(("val/", "eval/")):
             assert math.isclose(resumed.metrics[key], value, rel_tol=1e-4, abs_tol=1e-5), key
-    assert safe_load(checkpoint)["global_step"] == 14
+    assert safe_load(checkpoint)["global_step"] == 10
     assert json.loads((out / CHECKPOINT_DIR / RUN_FILE).read_text())["finished"] is True
 
 

@@ -131,6 +131,18 @@ class ResumeCheckpoint(L.Callback):
     def state_key(self) -> str:
         return "ResumeCheckpoint"
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is None:
+            return
+        # `estimated_stepping_batches` (the lr schedule's length) already built the training
+        # loader before Lightning restored the loops, so the loader never received its saved
+        # position; dropping it makes the fit loop build it again and hand the position over.
+        fit_loop = trainer.fit_loop
+        if getattr(fit_loop, "_data_fetcher", None) is not None:
+            fit_loop._data_fetcher.teardown()
+            fit_loop._data_fetcher = None
+        fit_loop._combined_loader = None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps:

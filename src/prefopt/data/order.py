@@ -99,4 +99,7 @@ class ResumableLoader(DataLoader):
         return {"epoch": epoch, "batches_done": int(self.progress())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
+        epoch, done = state["epoch"], state["batches_done"]
+        if done >= len(self.batch_sampler):  # saved at the end of an epoch: the next one
+            epoch, done = epoch + 1, 0
+        self.batch_sampler.resume_at(epoch, done)
