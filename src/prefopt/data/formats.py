@@ -128,8 +128,8 @@ def check_not_empty(where: str, prompt, *completions) -> None:
     for name, value in zip(names, (prompt, *completions)):
         if _is_empty(value):
             raise RowError(
-                f"{where}: field {name!r} is empty; every pair needs a prompt and non-empty "
-                "completions (fix or remove the row)",
+                f"{where}: field {name!r} is empty; every row needs a prompt and non-empty "
+                "completions",
                 reason="empty",
                 field=name,
             )
