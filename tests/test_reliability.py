@@ -512,3 +512,80 @@ def test_no_unsafe_loading_in_the_source():
                         assert not (
                             isinstance(keyword.value, ast.Constant) and keyword.value.value
                         ), path
+
+
+def start_mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    cmd = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+        *("--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"),
+    ]
+    with open(tmp_path / "server.log", "a") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "mlflow server did not start in time"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.5)
+
+
+def stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+@pytest.mark.slow  # two server starts and a training run: a few minutes on 2 busy cores
+def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, reference_cache):
+    port = closed_port()
+    server = start_mlflow_server(tmp_path, port)
+    out = tmp_path / "out"
+    args = [
+        *RESUME_ARGS,
+        f"toy.cache_dir={toy_cache}",
+        f"reference.cache_dir={reference_cache}",
+        f"output_dir={out}",
+        f"logger.tracking_uri=http://127.0.0.1:{port}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NO_PROXY": "127.0.0.1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefopt.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        checkpoint = out / CHECKPOINT_DIR / LAST
+        while not checkpoint.exists() and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        stop(server)  # the server goes away at step 3 of 10
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    assert "python -m prefopt.sync" in output
+    assert (out / "mlflow_offline.jsonl").exists()
+
+    server = start_mlflow_server(tmp_path, port)
+    try:
+        synced = subprocess.run(
+            [sys.executable, "-m", "prefopt.sync", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        run_id = json.loads((out / CHECKPOINT_DIR / RUN_FILE).read_text())["run_id"]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+        assert steps == set(range(10))
+        assert "val/rewards/accuracies" in run.data.metrics
+    finally:
+        stop(server)
