@@ -589,3 +589,32 @@ def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, 
         assert "val/rewards/accuracies" in run.data.metrics
     finally:
         stop(server)
+
+
+def test_a_tokenizer_without_pad_token_gets_one_and_says_so(tmp_path, caplog):
+    from prefopt.config import ModelConfig
+    from prefopt.models import load_tokenizer
+
+    from .data.conftest import build_tokenizer
+
+    build_tokenizer(pad=False).save_pretrained(tmp_path / "tok")
+    tokenizer = load_tokenizer(str(tmp_path / "tok"), ModelConfig(path=str(tmp_path / "tok")))
+    assert tokenizer.pad_token == tokenizer.eos_token is not None
+    assert any(
+        "no pad token" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records
+    )
+
+
+def test_real_errors_from_the_store_are_not_taken_for_an_outage(tmp_path):
+    """Only an unreachable store sends logging offline; a wrong call still raises."""
+    from mlflow.exceptions import MlflowException
+
+    from prefopt.config import LoggerConfig
+    from prefopt.tracking import start_run
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = start_run(LoggerConfig(tracking_uri=store), "run", offline_dir=tmp_path)
+    logger.log_hyperparams({"x": 1})
+    with pytest.raises(MlflowException):
+        logger.log_hyperparams({"x": 2})  # MLflow never changes a param
+    assert not logger.offline

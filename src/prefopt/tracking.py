@@ -131,7 +131,9 @@ class OfflineBuffer:
             if not self.offline:
                 try:
                     return method(*args, **kwargs)
-                except Exception as error:  # connection, timeout, 5xx: the store is unreachable
+                except Exception as error:
+                    if not unreachable(error):
+                        raise  # a real error (a changed param, a bad name): not ours to hide
                     self._go_offline(error)
             if name in _WRITES:
                 self._record(name, args, kwargs)
@@ -162,6 +164,25 @@ class OfflineBuffer:
             if handle.tell() == 0:
                 handle.write(json.dumps({"tracking_uri": self.tracking_uri}) + "\n")
             handle.write(json.dumps(entry, default=repr) + "\n")
+
+
+_UNREACHABLE_SIGNS = (
+    "API request to",  # how MLflow's REST client reports connection errors and 5xx retries
+    "Max retries exceeded",
+    "Connection refused",
+    "Connection aborted",
+    "timed out",
+    "Name or service not known",
+)
+
+
+def unreachable(error: Exception) -> bool:
+    """Whether `error` says the tracking store cannot be reached (not that a call was wrong)."""
+    if isinstance(error, (OSError, TimeoutError)):
+        return True
+    if type(error).__module__.startswith(("requests", "urllib3")):
+        return True
+    return any(sign in str(error) for sign in _UNREACHABLE_SIGNS)
 
 
 def _plain(value: Any) -> Any:
