@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections import Counter
 from typing import Any
 
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from prefopt.config import DataConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.formats import detect_format, normalise
-from prefopt.data.order import ResumableBatches, ResumableLoader, fixed_batches, shuffled_batches
+from prefopt.data.order import ResumableBatches, ResumableLoader, ShuffledBatches
 from prefopt.data.sources import Rows, ToyWorldFiles, load_rows
 from prefopt.data.tokenize import (
     DROPPED_IDENTICAL,
@@ -130,7 +129,6 @@ class PreferenceDataModule(L.LightningDataModule):
             InvalidRows(self.cfg.on_invalid).record(error)  # raises, with the hint to skip
             raise
 
-
     def _tokenize_pairs(self, split: str, rows: Rows, layout: str, invalid: InvalidRows):
         pair_tokenizer = PairTokenizer(
             self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
@@ -179,19 +177,15 @@ class PreferenceDataModule(L.LightningDataModule):
         self._require_setup()
         n, size, seed = len(self.train_examples), self.cfg.batch_size, self.cfg.seed
         if self.paired:
-            batches = ResumableBatches(
-                functools.partial(shuffled_batches, n, size, seed), math.ceil(n / size)
-            )
+            batches = ShuffledBatches(n, size, seed)
         else:
             # KTO pairs each prompt with another completion of its batch; fixed batches make
             # those mismatched rows the same every epoch, so their reference log-probs can be
             # cached. Batch order is still reshuffled each epoch.
-            batches = ResumableBatches(
-                functools.partial(fixed_batches, n, size, seed), math.ceil(n / size)
-            )
+            batches = FixedBatches(n, size, seed)
         return ResumableLoader(
             self.train_examples,
-            batch_sampler=batches,
+            batch_sampler=ResumableBatches(batches),
             collate_fn=self._collate(),
             num_workers=self.cfg.num_workers,
             progress=self._batches_done,

@@ -1,49 +1,40 @@
 """Training batch order that a checkpoint can resume in the middle of an epoch.
 
-The order of every epoch is a pure function of (seed, epoch), so a resumed run replays the
-interrupted epoch exactly and skips the batches it had already trained on. Lightning saves the
-loader's `state_dict` (epoch, batches done) with each checkpoint and hands it back on resume.
-
-`shuffled_batches` reproduces what `DataLoader(shuffle=True, generator=Generator().manual_seed(seed))`
-yields in its `epoch`-th iteration (per iteration the loader draws a base seed from the
-generator, then `RandomSampler` draws its permutation from it), so runs keep the order they had before
-batches became resumable.
+Batch samplers here draw each epoch's order from a generator seeded once, at the start of the
+epoch, so epoch e's batches depend only on the seed and e. `ResumableBatches` wraps such a
+sampler: to resume at (epoch e, batch k) it replays the orders of epochs 0..e-1 (permutations
+only, no data is loaded) and skips the first k batches of epoch e. Lightning saves the loader's
+`state_dict` (epoch, batches done) with each checkpoint and hands it back on resume
+(`ResumableLoader`). Any deterministic batch sampler can be wrapped, e.g. a rank's shard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 
-def _draw(generator: torch.Generator) -> int:
-    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+class ShuffledBatches(Sampler[list[int]]):
+    """What `DataLoader(shuffle=True, generator=Generator().manual_seed(seed))` yields, epoch by
+    epoch: per epoch the loader's iterator draws a base seed from the generator, then
+    `RandomSampler` draws the permutation and a second one for its (empty) remainder. All are
+    drawn when the epoch starts, so an epoch left half-way does not shift the next ones."""
 
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
 
-def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epoch):  # earlier epochs: a base seed, the permutation, and a second
-        _draw(generator)  # permutation RandomSampler draws for its (empty) remainder
-        torch.randperm(n, generator=generator)
-        torch.randperm(n, generator=generator)
-    _draw(generator)
-    order = torch.randperm(n, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        torch.randperm(self.n, generator=self.generator)
+        for i in range(0, self.n, self.batch_size):
+            yield order[i : i + self.batch_size]
 
-
-def fixed_batches(n: int, batch_size: int, seed: int, epoch: int | None) -> list[list[int]]:
-    """Batches drawn once from a seeded permutation; their order reshuffled per epoch
-    (`epoch=None`: in their drawn order). KTO's batches, whose mismatched rows must not change."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if epoch is None:
-        return batches
-    generator = torch.Generator().manual_seed(seed + 1)
-    for _ in range(epoch):
-        torch.randperm(len(batches), generator=generator)
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
 
 
 class _Epoch:
@@ -57,11 +48,12 @@ class _Epoch:
 
 
 class ResumableBatches(Sampler[list[int]]):
-    def __init__(self, make_batches: Callable[[int], list[list[int]]], num_batches: int):
-        self.make_batches = make_batches
-        self.num_batches = num_batches
+    def __init__(self, batches: Iterable[list[int]]):
+        """`batches`: a batch sampler whose successive iterations are deterministic epochs."""
+        self.batches = batches
         self.sampler = _Epoch()
         self.current_epoch = -1
+        self._epochs_drawn = 0
         self._resume_at: tuple[int, int] | None = None
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
@@ -76,11 +68,20 @@ class ResumableBatches(Sampler[list[int]]):
         else:
             epoch, skip = self.current_epoch + 1, 0
         self._resume_at, self.sampler.epoch = None, None
+        if epoch < self._epochs_drawn:
+            raise RuntimeError(f"epoch {epoch} was drawn already; build a new loader to go back")
+        while self._epochs_drawn < epoch:  # replay earlier epochs' draws
+            for _ in self.batches:
+                pass
+            self._epochs_drawn += 1
+        self._epochs_drawn += 1
         self.current_epoch = epoch
-        yield from self.make_batches(epoch)[skip:]
+        for i, batch in enumerate(self.batches):
+            if i >= skip:
+                yield batch
 
     def __len__(self) -> int:
-        return self.num_batches
+        return len(self.batches)
 
 
 class ResumableLoader(DataLoader):
