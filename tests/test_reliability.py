@@ -618,3 +618,33 @@ def test_real_errors_from_the_store_are_not_taken_for_an_outage(tmp_path):
     with pytest.raises(MlflowException):
         logger.log_hyperparams({"x": 2})  # MLflow never changes a param
     assert not logger.offline
+
+
+def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(tmp_path):
+    from types import SimpleNamespace
+
+    from prefopt.resume import find_resume_point, mark_resumed, write_run_file
+
+    def run_folder(name, **fields):
+        out = tmp_path / "outputs" / name
+        (out / CHECKPOINT_DIR).mkdir(parents=True)
+        (out / CHECKPOINT_DIR / LAST).write_bytes(b"")
+        write_run_file(out, run_id=name, tracking_uri="sqlite:///x.db", **fields)
+        time.sleep(0.01)  # distinct modification times
+        return out
+
+    run_folder("2025-01-01/10-00-00")
+    killed = run_folder("2025-01-02/09-00-00")
+    run_folder("2025-01-02/11-00-00", finished=True)
+    new = tmp_path / "outputs" / "2025-01-03" / "08-00-00"
+    cfg = SimpleNamespace(ckpt_path=None, resume=True, output_dir=str(new))
+
+    point = find_resume_point(cfg)
+    assert point.checkpoint == killed / CHECKPOINT_DIR / LAST
+    assert point.run_id_for("sqlite:///x.db") == "2025-01-02/09-00-00"
+    assert point.run_id_for("sqlite:///other.db") is None
+
+    mark_resumed(point, new)  # the new run took over: the next resume=true must not pick it
+    assert find_resume_point(cfg).checkpoint.parent.parent.name == "10-00-00"
+    cfg.ckpt_path = str(killed)  # naming a run folder works whatever its state
+    assert find_resume_point(cfg).checkpoint == killed / CHECKPOINT_DIR / LAST

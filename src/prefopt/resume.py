@@ -241,7 +241,7 @@ def find_resume_point(cfg) -> ResumePoint | None:
         path
         for pattern in (f"*/*/{CHECKPOINT_DIR}/{LAST}", f"*/*/*/{CHECKPOINT_DIR}/{LAST}")
         for path in root.glob(pattern)
-        if not read_run_file(path.parent).get("finished")
+        if not _done(read_run_file(path.parent))
     ]
     if not candidates:
         raise PrefoptError(
@@ -250,6 +250,21 @@ def find_resume_point(cfg) -> ResumePoint | None:
         )
     checkpoint = max(candidates, key=lambda path: path.stat().st_mtime)
     return ResumePoint(checkpoint, read_run_file(checkpoint.parent))
+
+
+def mark_resumed(point: ResumePoint, output_dir: str | Path) -> None:
+    """Record in the interrupted run's folder that `output_dir` took over, so that a later
+    `resume=true` does not pick the interrupted run again."""
+    checkpoint_dir = point.checkpoint.parent
+    if checkpoint_dir.name != CHECKPOINT_DIR or not (checkpoint_dir / RUN_FILE).is_file():
+        return
+    if checkpoint_dir.resolve() == (Path(output_dir) / CHECKPOINT_DIR).resolve():
+        return
+    write_run_file(checkpoint_dir.parent, resumed_by=str(Path(output_dir).resolve()))
+
+
+def _done(run: dict[str, Any]) -> bool:
+    return bool(run.get("finished") or run.get("resumed_by"))
 
 
 def _checkpoint_in(path: Path) -> Path | None:

@@ -33,6 +33,7 @@ from prefopt.resume import (
     ResumeCheckpoint,
     ResumePoint,
     find_resume_point,
+    mark_resumed,
     write_run_file,
 )
 from prefopt.sweep import sweep_job
@@ -97,6 +98,7 @@ def train(cfg: DictConfig) -> TrainResult:
                 logger.log_hyperparams(sweep.params)
             if resume:
                 set_tags(logger, {"prefopt.resumed_from": resume.checkpoint.resolve()})
+                mark_resumed(resume, cfg.output_dir)
             if cfg.checkpoint.enabled:
                 write_run_file(
                     cfg.output_dir, run_id=logger.run_id, tracking_uri=logger._tracking_uri
