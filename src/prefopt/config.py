@@ -86,6 +86,9 @@ class DataConfig:
     """Prompt tokens kept when a sequence is too long (the prompt keeps its end)."""
     max_rows: int | None = None
     """Use at most this many training rows (quick experiments)."""
+    on_invalid: str = "error"
+    """A bad row (missing field, wrong type, empty, identical sides, too long): `error` stops
+    before training naming the file, row and field; `skip` drops such rows and counts them."""
     batch_size: int = 16
     """Pairs per step per device."""
     eval_batch_size: int = 32
@@ -192,6 +195,17 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Resumable checkpoints (policy, optimizer, scheduler, data position, RNG) in
+    `<output_dir>/checkpoints/`, written atomically; see README "When things go wrong"."""
+
+    every_n_steps: int = 100
+    """Write `last.ckpt` every this many optimizer steps (and always at the end); 0 = only at the end."""
+    enabled: bool = True
+    """false = no checkpoints at all (nothing to resume from)."""
+
+
+@dataclass
 class Config:
     loss: Any = MISSING
     model: ModelConfig = MISSING
@@ -207,6 +221,12 @@ class Config:
     """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
     export: bool = True
     """Save the aligned policy and tokenizer with `save_pretrained` at the end."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: bool = False
+    """Continue the most recent unfinished run (its checkpoint and its MLflow run): the one in
+    `output_dir`, else the newest under the runs' parent folder (`outputs/`)."""
+    ckpt_path: str | None = None
+    """Continue from this checkpoint (a `.ckpt` file, or a run's output or checkpoints folder)."""
     objective: str = "val/rewards/accuracies"
     """The final metric a run returns to Hydra: what an optimising sweeper (Optuna) maximises."""
 

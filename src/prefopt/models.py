@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from prefopt.config import ModelConfig
+from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.models")
 
@@ -18,11 +20,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def check_model_config(cfg: ModelConfig, path: str) -> None:
     """Fail before loading anything when the config cannot work."""
     if cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise PrefoptError(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
         if value and _looks_local(value) and not Path(value).exists():
-            raise FileNotFoundError(
-                f"{key}={value}: no such directory; give a saved checkpoint or a hub id"
+            raise PrefoptError(
+                f"{key}={value}: no such directory; give a checkpoint saved with "
+                "save_pretrained, or a Hugging Face hub id"
+            )
+
+
+    for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
+        if value and Path(value).is_dir() and not (Path(value) / "config.json").is_file():
+            raise PrefoptError(
+                f"{key}={value}: the folder holds no config.json, so it is not a Hugging Face "
+                "checkpoint; give the folder that save_pretrained wrote"
             )
 
 
@@ -31,14 +42,41 @@ def _looks_local(path: str) -> bool:
 
 
 def load_tokenizer(path: str, cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    with _load_errors(path, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise PrefoptError(
+                f"{path}: the tokenizer has neither a pad nor an eos token; add a pad token "
+                "(tokenizer.add_special_tokens({'pad_token': ...}) and save it)"
+            )
         tokenizer.pad_token = tokenizer.eos_token
-        log.info("tokenizer has no pad token: using eos (%r) for padding", tokenizer.eos_token)
+        log.warning(
+            "the tokenizer has no pad token: padding with its eos token %r (padding is masked "
+            "out, so this is safe)",
+            tokenizer.eos_token,
+        )
     return tokenizer
 
 
 def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
-    )
+    """Weights load from safetensors, or from .bin files with weights_only=True (transformers
+    does that itself); code shipped with a checkpoint runs only with model.trust_remote_code."""
+    with _load_errors(path, "model"):
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        )
+
+
+@contextlib.contextmanager
+def _load_errors(path: str, what: str):
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        if isinstance(error, PrefoptError):
+            raise
+        reason = " ".join(str(error).split())[:300]
+        hint = ""
+        if "trust_remote_code" in reason:
+            hint = "; if you trust its author, set model.trust_remote_code=true"
+        raise PrefoptError(f"{path}: cannot load the {what} ({reason}){hint}") from None

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.config import OptimConfig
+from prefopt.errors import PrefoptError
 from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
 from prefopt.reference import CachedReference, FrozenReference
@@ -125,7 +126,7 @@ def split_rows(
 def lr_schedule(kind: str, total_steps: int, warmup_steps: int):
     """Multiplier of the peak lr at each step: linear warm-up, then constant/linear/cosine."""
     if kind not in ("constant", "linear", "cosine"):
-        raise ValueError(f"optim.scheduler={kind!r}: choose constant, linear or cosine")
+        raise PrefoptError(f"optim.scheduler={kind!r}: choose constant, linear or cosine")
 
     def multiplier(step: int) -> float:
         if step < warmup_steps:

@@ -1,30 +1,51 @@
 """Entry point: `python -m prefopt.train [overrides]`.
 
 compose config -> check it -> start the MLflow run -> build data and models -> fit -> export.
-Any exception after the run has started ends that run FAILED (KILLED on Ctrl-C).
+Any exception after the run has started ends that run FAILED (KILLED on Ctrl-C or SIGTERM).
+A user error (`PrefoptError`) is printed as one line, exit status 2 (`checks.py`); faults and
+resuming are `faults.py` and `resume.py`.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt import checks
 from prefopt.config import register_configs
 from prefopt.data import PreferenceDataModule
-from prefopt.evaluation import build_callbacks, check_eval_config
+from prefopt.evaluation import build_callbacks
+from prefopt.faults import NonFiniteGuard, sigterm_as_interrupt
 from prefopt.losses.base import PreferenceLoss
-from prefopt.models import check_model_config, load_causal_lm, load_tokenizer
+from prefopt.models import load_causal_lm, load_tokenizer
 from prefopt.module import PreferenceModule
 from prefopt.reference import prepare_reference
+from prefopt.resume import (
+    CHECKPOINT_DIR,
+    LAST,
+    AtomicCheckpointIO,
+    ResumeCheckpoint,
+    ResumePoint,
+    find_resume_point,
+    mark_resumed,
+    write_run_file,
+)
 from prefopt.sweep import sweep_job
 from prefopt.toy import ToyWorld, build_toy_world
-from prefopt.tracking import default_run_name, finish_run, log_config, set_tags, start_run
+from prefopt.tracking import (
+    default_run_name,
+    finish_run,
+    log_config,
+    resolve_tracking_uri,
+    set_tags,
+    start_run,
+)
 
 log = logging.getLogger("prefopt")
 
@@ -50,30 +71,41 @@ class TrainResult:
 
 def check_config(cfg: DictConfig) -> PreferenceLoss:
     """Everything that can be checked before a model or dataset is touched."""
-    loss_params = OmegaConf.to_container(cfg.loss, resolve=True)
-    loss_class = get_class(loss_params.pop("_target_"))
-    loss = loss_class(**loss_params)  # direct call, so a bad value raises its own clear error
-    if not cfg.optim.lr > 0:
-        raise ValueError(f"optim.lr={cfg.optim.lr}: the learning rate must be > 0")
-    check_model_config(cfg.model, cfg.model.path)
-    check_eval_config(cfg.eval)
-    return loss
+    return checks.check_config(cfg)
 
 
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
+    resume = find_resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sweep = sweep_job(cfg)  # None unless this is a job of a --multirun
     run_name = cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
     if sweep and not cfg.logger.run_name:
         run_name = sweep.run_name(run_name, cfg)
-    logger = start_run(cfg.logger, run_name, extra_tags=sweep.tags if sweep else None)
+    run_id = resume.run_id_for(resolve_tracking_uri(cfg.logger.tracking_uri)) if resume else None
+    logger = start_run(
+        cfg.logger,
+        run_name,
+        extra_tags=sweep.tags if sweep else None,
+        run_id=run_id,
+        offline_dir=cfg.output_dir,
+    )
     status = "FAILED"
     try:
-        log_config(logger, cfg)
-        if sweep:
-            logger.log_hyperparams(sweep.params)
-        result = _fit_and_export(cfg, loss, logger)
+        with sigterm_as_interrupt():
+            log_config(logger, cfg, resumed=run_id is not None)
+            if sweep:
+                logger.log_hyperparams(sweep.params)
+            if resume:
+                set_tags(logger, {"prefopt.resumed_from": resume.checkpoint.resolve()})
+                mark_resumed(resume, cfg.output_dir)
+            if cfg.checkpoint.enabled:
+                write_run_file(
+                    cfg.output_dir, run_id=logger.run_id, tracking_uri=logger._tracking_uri
+                )
+            result = _fit_and_export(cfg, loss, logger, resume)
+            if cfg.checkpoint.enabled:
+                write_run_file(cfg.output_dir, finished=True)
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, SystemExit):
@@ -83,7 +115,9 @@ def train(cfg: DictConfig) -> TrainResult:
         finish_run(logger, status)
 
 
-def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResult:
+def _fit_and_export(
+    cfg: DictConfig, loss: PreferenceLoss, logger, resume: ResumePoint | None = None
+) -> TrainResult:
     uses_toy = cfg.model.path == "toy" or cfg.data.source == "toy"
     world: ToyWorld | None = build_toy_world(cfg.toy) if uses_toy else None
     policy_path = str(world.model_dir) if cfg.model.path == "toy" else cfg.model.path
@@ -107,16 +141,26 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger) -> TrainResul
     )
 
     output_dir = Path(cfg.output_dir)
+    callbacks = build_callbacks(
+        cfg, loss, tokenizer, lambda: load_causal_lm(reference_path, cfg.model)
+    )
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    if cfg.checkpoint.enabled:
+        callbacks.append(ResumeCheckpoint(checkpoint_dir, cfg.checkpoint.every_n_steps))
+    hints = {"optim.lr": cfg.optim.lr, "trainer.precision": cfg.trainer.precision}
+    if "beta" in cfg.loss:
+        hints["loss.beta"] = cfg.loss.beta
+    callbacks.append(NonFiniteGuard(hints, checkpoint_dir / LAST))
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer),
         logger=logger,
         default_root_dir=output_dir,
-        enable_checkpointing=False,
-        callbacks=build_callbacks(
-            cfg, loss, tokenizer, lambda: load_causal_lm(reference_path, cfg.model)
-        ),
+        enable_checkpointing=False,  # ResumeCheckpoint writes the checkpoints (resume.py)
+        plugins=[AtomicCheckpointIO()],
+        callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=datamodule)
+    ckpt_path = str(resume.checkpoint) if resume else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     export_dir = None
@@ -145,9 +189,17 @@ register_configs()
 
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Returns the run's `objective` metric, for sweepers that optimise it (Optuna)."""
-    return train(cfg).metrics.get(cfg.objective)
+    with checks.reported_errors():
+        return train(cfg).metrics.get(cfg.objective)
+
+
+def main() -> None:
+    """`python -m prefopt.train`: group options are checked before Hydra composes the config."""
+    with checks.reported_errors():
+        checks.check_overrides(sys.argv[1:], config_dir())
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def test_setup_is_idempotent(tmp_path, tokenizer):
 
 
 def test_dropped_pairs_are_counted_and_logged(tmp_path, tokenizer, caplog):
+    """With data.on_invalid=skip; the default (error) stops at the first such pair."""
     long_shared = "hello there friend, the weather is nice there and"
     records = explicit_records(6) + [
         {
@@ -104,7 +105,10 @@ def test_dropped_pairs_are_counted_and_logged(tmp_path, tokenizer, caplog):
         {"prompt": "Question: hi\n", "chosen": "same", "rejected": "same"},
     ]
     path = write_jsonl(tmp_path / "prefs.jsonl", records)
-    cfg = DataConfig(source="local", path=path, val_path=path, max_length=16, max_prompt_length=8)
+    cfg = DataConfig(
+        source="local", path=path, val_path=path, max_length=16, max_prompt_length=8,
+        on_invalid="skip",
+    )
     dm = PreferenceDataModule(cfg, tokenizer)
     with caplog.at_level(logging.WARNING, logger="prefopt.data"):
         dm.setup("fit")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from prefopt.config import DataConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.formats import detect_format, normalise
+from prefopt.data.order import ResumableBatches, ResumableLoader, ShuffledBatches
 from prefopt.data.sources import Rows, ToyWorldFiles, load_rows
 from prefopt.data.tokenize import (
     DROPPED_IDENTICAL,
@@ -30,6 +31,8 @@ from prefopt.data.unpaired import (
     normalise_unpaired,
     split_pairs,
 )
+from prefopt.data.validate import InvalidRows
+from prefopt.errors import PrefoptError, RowError
 
 log = logging.getLogger("prefopt.data")
 
@@ -58,7 +61,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.toy_world = toy_world
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
-                raise ValueError(
+                raise PrefoptError(
                     "the tokenizer has neither a pad nor an eos token; give it a pad token"
                 )
             # Padding is masked out everywhere, so any id works; eos is the customary stand-in,
@@ -75,25 +78,31 @@ class PreferenceDataModule(L.LightningDataModule):
             return  # fit, validate and test all call setup; the data is built once
         train_rows, val_rows = load_rows(self.cfg, self.toy_world)
         if len(train_rows) == 0:
-            raise ValueError(f"{train_rows.origin}: no training rows")
+            raise PrefoptError(f"{train_rows.origin}: no training rows")
         layout = self._layout(train_rows)
         stats: dict[str, int] = {}
         examples = {}
         for split, rows in (("train", train_rows), ("val", val_rows)):
+            invalid = InvalidRows(self.cfg.on_invalid, split)
             if self.paired:
-                kept, dropped = self._tokenize_pairs(split, rows, layout)
-                stats.update(_split_stats(split, len(rows), len(kept), dropped))
+                kept, _ = self._tokenize_pairs(split, rows, layout, invalid)
+                stats.update(_split_stats(split, len(rows), len(kept), invalid.counts))
             else:
-                kept, dropped = self._tokenize_examples(split, rows, layout)
-                stats.update(_split_stats(split, len(rows), len(kept), dropped, unit="examples"))
+                kept, _ = self._tokenize_examples(split, rows, layout, invalid)
+                stats.update(
+                    _split_stats(split, len(rows), len(kept), invalid.counts, unit="examples")
+                )
                 stats[f"{split}_desirable"] = sum(e["desirable"] for e in kept)
                 stats[f"{split}_undesirable"] = len(kept) - stats[f"{split}_desirable"]
-            self._log_dropped(split, len(rows), dropped)
+            self._log_dropped(split, len(rows), invalid.counts)
+            invalid.report(len(rows))
             examples[split] = kept
         if not examples["train"]:
-            raise ValueError(
-                f"{train_rows.origin}: every training pair was dropped (see the log); "
-                "raise data.max_length or check the data"
+            dropped = {k: v for k, v in stats.items() if k.startswith("train_dropped_") and v}
+            raise PrefoptError(
+                f"{train_rows.origin}: no training data left after filtering "
+                f"({len(train_rows)} rows, dropped: {dropped or 'none'}); check the data "
+                "(see the log), or raise data.max_length if the rows are too long"
             )
         for kept in examples.values():
             for index, example in enumerate(kept):
@@ -107,28 +116,37 @@ class PreferenceDataModule(L.LightningDataModule):
             self.cfg.format == "auto" and len(rows) and is_unpaired(rows.rows[0])
         ):
             if self.paired:
-                raise ValueError(
+                raise PrefoptError(
                     f"{rows.origin}: holds unpaired (prompt, completion, label) rows, but this loss "
                     "trains on pairs (prompt, chosen, rejected); use loss=kto or paired data"
                 )
             return "unpaired"
-        return detect_format(rows) if self.cfg.format == "auto" else self.cfg.format
+        if self.cfg.format != "auto":
+            return self.cfg.format
+        try:
+            return detect_format(rows, tolerant=self.cfg.on_invalid == "skip")
+        except RowError as error:
+            InvalidRows(self.cfg.on_invalid).record(error)  # raises, with the hint to skip
+            raise
 
-    def _tokenize_pairs(self, split: str, rows: Rows, layout: str):
+    def _tokenize_pairs(self, split: str, rows: Rows, layout: str, invalid: InvalidRows):
         pair_tokenizer = PairTokenizer(
             self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
         )
-        return tokenize_pairs(normalise(rows, layout), pair_tokenizer, desc=f"tokenizing {split}")
+        pairs = normalise(rows, layout, invalid)
+        return tokenize_pairs(pairs, pair_tokenizer, desc=f"tokenizing {split}", invalid=invalid)
 
-    def _tokenize_examples(self, split: str, rows: Rows, layout: str):
+    def _tokenize_examples(self, split: str, rows: Rows, layout: str, invalid: InvalidRows):
         if layout == "unpaired":
-            examples = normalise_unpaired(rows)
+            examples = normalise_unpaired(rows, invalid)
         else:
-            examples = split_pairs(normalise(rows, layout), seed=self.cfg.seed)
+            examples = split_pairs(normalise(rows, layout, invalid), seed=self.cfg.seed)
         example_tokenizer = ExampleTokenizer(
             self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
         )
-        return tokenize_pairs(examples, example_tokenizer, desc=f"tokenizing {split}")
+        return tokenize_pairs(
+            examples, example_tokenizer, desc=f"tokenizing {split}", invalid=invalid
+        )
 
     def _log_dropped(self, split: str, total: int, dropped: Counter[str]) -> None:
         if dropped[DROPPED_TOO_LONG]:
@@ -155,19 +173,27 @@ class PreferenceDataModule(L.LightningDataModule):
         return functools.partial(collate, pad_token_id=self.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
+        """Batches in an order fixed by (data.seed, epoch), resumable mid-epoch (`order.py`)."""
         self._require_setup()
-        if not self.paired:
+        n, size, seed = len(self.train_examples), self.cfg.batch_size, self.cfg.seed
+        if self.paired:
+            batches = ShuffledBatches(n, size, seed)
+        else:
             # KTO pairs each prompt with another completion of its batch; fixed batches make
             # those mismatched rows the same every epoch, so their reference log-probs can be
             # cached. Batch order is still reshuffled each epoch.
-            batches = FixedBatches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed)
-            return self._loader(self.train_examples, batch_sampler=batches)
-        return self._loader(
+            batches = FixedBatches(n, size, seed)
+        return ResumableLoader(
             self.train_examples,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.cfg.seed),
+            batch_sampler=ResumableBatches(batches),
+            collate_fn=self._collate(),
+            num_workers=self.cfg.num_workers,
+            progress=self._batches_done,
         )
+
+    def _batches_done(self) -> int:
+        """Training batches the trainer has finished in the current epoch."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()
@@ -206,12 +232,14 @@ class PreferenceDataModule(L.LightningDataModule):
 def _split_stats(
     split: str, rows: int, kept: int, dropped: Counter[str], unit: str = "pairs"
 ) -> dict[str, int]:
-    return {
+    stats = {
         f"{split}_rows": rows,
         f"{split}_{unit}": kept,
         f"{split}_dropped_too_long": dropped[DROPPED_TOO_LONG],
         f"{split}_dropped_identical": dropped[DROPPED_IDENTICAL],
     }
+    stats.update({f"{split}_dropped_{reason}": n for reason, n in sorted(dropped.items())})
+    return stats
 
 
 class FixedBatches(Sampler[list[int]]):

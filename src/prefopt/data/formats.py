@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefopt.data.sources import Rows
+from prefopt.data.validate import InvalidRows
+from prefopt.errors import PrefoptError, RowError
 
 LAYOUTS = ("explicit", "conversational", "implicit")
 _EXPECTED = (
@@ -53,39 +55,90 @@ class Pair:
         return isinstance(self.prompt, list)
 
 
-def detect_format(rows: Rows, probe: int = 8) -> str:
-    """The layout of the first `probe` rows, from their columns and value types."""
-    layouts = {}
+def detect_format(rows: Rows, probe: int = 8, tolerant: bool = False) -> str:
+    """The layout of the first `probe` rows, from their columns and value types.
+
+    `tolerant` (data.on_invalid=skip): rows whose layout cannot be told are left out of the
+    vote (they are reported later, row by row), unless no probed row is valid at all.
+    """
+    layouts: dict[str, str] = {}
+    first_error: RowError | None = None
     for i in range(min(probe, len(rows))):
-        layouts.setdefault(_layout_of(rows.rows[i], rows.where(i)), rows.where(i))
+        try:
+            layouts.setdefault(_layout_of(rows.rows[i], rows.where(i)), rows.where(i))
+        except RowError as error:
+            if not tolerant:
+                raise
+            first_error = first_error or error
+    if not layouts and first_error is not None:
+        raise first_error
     if len(layouts) > 1:
         found = "; ".join(f"{layout} at {where}" for layout, where in layouts.items())
-        raise ValueError(f"rows have different layouts ({found}); set data.format explicitly")
+        raise PrefoptError(f"rows have different layouts ({found}); set data.format explicitly")
     return next(iter(layouts), "explicit")
 
 
 def _layout_of(row: dict[str, Any], where: str) -> str:
     if "chosen" not in row or "rejected" not in row:
-        raise ValueError(f"{where}: found columns {sorted(row)}; expected {_EXPECTED}")
+        raise RowError(
+            f"{where}: found columns {sorted(row)}; expected {_EXPECTED}", reason="missing_column"
+        )
     values = [row["chosen"], row["rejected"], row.get("prompt")]
     if any(isinstance(v, list) for v in values):
         return "conversational"
     if isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
         return "explicit" if isinstance(row.get("prompt"), str) else "implicit"
-    types = {k: type(row.get(k)).__name__ for k in ("prompt", "chosen", "rejected")}
-    raise ValueError(
-        f"{where}: cannot tell the layout from the value types {types}; expected {_EXPECTED}"
+    key = next(k for k in ("chosen", "rejected") if not isinstance(row[k], (str, list)))
+    raise RowError(
+        f"{where}: field {key!r} is a {type(row[key]).__name__}, expected a string (or a list "
+        f"of {{role, content}} messages); expected {_EXPECTED}",
+        reason="wrong_type",
+        field=key,
     )
 
 
-def normalise(rows: Rows, fmt: str = "auto") -> list[Pair]:
-    """Every row as a `Pair`; `fmt` is a layout name or `auto` (detected from the first rows)."""
+def normalise(rows: Rows, fmt: str = "auto", invalid: InvalidRows | None = None) -> list[Pair]:
+    """Every row as a `Pair`; `fmt` is a layout name or `auto` (detected from the first rows).
+
+    A bad row raises `RowError`, or, given `invalid` (the data.on_invalid policy), is handed to
+    it: it raises in `error` mode and counts the row in `skip` mode.
+    """
     if fmt == "auto":
-        fmt = detect_format(rows)
+        fmt = detect_format(rows, tolerant=invalid is not None and invalid.skipping)
     if fmt not in LAYOUTS:
-        raise ValueError(f"data.format={fmt!r} is not one of: auto, {', '.join(LAYOUTS)}")
+        raise PrefoptError(f"data.format={fmt!r} is not one of: auto, {', '.join(LAYOUTS)}")
     to_pair = {"explicit": _explicit, "conversational": _conversational, "implicit": _implicit}[fmt]
-    return [to_pair(row, rows.where(i)) for i, row in enumerate(rows.rows)]
+    pairs = []
+    for i, row in enumerate(rows.rows):
+        try:
+            pair = to_pair(row, rows.where(i))
+            check_not_empty(pair.where, pair.prompt, pair.chosen, pair.rejected)
+        except RowError as error:
+            if invalid is None:
+                raise
+            invalid.record(error)
+            continue
+        pairs.append(pair)
+    return pairs
+
+
+def check_not_empty(where: str, prompt, *completions) -> None:
+    """An empty prompt or completion (text, or messages whose contents are all empty)."""
+    names = ("prompt", "chosen", "rejected") if len(completions) == 2 else ("prompt", "completion")
+    for name, value in zip(names, (prompt, *completions)):
+        if _is_empty(value):
+            raise RowError(
+                f"{where}: field {name!r} is empty; every row needs a prompt and non-empty "
+                "completions",
+                reason="empty",
+                field=name,
+            )
+
+
+def _is_empty(value) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return all(not str(m.get("content") or "").strip() for m in value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,14 +159,18 @@ def _implicit(row: dict[str, Any], where: str) -> Pair:
 
 def _text(row: dict[str, Any], key: str, where: str) -> str:
     if key not in row:
-        raise ValueError(
-            f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}"
+        raise RowError(
+            f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}",
+            reason="missing_column",
+            field=key,
         )
     value = row[key]
     if not isinstance(value, str):
         hint = " (messages need data.format=conversational)" if isinstance(value, list) else ""
-        raise ValueError(
-            f"{where}: field {key!r} is a {type(value).__name__}, expected a string{hint}"
+        raise RowError(
+            f"{where}: field {key!r} is a {type(value).__name__}, expected a string{hint}",
+            reason="wrong_type",
+            field=key,
         )
     return value
 
@@ -171,36 +228,46 @@ def _conversational(row: dict[str, Any], where: str) -> Pair:
         chosen = _after_prompt(chosen, prompt_messages)
         rejected = _after_prompt(rejected, prompt_messages)
     if not prompt_messages:
-        raise ValueError(
+        raise RowError(
             f"{where}: chosen and rejected share no leading message, so there is no prompt; "
-            "add a 'prompt' column (string or messages)"
+            "add a 'prompt' column (string or messages)",
+            reason="empty",
+            field="prompt",
         )
     return Pair(prompt_messages, chosen, rejected, where)
 
 
 def _messages(row: dict[str, Any], key: str, where: str) -> list[Message]:
     if key not in row:
-        raise ValueError(
-            f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}"
+        raise RowError(
+            f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {_EXPECTED}",
+            reason="missing_column",
+            field=key,
         )
     value = row[key]
     if isinstance(value, str):
         # A plain-string completion next to a message-list prompt is the assistant's reply.
         return [{"role": "assistant", "content": value}]
     if not isinstance(value, list):
-        raise ValueError(
-            f"{where}: field {key!r} is a {type(value).__name__}, expected a list of messages"
+        raise RowError(
+            f"{where}: field {key!r} is a {type(value).__name__}, expected a list of messages",
+            reason="wrong_type",
+            field=key,
         )
     if not value:
-        raise ValueError(f"{where}: field {key!r} is an empty list of messages")
+        raise RowError(
+            f"{where}: field {key!r} is an empty list of messages", reason="empty", field=key
+        )
     for j, message in enumerate(value):
         if not (
             isinstance(message, dict)
             and isinstance(message.get("role"), str)
             and "content" in message
         ):
-            raise ValueError(
-                f"{where}: field {key!r} message {j} is {message!r:.80}; expected {{'role': str, 'content': ...}}"
+            raise RowError(
+                f"{where}: field {key!r} message {j} is {message!r:.80}; expected {{'role': str, 'content': ...}}",
+                reason="wrong_type",
+                field=key,
             )
     return value
 

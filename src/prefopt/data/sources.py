@@ -14,12 +14,14 @@ import gzip
 import io
 import json
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from prefopt.config import DataConfig
+from prefopt.errors import PrefoptError
 
 FILE_FORMATS = ("jsonl", "json", "parquet", "csv")
 
@@ -66,7 +68,7 @@ def read_file(path: str | Path) -> Rows:
     """Read a jsonl/json/parquet/csv file, optionally gzip-compressed (`.jsonl.gz`, ...)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file (data.path / data.val_path must name a data file)")
+        raise PrefoptError(f"{path}: no such file (data.path / data.val_path must name a data file)")
     suffixes = [s.lower() for s in path.suffixes]
     compressed = bool(suffixes) and suffixes[-1] == ".gz"
     if compressed:
@@ -79,13 +81,19 @@ def read_file(path: str | Path) -> Rows:
         "csv": _parse_csv,
     }
     if kind not in readers:
-        raise ValueError(
+        raise PrefoptError(
             f"{path}: unknown file type {kind or '(no extension)'!r}; "
             f"expected one of {', '.join(FILE_FORMATS)} (optionally .gz)"
         )
-    data = path.read_bytes()
-    if compressed:
-        data = gzip.decompress(data)
+    try:
+        data = path.read_bytes()
+        if compressed:
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a truncated .gz
+        raise PrefoptError(
+            f"{path}: cannot read the file ({type(e).__name__}: {e}); it may be truncated or "
+            "corrupt: copy or download it again"
+        ) from None
     return readers[kind](data, str(path))
 
 
@@ -94,7 +102,7 @@ def _decode(data: bytes, origin: str) -> str:
         # utf-8-sig drops the byte-order mark that some editors write at the start.
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{origin}: not UTF-8 text ({e}); re-encode the file as UTF-8") from None
+        raise PrefoptError(f"{origin}: not UTF-8 text ({e}); re-encode the file as UTF-8") from None
 
 
 def _parse_jsonl(data: bytes, origin: str) -> Rows:
@@ -105,9 +113,9 @@ def _parse_jsonl(data: bytes, origin: str) -> Rows:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{origin} line {line_number}: invalid JSON ({e})") from None
+            raise PrefoptError(f"{origin} line {line_number}: invalid JSON ({e})") from None
         if not isinstance(row, dict):
-            raise ValueError(
+            raise PrefoptError(
                 f"{origin} line {line_number}: expected a JSON object per line, got {type(row).__name__}"
             )
         rows.append(row)
@@ -123,21 +131,21 @@ def _parse_json(data: bytes, origin: str) -> Rows:
         # Many datasets ship JSON Lines under a .json name; "Extra data" is the tell-tale.
         if e.msg == "Extra data":
             return _parse_jsonl(data, origin)
-        raise ValueError(f"{origin}: invalid JSON ({e})") from None
+        raise PrefoptError(f"{origin}: invalid JSON ({e})") from None
     if isinstance(content, dict):
         # Accept the common {"data": [...]} wrapper when there is exactly one list inside.
         lists = [v for v in content.values() if isinstance(v, list)]
         if len(lists) != 1:
-            raise ValueError(
+            raise PrefoptError(
                 f"{origin}: expected a JSON list of objects (or an object holding exactly one such list), "
                 f"found an object with keys {sorted(content)}"
             )
         content = lists[0]
     if not isinstance(content, list):
-        raise ValueError(f"{origin}: expected a JSON list of objects, got {type(content).__name__}")
+        raise PrefoptError(f"{origin}: expected a JSON list of objects, got {type(content).__name__}")
     for i, row in enumerate(content):
         if not isinstance(row, dict):
-            raise ValueError(f"{origin} row {i}: expected a JSON object, got {type(row).__name__}")
+            raise PrefoptError(f"{origin} row {i}: expected a JSON object, got {type(row).__name__}")
     return Rows(origin, content, list(range(len(content))), unit="row")
 
 
@@ -148,7 +156,7 @@ def _parse_parquet(data: bytes, origin: str) -> Rows:
     try:
         table = pq.read_table(pa.BufferReader(data))
     except pa.ArrowException as e:
-        raise ValueError(f"{origin}: cannot read as parquet ({e})") from None
+        raise PrefoptError(f"{origin}: cannot read as parquet ({e})") from None
     rows = table.to_pylist()
     return Rows(origin, rows, list(range(len(rows))), unit="row")
 
@@ -159,7 +167,7 @@ def _parse_csv(data: bytes, origin: str) -> Rows:
     for row in reader:
         # DictReader puts surplus cells under the key None; such a row is malformed.
         if None in row:
-            raise ValueError(
+            raise PrefoptError(
                 f"{origin} line {reader.line_num}: more cells than the header's {len(reader.fieldnames or [])} columns"
             )
         rows.append(row)
@@ -186,7 +194,7 @@ def read_dataset(name_or_path: str, split: str, max_rows: int | None = None) -> 
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ValueError(
+                raise PrefoptError(
                     f"{path}: no split {split!r}; splits found: {sorted(loaded)} (set data.split / data.val_split)"
                 )
             loaded = loaded[split]
@@ -229,7 +237,7 @@ def _load_train_and_val(
     cap = cfg.max_rows
     if cfg.source == "toy":
         if toy_world is None:
-            raise ValueError(
+            raise PrefoptError(
                 "data.source=toy needs the toy world; pass toy_world= to PreferenceDataModule"
             )
         train, val = _first(read_file(toy_world.train_path), cap), read_file(toy_world.val_path)
@@ -237,9 +245,9 @@ def _load_train_and_val(
             return toy_unpaired(train), toy_unpaired(val)
         return train, val
     if cfg.source not in ("local", "hub"):
-        raise ValueError(f"data.source={cfg.source!r} is not one of: toy, local, hub")
+        raise PrefoptError(f"data.source={cfg.source!r} is not one of: toy, local, hub")
     if cfg.path is None:
-        raise ValueError(f"data.source={cfg.source} needs data.path (a file or dataset name)")
+        raise PrefoptError(f"data.source={cfg.source} needs data.path (a file or dataset name)")
     read = read_dataset if cfg.source == "hub" else _read_local
     train = read(cfg.path, cfg.split, cap)
     if cfg.val_path:
@@ -248,7 +256,7 @@ def _load_train_and_val(
         return train, read(cfg.val_path, cfg.val_split or cfg.split, None)
     if cfg.val_split:
         if cfg.source == "local" and not Path(cfg.path).is_dir():
-            raise ValueError(
+            raise PrefoptError(
                 f"data.val_split={cfg.val_split!r} needs a dataset, but data.path={cfg.path} is a file; "
                 "set data.val_path to a validation file instead"
             )
@@ -283,7 +291,7 @@ def _first(rows: Rows, cap: int | None) -> Rows:
 def hold_out(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
     """Split off a seeded random `fraction` for validation; both parts keep file order."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"data.val_fraction={fraction} must be in [0, 1)")
+        raise PrefoptError(f"data.val_fraction={fraction} must be in [0, 1)")
     n_val = round(len(rows) * fraction)
     if fraction > 0 and len(rows) > 1:
         n_val = min(max(n_val, 1), len(rows) - 1)  # a non-zero fraction always yields a val row
@@ -303,7 +311,7 @@ def remap_columns(rows: Rows, columns: dict[str, str]) -> Rows:
     for i, row in enumerate(rows.rows):
         missing = [source for source in columns.values() if source not in row]
         if missing:
-            raise ValueError(
+            raise PrefoptError(
                 f"{rows.where(i)}: data.columns maps to {missing} but the row has columns "
                 f"{sorted(row)}; fix data.columns ({{canonical: your_column}})"
             )

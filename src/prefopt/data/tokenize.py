@@ -32,6 +32,8 @@ from typing import Any, TypedDict
 from tqdm.auto import tqdm
 
 from prefopt.data.formats import Message, Pair
+from prefopt.data.validate import InvalidRows
+from prefopt.errors import PrefoptError, RowError
 
 DROPPED_TOO_LONG = "too_long"
 DROPPED_IDENTICAL = "identical"
@@ -52,7 +54,7 @@ class PairTokenizer:
 
     def __init__(self, tokenizer: Any, max_length: int, max_prompt_length: int):
         if not 0 < max_prompt_length < max_length:
-            raise ValueError(
+            raise PrefoptError(
                 f"data.max_prompt_length={max_prompt_length} must be positive and below "
                 f"data.max_length={max_length}, or no completion token would fit"
             )
@@ -111,18 +113,19 @@ class PairTokenizer:
             return prompt + completion
         full = self._render(prompt + completion, where, generation_prompt=False)
         if not full.startswith(prompt_text):
-            raise ValueError(
+            raise RowError(
                 f"{where}: the chat template's rendering of the conversation does not start "
                 f"with its rendering of the prompt plus generation header ({prompt_text[-40:]!r}), "
                 "so the completion cannot be located; the completion must begin with an "
                 "assistant message, and the template must render add_generation_prompt=True "
-                "as the start of that message"
+                "as the start of that message",
+                reason="template",
             )
         return full
 
     def _render(self, messages: list[Message], where: str, generation_prompt: bool) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError(
+            raise PrefoptError(
                 f"{where}: conversational data needs a chat template, and this tokenizer has none; "
                 "set tokenizer.chat_template or use plain-text data (data.format=explicit)"
             )
@@ -196,16 +199,62 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 
 def tokenize_pairs(
-    pairs: Sequence[Any], pair_tokenizer: PairTokenizer, desc: str = "tokenizing"
+    pairs: Sequence[Any],
+    pair_tokenizer: PairTokenizer,
+    desc: str = "tokenizing",
+    invalid: InvalidRows | None = None,
 ) -> tuple[list[Any], Counter[str]]:
     """Tokenize every pair (or unpaired example, with an `ExampleTokenizer`); returns the kept
-    ones and the number dropped per reason."""
+    ones and the number dropped per reason.
+
+    Given `invalid` (the data.on_invalid policy), a pair that cannot be used — identical sides,
+    too long, or one the tokenizer or chat template fails on — is a bad row: an error naming it
+    (`error`), or dropped and counted (`skip`). Without it such pairs are dropped and counted.
+    """
     examples: list[Any] = []
     dropped: Counter[str] = Counter()
     for pair in tqdm(pairs, desc=desc, disable=len(pairs) < _PROGRESS_MIN_PAIRS):
-        example, reason = pair_tokenizer(pair)
+        try:
+            example, reason = pair_tokenizer(pair)
+        except RowError as error:
+            if invalid is None:
+                raise
+            invalid.record(error)
+            dropped[error.reason] += 1
+            continue
+        except PrefoptError:
+            raise
+        except Exception as error:  # never a traceback from deep inside a tokenizer
+            if invalid is None:
+                raise
+            invalid.record(
+                RowError(
+                    f"{pair.where}: the tokenizer failed on this row "
+                    f"({type(error).__name__}: {str(error)[:200]})",
+                    reason="untokenizable",
+                )
+            )
+            dropped["untokenizable"] += 1
+            continue
         if example is None:
+            if invalid is not None:
+                invalid.record(_dropped_row_error(pair, reason, pair_tokenizer))
             dropped[reason] += 1
         else:
             examples.append(example)
     return examples, dropped
+
+
+def _dropped_row_error(pair: Any, reason: str, pair_tokenizer: PairTokenizer) -> RowError:
+    if reason == DROPPED_IDENTICAL:
+        return RowError(
+            f"{pair.where}: 'chosen' and 'rejected' are identical, so the pair states no preference",
+            reason=reason,
+            field="rejected",
+        )
+    return RowError(
+        f"{pair.where}: too long: it does not fit data.max_length={pair_tokenizer.max_length} "
+        f"(data.max_prompt_length={pair_tokenizer.max_prompt_length}) with a completion left "
+        "that tells chosen from rejected; raise data.max_length",
+        reason=reason,
+    )

@@ -27,9 +27,11 @@ from typing import Any, TypedDict
 import torch
 
 from prefopt.data.collate import pad_sequences, with_index
-from prefopt.data.formats import Message, Pair
+from prefopt.data.formats import Message, Pair, check_not_empty
 from prefopt.data.sources import Rows
 from prefopt.data.tokenize import DROPPED_TOO_LONG, PairTokenizer
+from prefopt.data.validate import InvalidRows
+from prefopt.errors import RowError
 
 UNPAIRED_COLUMNS = ("prompt", "completion", "label")
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
@@ -58,26 +60,48 @@ def is_unpaired(row: dict[str, Any]) -> bool:
     return "completion" in row and "label" in row and "chosen" not in row
 
 
-def normalise_unpaired(rows: Rows) -> list[Example]:
+def normalise_unpaired(rows: Rows, invalid: InvalidRows | None = None) -> list[Example]:
+    """Every row as an `Example`; a bad row raises `RowError` or goes to `invalid` (skip mode)."""
     examples = []
     for i, row in enumerate(rows.rows):
-        where = rows.where(i)
-        missing = [c for c in UNPAIRED_COLUMNS if c not in row]
-        if missing:
-            raise ValueError(
-                f"{where}: missing column(s) {missing}; found {sorted(row)}; unpaired data needs "
-                "prompt, completion and a boolean label (rename with data.columns)"
-            )
-        prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, str) != isinstance(completion, str):
-            if isinstance(prompt, list) and isinstance(completion, str):
-                completion = [{"role": "assistant", "content": completion}]
-            else:
-                raise ValueError(
-                    f"{where}: 'prompt' and 'completion' must both be strings or both messages"
-                )
-        examples.append(Example(prompt, completion, _label(row["label"], where), where))
+        try:
+            examples.append(_example(row, rows.where(i)))
+        except RowError as error:
+            if invalid is None:
+                raise
+            invalid.record(error)
     return examples
+
+
+def _example(row: dict[str, Any], where: str) -> Example:
+    missing = [c for c in UNPAIRED_COLUMNS if c not in row]
+    if missing:
+        raise RowError(
+            f"{where}: missing column(s) {missing}; found {sorted(row)}; unpaired data needs "
+            "prompt, completion and a boolean label (rename with data.columns)",
+            reason="missing_column",
+            field=missing[0],
+        )
+    prompt, completion = row["prompt"], row["completion"]
+    for key, value in (("prompt", prompt), ("completion", completion)):
+        if not isinstance(value, (str, list)):
+            raise RowError(
+                f"{where}: field {key!r} is a {type(value).__name__}, expected a string or a "
+                "list of messages",
+                reason="wrong_type",
+                field=key,
+            )
+    if isinstance(prompt, str) != isinstance(completion, str):
+        if isinstance(prompt, list) and isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        else:
+            raise RowError(
+                f"{where}: 'prompt' and 'completion' must both be strings or both messages",
+                reason="wrong_type",
+                field="completion",
+            )
+    check_not_empty(where, prompt, completion)
+    return Example(prompt, completion, _label(row["label"], where), where)
 
 
 def _label(value: Any, where: str) -> bool:
@@ -85,8 +109,10 @@ def _label(value: Any, where: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE  # csv cells are text
-    raise ValueError(
-        f"{where}: field 'label' is {value!r}; it must be a boolean (true = desirable, false = undesirable)"
+    raise RowError(
+        f"{where}: field 'label' is {value!r}; it must be a boolean (true = desirable, false = undesirable)",
+        reason="bad_label",
+        field="label",
     )
 
 

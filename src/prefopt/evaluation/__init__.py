@@ -8,6 +8,7 @@ from collections.abc import Callable
 import lightning as L
 from torch import nn
 
+from prefopt.errors import PrefoptError
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.evaluation.diagnostics import DiagnosticsCallback
 from prefopt.evaluation.judges import JUDGES, Judge, RewardModelJudge, ToyJudge, build_judge
@@ -18,9 +19,9 @@ from prefopt.losses.base import PreferenceLoss
 def check_eval_config(cfg) -> None:
     """Fail at start, before anything loads, on an `eval` section that cannot work."""
     if cfg.judge not in JUDGES:
-        raise ValueError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
+        raise PrefoptError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
     if cfg.judge == "reward_model" and not cfg.judge_path:
-        raise ValueError(
+        raise PrefoptError(
             "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
             "checkpoint with one output)"
         )
@@ -33,7 +34,7 @@ def check_eval_config(cfg) -> None:
         ("diagnostics.margin_window", cfg.diagnostics.margin_window, 2),
     ):
         if value < low:
-            raise ValueError(f"eval.{key}={value}: it must be >= {low}")
+            raise PrefoptError(f"eval.{key}={value}: it must be >= {low}")
 
 
 def build_callbacks(

@@ -19,6 +19,8 @@ from typing import Protocol
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from prefopt.errors import PrefoptError
+
 log = logging.getLogger("prefopt.evaluation")
 
 JUDGES = ("toy", "reward_model", "none")
@@ -64,13 +66,13 @@ class RewardModelJudge:
             path, dtype=dtype, trust_remote_code=trust_remote_code
         )
         if self.model.config.num_labels != 1:
-            raise ValueError(
+            raise PrefoptError(
                 f"eval.judge_path={path}: a reward model has exactly one output (num_labels=1), "
                 f"this checkpoint has {self.model.config.num_labels}"
             )
         if self.tokenizer.pad_token_id is None:
             if self.tokenizer.eos_token_id is None:
-                raise ValueError(f"eval.judge_path={path}: its tokenizer has no pad or eos token")
+                raise PrefoptError(f"eval.judge_path={path}: its tokenizer has no pad or eos token")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Sequence classifiers read the last non-padding token; they find it through this id.
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -116,7 +118,7 @@ class RewardModelJudge:
 def build_judge(cfg, uses_toy_data: bool, model_cfg=None) -> Judge | None:
     """The judge `eval.judge` names, or None for `none`."""
     if cfg.judge not in JUDGES:
-        raise ValueError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
+        raise PrefoptError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
     if cfg.judge == "toy":
         if not uses_toy_data:
             log.warning(
@@ -128,7 +130,7 @@ def build_judge(cfg, uses_toy_data: bool, model_cfg=None) -> Judge | None:
         return ToyJudge()
     if cfg.judge == "reward_model":
         if not cfg.judge_path:
-            raise ValueError(
+            raise PrefoptError(
                 "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
                 "checkpoint with one output)"
             )

@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
+from prefopt.errors import PrefoptError
+
 
 @dataclass
 class CompletionLogps:
@@ -125,7 +127,7 @@ def smoothed_sigmoid_loss(logits: Tensor, label_smoothing: float) -> Tensor:
 
 def check_label_smoothing(value: float) -> None:
     if not 0.0 <= value < 0.5:
-        raise ValueError(
+        raise PrefoptError(
             f"loss.label_smoothing={value}: it must be in [0, 0.5) "
             "(0.5 would make the labels pure noise)"
         )
@@ -133,7 +135,7 @@ def check_label_smoothing(value: float) -> None:
 
 def check_positive(loss_name: str, key: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"loss.{key}={value} for loss '{loss_name}': it must be > 0")
+        raise PrefoptError(f"loss.{key}={value} for loss '{loss_name}': it must be > 0")
 
 
 __all__ = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from prefopt.errors import PrefoptError
 from prefopt.losses.base import (
     LossOutput,
     PairLogps,
@@ -40,7 +41,7 @@ class SimPOLoss(PreferenceLoss):
     def __post_init__(self) -> None:
         check_positive(self.name, "beta", self.beta)
         if self.gamma_beta_ratio < 0:
-            raise ValueError(f"loss.gamma_beta_ratio={self.gamma_beta_ratio}: it must be ≥ 0")
+            raise PrefoptError(f"loss.gamma_beta_ratio={self.gamma_beta_ratio}: it must be ≥ 0")
         check_label_smoothing(self.label_smoothing)
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None = None) -> LossOutput:

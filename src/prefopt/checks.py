@@ -1,0 +1,140 @@
+"""Everything checked before a model or dataset is touched, and how user errors are reported.
+
+`check_config` runs in the first seconds of a run, before the MLflow run starts: a config that
+cannot work stops there with one line naming the key, the value and the fix. `check_overrides`
+runs even before Hydra composes the config, so that a misspelled group option (`loss=dpoo`)
+gets the same kind of line listing the valid options. `reported_errors` prints a
+`PrefoptError` as that one line on stderr and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt.data.validate import ON_INVALID
+from prefopt.errors import EXIT_USER_ERROR, PrefoptError
+from prefopt.evaluation import check_eval_config
+from prefopt.losses.base import PreferenceLoss
+from prefopt.models import check_model_config
+from prefopt.tracking import check_tracking_uri
+
+log = logging.getLogger("prefopt")
+
+GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "sweep")
+DATA_SOURCES = ("toy", "local", "hub")
+DATA_FORMATS = ("auto", "explicit", "conversational", "implicit", "unpaired")
+SCHEDULERS = ("constant", "linear", "cosine")
+
+
+def group_options(config_dir: str | Path, group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
+
+
+def check_overrides(args: list[str], config_dir: str | Path) -> None:
+    """`group=option` arguments naming an option that does not exist."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if arg.startswith("-") or not sep or key not in GROUPS or "(" in value:
+            continue  # flags, keys, and sweep functions (choice(...)) are Hydra's to parse
+        options = group_options(config_dir, key)
+        for option in value.split(","):  # --multirun loss=dpo,ipo
+            if option and option != "null" and option not in options:
+                raise PrefoptError(
+                    f"{key}={option}: there is no such {key}; choose one of: {', '.join(options)}"
+                )
+
+
+def check_config(cfg: DictConfig) -> PreferenceLoss:
+    """The loss object, once every setting that can be checked without loading has been."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise PrefoptError(
+            f"{', '.join(missing)}: required, and not set; give it on the command line, "
+            f"e.g. {missing[0]}=…"
+        )
+    loss_params = OmegaConf.to_container(cfg.loss, resolve=True)
+    loss_class = get_class(loss_params.pop("_target_"))
+    loss = loss_class(**loss_params)  # direct call, so a bad value raises its own clear error
+    if not cfg.optim.lr > 0:
+        raise PrefoptError(f"optim.lr={cfg.optim.lr}: the learning rate must be > 0")
+    _check_choice("optim.scheduler", cfg.optim.scheduler, SCHEDULERS)
+    if not 0 <= cfg.optim.warmup_ratio < 1:
+        raise PrefoptError(f"optim.warmup_ratio={cfg.optim.warmup_ratio}: it must be in [0, 1)")
+    check_model_config(cfg.model, cfg.model.path)
+    _check_data(cfg.data, loss)
+    check_eval_config(cfg.eval)
+    if cfg.checkpoint.every_n_steps < 0:
+        raise PrefoptError(
+            f"checkpoint.every_n_steps={cfg.checkpoint.every_n_steps}: it must be >= 0 "
+            "(0 = only at the end)"
+        )
+    if (cfg.resume or cfg.ckpt_path) and not cfg.checkpoint.enabled:
+        raise PrefoptError(
+            "resume=true / ckpt_path with checkpoint.enabled=false: a resumed run would write no "
+            "checkpoints of its own; drop checkpoint.enabled=false"
+        )
+    check_tracking_uri(cfg.logger.tracking_uri)
+    return loss
+
+
+def _check_data(data: DictConfig, loss: PreferenceLoss) -> None:
+    _check_choice("data.source", data.source, DATA_SOURCES)
+    _check_choice("data.format", data.format, DATA_FORMATS)
+    _check_choice("data.on_invalid", data.on_invalid, ON_INVALID)
+    if data.source == "toy" and data.path:
+        raise PrefoptError(
+            f"data.path={data.path} has no effect with data.source=toy; "
+            "train on your file with data=local data.path=…"
+        )
+    if data.format == "unpaired" and loss.paired:
+        raise PrefoptError(
+            f"loss={loss.name} trains on pairs (prompt, chosen, rejected), but data.format=unpaired "
+            "gives (prompt, completion, label) rows; use loss=kto or paired data"
+        )
+    if not 0 < data.max_prompt_length < data.max_length:
+        raise PrefoptError(
+            f"data.max_prompt_length={data.max_prompt_length} must be positive and below "
+            f"data.max_length={data.max_length}, or no completion token would fit"
+        )
+    if not 0 <= data.val_fraction < 1:
+        raise PrefoptError(f"data.val_fraction={data.val_fraction}: it must be in [0, 1)")
+    for key in ("batch_size", "eval_batch_size"):
+        if data[key] < 1:
+            raise PrefoptError(f"data.{key}={data[key]}: it must be >= 1")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise PrefoptError(f"{key}={value!r}: choose one of {', '.join(choices)}")
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def reported_errors():
+    """A `PrefoptError` becomes one line on stderr and exit status 2 (a single run; in a
+    --multirun the job fails and the sweep records it)."""
+    try:
+        yield
+    except PrefoptError as error:
+        if _in_multirun():
+            log.error("%s", error)
+            raise
+        logging.shutdown()  # flush the log files before leaving
+        print(f"prefopt: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)

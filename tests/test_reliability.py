@@ -1,0 +1,650 @@
+"""Issue 8, reliability: bad input, faults and resume, safe loading.
+
+Most cases run in-process through `checks.reported_errors`, the code `python -m prefopt.train`
+runs, and assert the exit status and the single stderr line; two subprocess tests check the
+real command line (no traceback, nothing loaded). Resume is tested with a real kill -9.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from prefopt import checks
+from prefopt.resume import CHECKPOINT_DIR, LAST, RUN_FILE, safe_load
+from prefopt.toy import build_toy_world
+from prefopt.train import train
+
+from .conftest import SMALL_TOY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def user_error(capsys, fn, *args):
+    """Run `fn` as the CLI does; return the one stderr line (asserting exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        with checks.reported_errors():
+            fn(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("prefopt: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def runs_in(cfg):
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+    return client, ([] if experiment is None else client.search_runs([experiment.experiment_id]))
+
+
+def toy_train_rows(cfg, n: int) -> list[dict]:
+    world = build_toy_world(cfg.toy, progress=False)
+    return [json.loads(line) for line in open(world.train_path)][:n]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Config: fail in the first seconds, before anything loads, with one line
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["loss.beta=0"], "loss.beta=0.0 for loss 'dpo': it must be > 0"),
+        (["optim.lr=-1e-3"], "optim.lr=-0.001: the learning rate must be > 0"),
+        (["data=toy_unpaired"], "loss=dpo trains on pairs"),
+        (
+            ["model=local", "model.path=/no/such/checkpoint"],
+            "model.path=/no/such/checkpoint: no such directory",
+        ),
+        (["model=local"], "model.path: required, and not set"),
+        (
+            ["data.max_prompt_length=64"],
+            "data.max_prompt_length=64 must be positive and below data.max_length=64",
+        ),
+        (["data.path=pairs.jsonl"], "data.path=pairs.jsonl has no effect with data.source=toy"),
+        (["data.on_invalid=ignore"], "data.on_invalid='ignore': choose one of error, skip"),
+        (["resume=true"], "resume=true: no unfinished run with a checkpoint"),
+    ],
+)
+def test_config_errors_are_one_line_before_any_run(compose_config, capsys, overrides, expected):
+    cfg = compose_config(*overrides)
+    line = user_error(capsys, train, cfg)
+    assert expected in line
+    # stopped before the MLflow run (and anything else) started: not even a store was created
+    assert not Path(cfg.logger.tracking_uri.removeprefix("sqlite:///")).exists()
+
+
+def test_unknown_group_option_lists_the_valid_ones(capsys):
+    line = user_error(capsys, checks.check_overrides, ["loss=dpoo"], REPO / "conf")
+    assert (
+        line
+        == "prefopt: error: loss=dpoo: there is no such loss; choose one of: dpo, ipo, kto, simpo"
+    )
+    checks.check_overrides(
+        ["loss=ipo", "model=local", "--multirun", "loss.beta=0.1"], REPO / "conf"
+    )
+
+
+def test_an_unreachable_tracking_server_is_reported_at_start(compose_config, capsys):
+    cfg = compose_config(f"logger.tracking_uri=http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    line = user_error(capsys, train, cfg)
+    assert time.monotonic() - start < 10
+    assert "no MLflow server answers" in line and "logger.tracking_uri=sqlite:///mlflow.db" in line
+
+
+def cli(*args, cwd, timeout=180):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "prefopt.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_cli_prints_one_line_without_traceback(tmp_path):
+    """Both paths through the real command: a bad group option (before Hydra composes) and a
+    bad value (after): exit status 2, one line, no traceback, no MLflow store created."""
+    for args, expected in (
+        (
+            ["model=qwen"],
+            "prefopt: error: model=qwen: there is no such model; choose one of: local, toy",
+        ),
+        (
+            ["loss=ipo", "loss.beta=-1"],
+            "prefopt: error: loss.beta=-1.0 for loss 'ipo': it must be > 0",
+        ),
+    ):
+        proc = cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == expected
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: every bad-input class names file, row, field and the fix; `skip` drops and counts
+
+
+BAD_ROWS = [
+    (
+        {"prompt": " review of a phone :", "chosn": " good .", "rejected": " bad ."},
+        "missing_column",
+        "line 3: found columns ['chosn', 'prompt', 'rejected']; expected explicit (prompt, chosen, rejected",
+    ),
+    (
+        {"prompt": " review of a phone :", "chosen": 5, "rejected": " bad ."},
+        "wrong_type",
+        "line 3: field 'chosen' is a int, expected a string",
+    ),
+    (
+        {"prompt": " review of a phone :", "chosen": "  ", "rejected": " bad ."},
+        "empty",
+        "line 3: field 'chosen' is empty",
+    ),
+    (
+        {"prompt": "", "chosen": " good .", "rejected": " bad ."},
+        "empty",
+        "line 3: field 'prompt' is empty",
+    ),
+    (
+        {"prompt": " review of a phone :", "chosen": " same .", "rejected": " same ."},
+        "identical",
+        "line 3: 'chosen' and 'rejected' are identical",
+    ),
+    (
+        {
+            "prompt": " review of a phone :",
+            "chosen": " great" * 600 + " delightful .",
+            "rejected": " great" * 600 + " annoying .",
+        },
+        "too_long",
+        "line 3: too long: it does not fit data.max_length=512",
+    ),
+]
+
+
+@pytest.fixture
+def toy_data(compose_config, tmp_path):
+    """(good toy rows, a function that sets up the data module the CLI would build for a file)."""
+    from prefopt.data import PreferenceDataModule
+    from prefopt.models import load_tokenizer
+
+    cfg = compose_config()
+    world = build_toy_world(cfg.toy, progress=False)
+    rows = [json.loads(line) for line in open(world.train_path)][:40]
+    tokenizer = load_tokenizer(str(world.model_dir), cfg.model)
+
+    def setup(path, *overrides, paired=True):
+        data = compose_config("data=local", f"data.path={path}", *overrides).data
+        module = PreferenceDataModule(data, tokenizer, paired=paired)
+        module.setup("fit")
+        return module
+
+    return rows, setup
+
+
+@pytest.mark.parametrize(
+    "row, reason, expected", BAD_ROWS, ids=[f"{r[1]}{i}" for i, r in enumerate(BAD_ROWS)]
+)
+def test_a_bad_row_stops_naming_file_row_and_field(
+    toy_data, capsys, tmp_path, row, reason, expected
+):
+    good, setup = toy_data
+    path = write_jsonl(tmp_path / "pairs.jsonl", good[:2] + [row] + good[2:])
+    line = user_error(capsys, setup, path, f"data.val_path={path}")
+    assert f"{path} {expected}" in line, line
+    assert "data.on_invalid=skip" in line
+
+
+def test_a_bad_row_fails_the_run_before_training(compose_config, capsys, tmp_path):
+    good = toy_train_rows(compose_config(), 40)
+    row = {"prompt": " review of a phone :", "chosen": " same .", "rejected": " same ."}
+    path = write_jsonl(tmp_path / "pairs.jsonl", good[:30] + [row] + good[30:])
+    cfg = compose_config("data=local", f"data.path={path}", "data.val_fraction=0")
+    line = user_error(capsys, train, cfg)
+    assert f"{path} line 31: 'chosen' and 'rejected' are identical" in line
+    _, runs = runs_in(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "train/loss" not in runs[0].data.metrics
+
+
+def test_kto_labels_must_be_booleans(compose_config, capsys, tmp_path):
+    rows = [
+        {"prompt": " review of a cup :", "completion": " great .", "label": i % 2 == 0}
+        for i in range(8)
+    ]
+    rows[5]["label"] = "maybe"
+    path = write_jsonl(tmp_path / "kto.jsonl", rows)
+    cfg = compose_config("loss=kto", "data=local", f"data.path={path}")
+    line = user_error(capsys, train, cfg)
+    assert f"{path} line 6: field 'label' is 'maybe'; it must be a boolean" in line
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        (
+            "cut.jsonl",
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "cho',
+            "line 2: invalid JSON",
+        ),
+        ("cut.jsonl.gz", None, "cannot read the file"),
+        (
+            "columns.jsonl",
+            '{"question": "a", "good": "b", "bad": "c"}\n',
+            "found columns ['bad', 'good', 'question']; expected explicit",
+        ),
+    ],
+)
+def test_unreadable_files_and_misspelled_columns(
+    toy_data, capsys, tmp_path, name, content, expected
+):
+    path = tmp_path / name
+    if content is None:  # a gzip file cut in the middle
+        import gzip
+
+        whole = gzip.compress(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * 50)
+        path.write_bytes(whole[: len(whole) // 2])
+    else:
+        path.write_text(content)
+    line = user_error(capsys, toy_data[1], path)
+    assert str(path) in line and expected in line, line
+
+
+def test_skip_drops_bad_rows_counts_them_in_mlflow_and_trains(compose_config, tmp_path, caplog):
+    good = toy_train_rows(compose_config(), 48)
+    bad = [row for row, _, _ in BAD_ROWS]
+    path = write_jsonl(tmp_path / "pairs.jsonl", good[:20] + bad + good[20:])
+    cfg = compose_config(
+        "data=local",
+        f"data.path={path}",
+        "data.val_fraction=0",
+        "data.on_invalid=skip",
+        "trainer.max_steps=2",
+        "eval.num_prompts=0",
+        "export=false",
+    )
+    result = train(cfg)
+    client, runs = runs_in(cfg)
+    params = client.get_run(result.run_id).data.params
+    assert params["data_stats/train_pairs"] == "48"
+    assert params["data_stats/train_dropped_missing_column"] == "1"
+    assert params["data_stats/train_dropped_wrong_type"] == "1"
+    assert params["data_stats/train_dropped_empty"] == "2"
+    assert params["data_stats/train_dropped_identical"] == "1"
+    assert params["data_stats/train_dropped_too_long"] == "1"
+    assert any("skipped 6 of 54 rows" in r.getMessage() for r in caplog.records)
+
+
+def test_nothing_left_after_filtering_is_an_error(toy_data, capsys, tmp_path):
+    rows = [{"prompt": " review :", "chosen": " same .", "rejected": " same ."}] * 4
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    line = user_error(capsys, toy_data[1], path, "data.on_invalid=skip")
+    assert "no training data left after filtering" in line and "identical" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: NaN, SIGTERM, a tracking server that goes away
+
+
+def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_fails_it(
+    compose_config, capsys, monkeypatch
+):
+    """NaN injected into the loss at the 7th step; checkpoints every 3 steps."""
+    from prefopt.losses.dpo import DPOLoss
+
+    original, calls = DPOLoss.__call__, []
+
+    def poisoned(self, policy, reference):
+        out = original(self, policy, reference)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 7:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(DPOLoss, "__call__", poisoned)
+    cfg = compose_config(
+        "trainer.max_steps=12",
+        "checkpoint.every_n_steps=3",
+        "trainer.limit_val_batches=0",
+        "eval.num_prompts=0",
+    )
+    line = user_error(capsys, train, cfg)
+    checkpoint = Path(cfg.output_dir) / CHECKPOINT_DIR / LAST
+    assert "non-finite loss (nan) at step 6" in line
+    assert "optim.lr=0.001" in line and "loss.beta=0.1" in line
+    assert f"the last good checkpoint is {checkpoint}" in line
+    state = safe_load(checkpoint)
+    assert state["global_step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    _, runs = runs_in(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_sigterm_during_fit_ends_the_run_killed(compose_config, monkeypatch):
+    import prefopt.train as train_module
+
+    class Terminate(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    build = train_module.build_callbacks
+    monkeypatch.setattr(train_module, "build_callbacks", lambda *a: [*build(*a), Terminate()])
+    cfg = compose_config(
+        "trainer.max_steps=20", "eval.num_prompts=0", "trainer.limit_val_batches=1"
+    )
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        train(cfg)
+    assert signal.getsignal(signal.SIGTERM) == before
+    _, runs = runs_in(cfg)
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_metrics_are_buffered_when_the_server_goes_away_and_sync_uploads_them(tmp_path, caplog):
+    """A real store for the start, then the client pointed at a closed port on 127.0.0.1 (the
+    server is gone): logging goes on into the local buffer; `prefopt.sync` uploads it."""
+    from prefopt.config import LoggerConfig
+    from prefopt.sync import main as sync_main
+    from prefopt.tracking import finish_run, start_run
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = start_run(LoggerConfig(tracking_uri=store), "run", offline_dir=tmp_path / "out")
+    logger.log_metrics({"train/loss": 0.7}, step=1)
+    logger.experiment._client = MlflowClient(tracking_uri=f"http://127.0.0.1:{closed_port()}")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        logger.log_metrics({"train/loss": 0.5}, step=2)  # fails once, then buffered
+        logger.log_metrics({"train/loss": 0.4}, step=3)
+        logger.experiment.set_tag(logger.run_id, "prefopt.note", "offline")
+        finish_run(logger, "FINISHED")
+    finally:
+        del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert any("python -m prefopt.sync" in r.getMessage() for r in caplog.records)
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_run(logger.run_id).info.status == "RUNNING"
+    assert sync_main([str(tmp_path / "out")]) == 0
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["prefopt.note"] == "offline"
+    history = [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "train/loss")]
+    assert sorted(history) == [(1, 0.7), (2, 0.5), (3, 0.4)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume after kill -9
+
+
+RESUME_ARGS = [
+    *SMALL_TOY,
+    "trainer.max_steps=10",
+    "trainer.val_check_interval=5",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "checkpoint.every_n_steps=3",
+    "eval.num_prompts=4",
+    "eval.max_new_tokens=8",
+    "export=false",
+]
+
+
+def test_a_run_killed_mid_epoch_resumes_into_the_same_mlflow_run_and_ends_as_if_never_killed(
+    compose_config, toy_cache, reference_cache, tmp_path
+):
+    store = f"sqlite:///{tmp_path / 'resumed.db'}"
+    shared = [f"toy.cache_dir={toy_cache}", f"reference.cache_dir={reference_cache}"]
+    uninterrupted = train(compose_config(*RESUME_ARGS, "output_dir=" + str(tmp_path / "a")))
+
+    out = tmp_path / "b"
+    args = [*RESUME_ARGS, *shared, f"output_dir={out}", f"logger.tracking_uri={store}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefopt.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = out / CHECKPOINT_DIR / LAST
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-epoch: 10 steps are under half of the first epoch
+    assert proc.wait(timeout=30) == -signal.SIGKILL, proc.stderr.read()[-3000:]
+    killed_at = safe_load(checkpoint)["global_step"]
+    assert 3 <= killed_at < 10
+    run_id = json.loads((out / CHECKPOINT_DIR / RUN_FILE).read_text())["run_id"]
+
+    resumed = train(compose_config(*args, "resume=true"))
+
+    assert resumed.run_id == run_id
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("prefopt").experiment_id])
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(run_id, "FINISHED")]
+    assert runs[0].data.tags["prefopt.resumed_from"] == str(checkpoint.resolve())
+    steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+    # Logged before the kill and after the resume; the checkpointed step's own metrics are
+    # logged just after its checkpoint is written, so a kill in between may lose that one point.
+    assert set(range(10)) - {killed_at - 1} <= steps
+    for key, value in uninterrupted.metrics.items():
+        if key.startswith(("val/", "eval/")):
+            assert math.isclose(resumed.metrics[key], value, rel_tol=1e-4, abs_tol=1e-5), key
+    assert safe_load(checkpoint)["global_step"] == 10
+    assert json.loads((out / CHECKPOINT_DIR / RUN_FILE).read_text())["finished"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe loading
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(compose_config, capsys, tmp_path):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, evil)
+    cfg = compose_config(f"ckpt_path={evil}", "eval.num_prompts=0", "trainer.max_steps=1")
+    line = user_error(capsys, train, cfg)
+    assert f"{evil}: refused to load" in line
+    assert not marker.exists()
+    _, runs = runs_in(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_no_unsafe_loading_in_the_source():
+    """Every torch.load passes weights_only=True; nothing unpickles; remote code is opt-in."""
+    from prefopt.config import ModelConfig
+
+    assert ModelConfig.trust_remote_code is False
+    for path in (REPO / "src" / "prefopt").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                name = f"{getattr(node.func.value, 'id', '')}.{node.func.attr}"
+                assert name not in ("pickle.load", "pickle.loads", "dill.load"), path
+                if name == "torch.load":
+                    kwargs = {k.arg: k.value for k in node.keywords}
+                    assert isinstance(kwargs.get("weights_only"), ast.Constant), path
+                    assert kwargs["weights_only"].value is True, path
+                for keyword in node.keywords:
+                    if keyword.arg == "trust_remote_code":
+                        assert not (
+                            isinstance(keyword.value, ast.Constant) and keyword.value.value
+                        ), path
+
+
+def start_mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    cmd = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
+        *("--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"),
+    ]
+    with open(tmp_path / "server.log", "a") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "mlflow server did not start in time"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.5)
+
+
+def stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+@pytest.mark.slow  # two server starts and a training run: a few minutes on 2 busy cores
+def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, reference_cache):
+    port = closed_port()
+    server = start_mlflow_server(tmp_path, port)
+    out = tmp_path / "out"
+    args = [
+        *RESUME_ARGS,
+        f"toy.cache_dir={toy_cache}",
+        f"reference.cache_dir={reference_cache}",
+        f"output_dir={out}",
+        f"logger.tracking_uri=http://127.0.0.1:{port}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NO_PROXY": "127.0.0.1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefopt.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        checkpoint = out / CHECKPOINT_DIR / LAST
+        while not checkpoint.exists() and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        stop(server)  # the server goes away at step 3 of 10
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    assert "python -m prefopt.sync" in output
+    assert (out / "mlflow_offline.jsonl").exists()
+
+    server = start_mlflow_server(tmp_path, port)
+    try:
+        synced = subprocess.run(
+            [sys.executable, "-m", "prefopt.sync", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        run_id = json.loads((out / CHECKPOINT_DIR / RUN_FILE).read_text())["run_id"]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+        assert steps == set(range(10))
+        assert "val/rewards/accuracies" in run.data.metrics
+    finally:
+        stop(server)
+
+
+def test_a_tokenizer_without_pad_token_gets_one_and_says_so(tmp_path, caplog):
+    from prefopt.config import ModelConfig
+    from prefopt.models import load_tokenizer
+
+    from .data.conftest import build_tokenizer
+
+    build_tokenizer(pad=False).save_pretrained(tmp_path / "tok")
+    tokenizer = load_tokenizer(str(tmp_path / "tok"), ModelConfig(path=str(tmp_path / "tok")))
+    assert tokenizer.pad_token == tokenizer.eos_token is not None
+    assert any(
+        "no pad token" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records
+    )
+
+
+def test_real_errors_from_the_store_are_not_taken_for_an_outage(tmp_path):
+    """Only an unreachable store sends logging offline; a wrong call still raises."""
+    from mlflow.exceptions import MlflowException
+
+    from prefopt.config import LoggerConfig
+    from prefopt.tracking import start_run
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = start_run(LoggerConfig(tracking_uri=store), "run", offline_dir=tmp_path)
+    logger.log_hyperparams({"x": 1})
+    with pytest.raises(MlflowException):
+        logger.log_hyperparams({"x": 2})  # MLflow never changes a param
+    assert not logger.offline
+
+
+def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(tmp_path):
+    from types import SimpleNamespace
+
+    from prefopt.resume import find_resume_point, mark_resumed, write_run_file
+
+    def run_folder(name, **fields):
+        out = tmp_path / "outputs" / name
+        (out / CHECKPOINT_DIR).mkdir(parents=True)
+        (out / CHECKPOINT_DIR / LAST).write_bytes(b"")
+        write_run_file(out, run_id=name, tracking_uri="sqlite:///x.db", **fields)
+        time.sleep(0.01)  # distinct modification times
+        return out
+
+    run_folder("2025-01-01/10-00-00")
+    killed = run_folder("2025-01-02/09-00-00")
+    run_folder("2025-01-02/11-00-00", finished=True)
+    new = tmp_path / "outputs" / "2025-01-03" / "08-00-00"
+    cfg = SimpleNamespace(ckpt_path=None, resume=True, output_dir=str(new))
+
+    point = find_resume_point(cfg)
+    assert point.checkpoint == killed / CHECKPOINT_DIR / LAST
+    assert point.run_id_for("sqlite:///x.db") == "2025-01-02/09-00-00"
+    assert point.run_id_for("sqlite:///other.db") is None
+
+    mark_resumed(point, new)  # the new run took over: the next resume=true must not pick it
+    assert find_resume_point(cfg).checkpoint.parent.parent.name == "10-00-00"
+    cfg.ckpt_path = str(killed)  # naming a run folder works whatever its state
+    assert find_resume_point(cfg).checkpoint == killed / CHECKPOINT_DIR / LAST
