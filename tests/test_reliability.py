@@ -344,7 +344,7 @@ def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_fails_it(
     line = user_error(capsys, train, cfg)
     checkpoint = Path(cfg.output_dir) / CHECKPOINT_DIR / LAST
     assert "non-finite loss (nan) at step 6" in line
-    assert "optim.lr=0.001" in line and "loss.beta=0.1" in line
+    assert "optim.lr=0.0005" in line and "loss.beta=0.1" in line
     assert f"the last good checkpoint is {checkpoint}" in line
     state = safe_load(checkpoint)
     assert state["global_step"] == 6
