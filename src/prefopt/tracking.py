@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -69,7 +70,8 @@ def start_run(
 ) -> MLFlowLogger:
     """Create the run now (not at the first metric). `extra_tags`: a sweep job's grouping tags."""
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
-    ensure_experiment(tracking_uri, cfg.experiment_name)
+    if rank_zero_only.rank == 0:  # other DDP ranks get Lightning's no-op experiment
+        ensure_experiment(tracking_uri, cfg.experiment_name)
     logger = MLFlowLogger(
         experiment_name=cfg.experiment_name,
         run_name=run_name,

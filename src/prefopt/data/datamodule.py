@@ -156,11 +156,19 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
+        rank, world = self._rank_and_world()
         if not self.paired:
             # KTO pairs each prompt with another completion of its batch; fixed batches make
             # those mismatched rows the same every epoch, so their reference log-probs can be
             # cached. Batch order is still reshuffled each epoch.
-            batches = FixedBatches(len(self.train_examples), self.cfg.batch_size, self.cfg.seed)
+            batches = FixedBatches(
+                len(self.train_examples), self.cfg.batch_size, self.cfg.seed, rank=rank, world=world
+            )
+            return self._loader(self.train_examples, batch_sampler=batches)
+        if world > 1:
+            batches = ShardedBatches(
+                len(self.train_examples), self.cfg.batch_size, self.cfg.seed, rank, world
+            )
             return self._loader(self.train_examples, batch_sampler=batches)
         return self._loader(
             self.train_examples,
@@ -173,7 +181,16 @@ class PreferenceDataModule(L.LightningDataModule):
         self._require_setup()
         if not self.val_examples:
             return []  # Lightning skips validation for an empty list
-        return self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size, shuffle=False)
+        rank, world = self._rank_and_world()
+        # Disjoint shards, no padding: metrics are reduced as sums and counts (MetricSums).
+        examples = self.val_examples[rank::world]
+        return self._loader(examples, batch_size=self.cfg.eval_batch_size, shuffle=False)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
 
     def reference_loaders(self) -> dict[str, DataLoader]:
         """Unshuffled loaders over every train and val example, batched as training batches
@@ -188,7 +205,7 @@ class PreferenceDataModule(L.LightningDataModule):
             train = self._loader(self.train_examples, batch_sampler=batches)
         loaders = {"train": train}
         if self.val_examples:
-            loaders["val"] = self.val_dataloader()
+            loaders["val"] = self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size)
         return loaders
 
     def _loader(self, examples: list, **kwargs) -> DataLoader:
@@ -215,22 +232,68 @@ def _split_stats(
 
 
 class FixedBatches(Sampler[list[int]]):
-    """Batches drawn once from a seeded permutation; only their order changes per epoch."""
+    """Batches drawn once from a seeded permutation; only their order changes per epoch.
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
+    With `world` ranks, each step takes `world` batches of the shuffled order, one per rank
+    (the last < `world` batches of an epoch are left out, differently each epoch).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         self.batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.rank, self.world = rank, world
 
     def __iter__(self):
         order = (
             torch.randperm(len(self.batches), generator=self.generator).tolist()
             if self.shuffle
-            else range(len(self.batches))
+            else list(range(len(self.batches)))
         )
-        for i in order:
+        order = order[: len(self) * self.world]
+        for i in order[self.rank :: self.world]:
             yield self.batches[i]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) // self.world
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """One rank's share of the batches one process would draw with `world × batch_size`.
+
+    Each epoch draws the permutation a DataLoader with `shuffle=True` and a generator seeded
+    with `seed` draws in one process, cuts it into global batches of `world × batch_size` and gives rank r the global
+    batch's items r, r + world, …: every example once per epoch, no duplicates, and the same
+    global batches (hence the same gradient steps) as one process with the whole batch. A last
+    global batch with fewer than `world` examples is left out.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        # Draw from the generator exactly as DataLoader(shuffle=True, generator=...) does (its
+        # iterator's base seed, then RandomSampler's permutation and its empty remainder), so
+        # every epoch's order is the single-process order (tests/test_scale.py checks this).
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        torch.randperm(self.n, generator=self.generator)
+        step = self.batch_size * self.world
+        for start in range(0, self.n, step):
+            global_batch = order[start : start + step]
+            if len(global_batch) >= self.world:
+                yield global_batch[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size * self.world)
+        return full + (rest >= self.world)
