@@ -63,6 +63,36 @@ def is_rank_zero() -> bool:
 
 # --- Trainer arguments ---------------------------------------------------------------------
 
+_FROM_PYTHON = (
+    "several processes on one machine need the command line (python -m prefopt.train ... "
+    "trainer=ddp) or a cluster launcher that starts every rank (srun, torchrun); `train(cfg)` "
+    "called from Python runs one process only"
+)
+
+
+def _several_processes(trainer_cfg) -> bool:
+    devices = trainer_cfg.devices
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)
+    many_devices = (isinstance(devices, int) and devices > 1) or (
+        not isinstance(devices, (int, str)) and len(devices) > 1
+    )
+    return trainer_cfg.strategy in ("ddp", "fsdp") and (many_devices or trainer_cfg.num_nodes > 1)
+
+
+def _hydra_app() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
+def _started_externally() -> bool:
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return (
+        "LOCAL_RANK" in os.environ or SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    )
+
 
 def check_scaling_config(cfg: DictConfig) -> None:
     """Combinations that cannot work, caught before anything loads."""
@@ -71,6 +101,8 @@ def check_scaling_config(cfg: DictConfig) -> None:
             "trainer.strategy=fsdp with eval.num_prompts>0: generation evaluation runs on rank 0 "
             "only, which a sharded model cannot do; set eval.num_prompts=0 (or use trainer=ddp)"
         )
+    if _several_processes(cfg.trainer) and not _hydra_app() and not _started_externally():
+        raise RuntimeError(_FROM_PYTHON)
     if cfg.model.lora.enabled:
         try:
             import peft  # noqa: F401
@@ -140,11 +172,7 @@ class HydraJobLauncher(subprocess_script._SubprocessScriptLauncher):
         from hydra.core.hydra_config import HydraConfig
 
         if not HydraConfig.initialized():
-            raise RuntimeError(
-                "several processes on one machine need the command line (python -m "
-                "prefopt.train ... trainer=ddp) or a cluster launcher that starts every rank "
-                "(srun, torchrun); `train(cfg)` called from Python runs one process only"
-            )
+            raise RuntimeError(_FROM_PYTHON)
         self._saved_env = {key: os.environ.get(key) for key in _LAUNCH_ENV}
         original = subprocess_script._hydra_subprocess_cmd
         subprocess_script._hydra_subprocess_cmd = child_rank_command
