@@ -146,16 +146,25 @@ def ddp_job_overrides(toy_cache: Path) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize(
+    "betas",
+    [
+        ["0.1"],
+        # a second job in the same process must launch its own ranks again
+        pytest.param(["0.1", "0.5"], marks=pytest.mark.slow),
+    ],
+    ids=["one_job", "two_jobs"],
+)
 def test_ddp_multirun_gives_one_run_per_job_and_the_single_process_losses(
-    tmp_path, toy_cache, compose_config
+    betas, tmp_path, toy_cache, compose_config
 ):
-    """Two jobs × two gloo ranks: one parent and one child run per job (child ranks neither
-    re-run the sweep nor open runs), and job 0's per-step losses equal those of one process
-    with the same global batch (2 × 4 pairs)."""
+    """--multirun with two gloo ranks per job: one parent and one child run per job (child
+    ranks neither re-run the sweep nor open runs), and job 0's per-step losses equal those of
+    one process with the same global batch (2 × 4 pairs)."""
     env = {**os.environ, "PREFOPT_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg"}
     cmd = [sys.executable, "-m", "prefopt.train", "--multirun", *ddp_job_overrides(toy_cache)]
     cmd += ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    cmd += ["trainer.precision=32-true", "data.batch_size=4", "loss.beta=0.1,0.5"]
+    cmd += ["trainer.precision=32-true", "data.batch_size=4", f"loss.beta={','.join(betas)}"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -166,12 +175,12 @@ def test_ddp_multirun_gives_one_run_per_job_and_the_single_process_losses(
     children = sorted(
         (r for r in runs if r is not parents[0]), key=lambda r: r.data.tags["prefopt.sweep_job"]
     )
-    assert [c.info.run_name for c in children] == ["dpo β=0.1 lr=0.001", "dpo β=0.5 lr=0.001"]
+    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=0.001" for b in betas]
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert all(c.info.status == "FINISHED" for c in [*children, parents[0]])
     [sweep_dir] = (tmp_path / "multirun").glob("*/*")
-    for job in ("0", "1"):  # rank 1 ran inside the job's directory, as a single run
-        assert (sweep_dir / job / "train_ddp_process_1.log").is_file()
+    for job in range(len(betas)):  # rank 1 ran inside the job's directory, as a single run
+        assert (sweep_dir / str(job) / "train_ddp_process_1.log").is_file()
     assert not (tmp_path / "outputs").exists()
 
     def losses(c, run_id):
@@ -195,10 +204,10 @@ def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(compose_c
         "model.lora.r=4",
         "model.lora.merge_on_export=true",
         "optim.lr=1e-2",
-        "trainer.max_steps=3",
+        "trainer.max_steps=2",
         "trainer.limit_val_batches=1",
-        "eval.num_prompts=4",
-        "eval.max_new_tokens=4",
+        "eval.num_prompts=2",
+        "eval.max_new_tokens=3",
     )
     result = train(cfg)
     policy = result.module.policy
@@ -252,9 +261,7 @@ def test_strategies_are_lightnings_with_prefopts_launcher(compose_config):
     fsdp = trainer_arguments(fsdp_cfg.trainer, model)
     assert isinstance(fsdp["strategy"], HydraFSDPStrategy)
     policy = fsdp["strategy"].kwargs["auto_wrap_policy"]
-    assert set(policy._module_classes) == {
-        type(model.model.layers[0])
-    }
+    assert set(policy._module_classes) == {type(model.model.layers[0])}
     with pytest.raises(ValueError, match="eval.num_prompts=0"):
         check_scaling_config(compose_config("trainer=fsdp"))
 
