@@ -288,7 +288,8 @@ PRESETS = [
 
 
 @pytest.mark.parametrize("overrides", PRESETS, ids=lambda o: o[0])
-def test_every_preset_composes_and_passes_the_checks(overrides, tmp_path):
+def test_every_preset_composes_and_passes_the_checks(overrides, tmp_path, monkeypatch):
+    monkeypatch.setattr("prefopt.distributed._hydra_app", lambda: True)  # as from the CLI
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"output_dir={tmp_path}"])

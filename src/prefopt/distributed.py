@@ -101,6 +101,12 @@ def check_scaling_config(cfg: DictConfig) -> None:
             "trainer.strategy=fsdp with eval.num_prompts>0: generation evaluation runs on rank 0 "
             "only, which a sharded model cannot do; set eval.num_prompts=0 (or use trainer=ddp)"
         )
+    adapter_reference = cfg.model.lora.enabled and not cfg.model.reference_path
+    if cfg.trainer.strategy == "fsdp" and not cfg.reference.cache and not adapter_reference:
+        log.warning(
+            "trainer.strategy=fsdp with reference.cache=false: every rank holds a whole, "
+            "unsharded reference model; reference.cache=true computes its log-probs once instead"
+        )
     if _several_processes(cfg.trainer) and not _hydra_app() and not _started_externally():
         raise RuntimeError(_FROM_PYTHON)
     if cfg.model.lora.enabled:

@@ -64,7 +64,10 @@ class PreferenceModule(L.LightningModule):
             completion_logps(self.policy, own, self.chunk_size), policy_mismatched, desirable
         )
         reference = UnpairedLogps(*self.reference.logps(batch, split).split(n_examples), desirable)
-        return self.loss(policy, reference, mean_across_devices=self._mean_across_devices)
+        # z_ref is averaged across ranks in training, where every rank steps together; a
+        # validation batch keeps its own (ranks may hold different numbers of batches).
+        across = self._mean_across_devices if split == "train" else (lambda value: value)
+        return self.loss(policy, reference, mean_across_devices=across)
 
     def _mean_across_devices(self, value: Tensor) -> Tensor:
         return mean_across_ranks(value)

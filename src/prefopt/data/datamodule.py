@@ -182,9 +182,16 @@ class PreferenceDataModule(L.LightningDataModule):
         if not self.val_examples:
             return []  # Lightning skips validation for an empty list
         rank, world = self._rank_and_world()
-        # Disjoint shards, no padding: metrics are reduced as sums and counts (MetricSums).
-        examples = self.val_examples[rank::world]
-        return self._loader(examples, batch_size=self.cfg.eval_batch_size, shuffle=False)
+        if world == 1:
+            return self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size)
+        # Whole single-process batches, dealt out to the ranks (KTO's mismatched rows, and so
+        # its cached reference log-probs, depend on the batch); no padding, no duplicates:
+        # metrics are reduced as sums and counts (MetricSums).
+        n, size = len(self.val_examples), self.cfg.eval_batch_size
+        batches = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        if len(batches) < world:  # every rank needs a batch: split by example instead
+            batches = [list(range(i, n, world)) for i in range(world)]
+        return self._loader(self.val_examples, batch_sampler=batches[rank::world])
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
