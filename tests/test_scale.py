@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -26,15 +25,12 @@ from prefopt.data.datamodule import FixedBatches, ShardedBatches
 from prefopt.distributed import (
     HydraDDPStrategy,
     HydraFSDPStrategy,
-    MetricSums,
     check_scaling_config,
     trainer_arguments,
 )
 from prefopt.logprobs import completion_logps
 from prefopt.lora import AdapterDisabledReference
-from prefopt.losses.kto import KTOLoss
 from prefopt.models import load_causal_lm, prepare_policy
-from prefopt.module import PreferenceModule
 from prefopt.toy import build_toy_world
 from prefopt.train import train
 
@@ -72,59 +68,41 @@ def test_kto_fixed_batches_go_whole_to_one_rank_each():
 # --- metrics and KTO's z_ref across two ranks (gloo, forked processes) ---------------------
 
 
-def _two_ranks(rank: int, port: int, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.manual_seed(0)
-        batch = hand_batch()  # 2 examples + their 2 mismatched rows
-        batch["desirable"] = torch.tensor([True, rank == 0])
-        module = PreferenceModule(
-            tiny_llama(seed=1 + rank),  # each rank's policy differs: different local KLs
-            KTOLoss(beta=0.1),
-            OmegaConf.create({"lr": 1e-3}),
-            reference=tiny_llama(seed=0),
-            chunk_size=None,
-        )
-        out = module.compute_loss(batch)
-        sums = MetricSums()
-        sums.add({"loss": out.loss, "rewards/rejected": out.metrics["rewards/rejected"]}, 2 + rank)
-        means = {k: (float(v[0]), float(v[1])) for k, v in sums.means().items()}
-        own, mismatched = batch_rows(batch)
-        with torch.no_grad():
-            local_kl = (
-                completion_logps(module.policy, mismatched, None).summed
-                - completion_logps(module.reference.model, mismatched, None).summed
-            ).mean()
-        results[rank] = (float(out.metrics["kl"]), float(local_kl), float(out.loss), means)
-    finally:
-        dist.destroy_process_group()
-
-
-def batch_rows(batch):
-    keys = ("input_ids", "attention_mask", "completion_mask")
-    return {k: batch[k][:2] for k in keys}, {k: batch[k][2:] for k in keys}
-
-
 def test_kto_z_ref_and_metrics_are_means_across_two_ranks():
+    """Two gloo ranks (fresh interpreters, tests/kto_two_ranks.py) with different policies
+    and batches: KTO's z_ref is the mean of the ranks' KL estimates, the metrics are means
+    over both ranks' examples."""
+    import json
     import socket
-
-    import torch.multiprocessing as mp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.start_processes(_two_ranks, args=(port, results), nprocs=2, start_method="fork")
-    (z0, kl0, loss0, m0), (z1, kl1, loss1, m1) = results[0], results[1]
+    script = Path(__file__).with_name("kto_two_ranks.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    r0, r1 = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
     # z_ref: the same on both ranks, the mean of the local KL estimates, clamped at 0
-    assert z0 == pytest.approx(z1, abs=1e-6)
-    assert z0 == pytest.approx(max(0.0, (kl0 + kl1) / 2), abs=1e-5)
-    assert kl0 != pytest.approx(kl1, abs=1e-3)  # the test would be vacuous otherwise
+    assert r0["z_ref"] == pytest.approx(r1["z_ref"], abs=1e-6)
+    assert r0["z_ref"] == pytest.approx(max(0.0, (r0["local_kl"] + r1["local_kl"]) / 2), abs=1e-5)
+    assert r0["local_kl"] != pytest.approx(r1["local_kl"], abs=1e-3)  # else the test is vacuous
     # metrics: weighted by each rank's examples (2 and 3); a NaN-only metric adds nothing
-    assert m0 == m1
-    assert m0["loss"][0] == pytest.approx((2 * loss0 + 3 * loss1) / 5, abs=1e-6)
-    assert m0["loss"][1] == 5
-    assert m0["rewards/rejected"][1] == 3  # rank 0 has no undesirable example
+    assert r0["means"] == r1["means"]
+    assert r0["means"]["loss"][0] == pytest.approx((2 * r0["loss"] + 3 * r1["loss"]) / 5, abs=1e-6)
+    assert r0["means"]["loss"][1] == 5
+    assert r0["means"]["rewards/rejected"][1] == 3  # rank 0 has no undesirable example
 
 
 # --- 2-process DDP on the toy world, from the command line ---------------------------------
