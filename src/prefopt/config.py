@@ -20,6 +20,23 @@ from omegaconf import MISSING
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT (`pip install 'prefopt[lora]'`); see `prefopt.lora`."""
+
+    enabled: bool = False
+    """Train LoRA adapters only; the reference is the base model (the adapter disabled)."""
+    r: int = 16
+    """Rank of the adapter matrices."""
+    alpha: int = 32
+    """Scale: the adapter's update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+    """Module names to adapt, e.g. [q_proj, v_proj]; all-linear = every linear layer but the output layer."""
+    merge_on_export: bool = False
+    """Also export the base model with the adapter merged in (`<output_dir>/merged`)."""
+
+
+@dataclass
 class ModelConfig:
     path: str = MISSING
     """Hugging Face checkpoint: a local directory or a hub id. `toy` = the toy world's SFT model."""
@@ -34,6 +51,11 @@ class ModelConfig:
     logits_chunk_size: int = 512
     """Completion tokens sent through the output layer at once (bounds the logits' memory: 512
     tokens of a 152k vocabulary are 311 MB in fp32); 0 = full [batch, seq, vocab] logits."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (HF `gradient_checkpointing_enable`)."""
+    compile: bool = False
+    """`torch.compile` each decoder layer (GPU; the first steps are slow while it compiles)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -115,12 +137,20 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: Any = 1
+    """Devices per node (an int for SLURM: the launcher's tasks_per_node follows it)."""
+    num_nodes: int = 1
+    strategy: str = "auto"
+    """auto, ddp or fsdp (prefopt builds Lightning's DDPStrategy / FSDPStrategy, see
+    `prefopt.distributed`), or any other Lightning strategy name."""
     precision: Any = "32-true"
+    """32-true, bf16-mixed (fp32 weights, bf16 compute) or bf16-true (bf16 weights: give
+    model.dtype=bfloat16 too), or any other Lightning precision."""
     max_epochs: int = 1
     max_steps: int = -1
     val_check_interval: Any = 1.0
     log_every_n_steps: int = 5
     gradient_clip_val: float | None = 1.0
+    gradient_clip_algorithm: str = "norm"
     accumulate_grad_batches: int = 1
     num_sanity_val_steps: int = 0
     enable_progress_bar: bool = True

@@ -75,6 +75,8 @@ def _chunk_logps(weight: Tensor, bias: Tensor | None, states: Tensor, labels: Te
 
 def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """(transformer body, output layer) when logits are exactly `head(body(...))`, else None."""
+    if hasattr(model, "get_base_model"):  # PEFT: adapters live inside the wrapped model
+        model = model.get_base_model()
     config = getattr(model, "config", None)
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return None

@@ -80,3 +80,31 @@ def _load_errors(path: str, what: str):
         if "trust_remote_code" in reason:
             hint = "; if you trust its author, set model.trust_remote_code=true"
         raise PrefoptError(f"{path}: cannot load the {what} ({reason}){hint}") from None
+
+
+def prepare_policy(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """The loaded model as training wants it: gradient checkpointing, LoRA adapters, compiled
+    decoder layers, each when `cfg` asks for it."""
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: works with DDP, FSDP and frozen (LoRA) base weights alike.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        from prefopt.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log.info(
+            "LoRA: %d of %d parameters train (%.2f%%)", trainable, total, 100 * trainable / total
+        )
+    if cfg.compile:
+        from prefopt.distributed import decoder_layer_classes
+
+        # Layer by layer: each block compiles once and is reused; the module keeps its
+        # attributes and state-dict keys (no `_orig_mod.` prefix), so export is unchanged.
+        classes = tuple(decoder_layer_classes(model))
+        for module in model.modules():
+            if isinstance(module, classes):
+                module.compile(dynamic=True)
+    return model

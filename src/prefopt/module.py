@@ -5,8 +5,8 @@ concatenated (chosen rows first), one reference forward on the same batch when t
 it, then the loss on the completion log-probs. Unpaired batches (KTO): the first half of the
 rows are the examples, the second half each prompt with another example's completion; the
 policy scores the second half without gradient, since KTO only uses it for a detached KL
-estimate. Metrics are logged with the batch's pair count as weight, so epoch values
-are true means over examples (and across devices, through `sync_dist`).
+estimate. Metrics are sums over examples reduced across ranks (`MetricSums`): per step in
+training, once per validation, so every value is a true mean over all ranks' examples.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from prefopt.config import OptimConfig
 from prefopt.errors import PrefoptError
+from prefopt.distributed import MetricSums, mean_across_ranks, world_size
 from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
 from prefopt.reference import CachedReference, FrozenReference
@@ -43,6 +44,7 @@ class PreferenceModule(L.LightningModule):
         if isinstance(reference, nn.Module):
             reference = FrozenReference(reference, chunk_size)
         self.reference = reference
+        self._val_sums = MetricSums()
 
     def compute_loss(self, batch: dict[str, Tensor], split: str = "train") -> LossOutput:
         n_examples = examples_in(batch)
@@ -63,10 +65,13 @@ class PreferenceModule(L.LightningModule):
             completion_logps(self.policy, own, self.chunk_size), policy_mismatched, desirable
         )
         reference = UnpairedLogps(*self.reference.logps(batch, split).split(n_examples), desirable)
-        return self.loss(policy, reference, mean_across_devices=self._mean_across_devices)
+        # z_ref is averaged across ranks in training, where every rank steps together; a
+        # validation batch keeps its own (ranks may hold different numbers of batches).
+        across = self._mean_across_devices if split == "train" else (lambda value: value)
+        return self.loss(policy, reference, mean_across_devices=across)
 
     def _mean_across_devices(self, value: Tensor) -> Tensor:
-        return self.all_gather(value).mean()
+        return mean_across_ranks(value)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.compute_loss(batch)
@@ -77,20 +82,39 @@ class PreferenceModule(L.LightningModule):
         out = self.compute_loss(batch, "val")
         self._log_metrics("val", out, batch)
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = MetricSums()
+
+    def on_validation_epoch_end(self) -> None:
+        for name, (mean, examples) in self._val_sums.means().items():
+            self._log("val", name, mean, int(examples), per_step=False)
+
     def _log_metrics(self, stage: str, out: LossOutput, batch: dict[str, Tensor]) -> None:
-        per_step = stage == "train"
-        common = dict(
-            batch_size=examples_in(batch),
+        metrics = {"loss": out.loss.detach(), **out.metrics}
+        if stage != "train":
+            self._val_sums.add(metrics, examples_in(batch))  # logged at the epoch's end
+            return
+        if world_size() > 1:  # one collective per step: the step's mean over every rank
+            sums = MetricSums()
+            sums.add(metrics, examples_in(batch))
+            for name, (mean, examples) in sums.means().items():
+                self._log(stage, name, mean, int(examples), per_step=True)
+            return
+        for name, values in metrics.items():
+            if name != "loss" and values.isnan().all():
+                continue  # e.g. KTO's undesirable reward in a batch of desirable examples only
+            self._log(stage, name, values.float().nanmean(), examples_in(batch), per_step=True)
+
+    def _log(self, stage: str, name: str, value: Tensor, examples: int, per_step: bool) -> None:
+        # Values are reduced across ranks already: Lightning's sync_dist would average again.
+        self.log(
+            f"{stage}/{name}",
+            value,
+            batch_size=examples,
             on_step=per_step,
             on_epoch=not per_step,
-            sync_dist=not per_step,
+            prog_bar=name in ("loss", "rewards/accuracies"),
         )
-        self.log(f"{stage}/loss", out.loss.detach(), prog_bar=True, **common)
-        for name, values in out.metrics.items():
-            if values.isnan().all():
-                continue  # e.g. KTO's undesirable reward in a batch of desirable examples only
-            show = name == "rewards/accuracies"
-            self.log(f"{stage}/{name}", values.float().nanmean(), prog_bar=show, **common)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -8,6 +8,8 @@ The reference never changes, so its log-probs of every training and validation s
 computed once, before training, and stored on disk (`ReferenceCache`). The cache key hashes
 the reference checkpoint's files, the tokenized data and the log-prob settings; a run whose key
 matches (the next job of a β or lr sweep, say) never loads the reference model at all.
+With several ranks, the first to take the cache's file lock computes it and the others wait
+and read it (on one machine the launching rank computes it before the others even start).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,6 +62,9 @@ class CachedReference:
 
     def __init__(self, table: dict[str, Tensor], computed: int = 0):
         self.table = table
+        self.model: nn.Module | None = None
+        """A model that evaluation may sample π_ref from (LoRA: the policy with its adapter
+        off); never run in training. None = evaluation makes its own copy."""
         self.forward_calls = 0
         """Reference forwards during training: always 0 here."""
         self.precompute_calls = computed
@@ -72,18 +78,29 @@ class CachedReference:
 
 
 def prepare_reference(
-    cfg, reference_path: str, datamodule, load_model
+    cfg, reference_path: str, datamodule, load_model, online=None
 ) -> FrozenReference | CachedReference:
     """The reference for training: cached log-probs when `cfg.reference.cache` allows, else the
-    model itself. On a cache miss the model is loaded once, scores all data, and is dropped."""
+    model itself. On a cache miss the model is loaded once, scores all data, and is dropped.
+
+    `online`: a reference already in memory, used instead of loading `reference_path` (LoRA:
+    the policy with its adapter disabled, which scores exactly as the base checkpoint does)."""
     chunk_size = cfg.model.logits_chunk_size or None
+
+    def run_online():
+        return (
+            online
+            if online is not None
+            else FrozenReference(load_model(reference_path), chunk_size)
+        )
+
     if not cfg.reference.cache:
-        return FrozenReference(load_model(reference_path), chunk_size)
+        return run_online()
     if not Path(reference_path).is_dir():
         log.info(
             "reference log-probs: %s is not a local checkpoint; running it online", reference_path
         )
-        return FrozenReference(load_model(reference_path), chunk_size)
+        return run_online()
     settings = {
         "dtype": cfg.model.dtype,
         "paired": datamodule.paired,
@@ -94,14 +111,39 @@ def prepare_reference(
     key = cache_key(checkpoint_fingerprint(reference_path), examples, settings)
     path = Path(cfg.reference.cache_dir or default_cache_dir()) / f"{key}.pt"
     cached = load_cache(path)
-    if cached is not None:
-        return cached
+    if cached is None:
+        with file_lock(path.with_suffix(".lock")):  # another rank may be computing it now
+            cached = load_cache(path)
+            if cached is None:
+                cached = _compute_cache(run_online(), datamodule, path, reference_path)
+    if online is not None:
+        cached.model = getattr(online, "model", None)
+    return cached
+
+
+def _compute_cache(reference, datamodule, path: Path, reference_path: str) -> CachedReference:
     log.info("reference log-probs: no cache yet, computing them once for %s", reference_path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    online = FrozenReference(load_model(reference_path).to(device), chunk_size)
-    table = compute_table(online, datamodule.reference_loaders(), device)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        device = torch.device("cpu")
+    table = compute_table(reference, datamodule.reference_loaders(), device)
     save_cache(path, table)
-    return CachedReference(table, computed=online.forward_calls)
+    return CachedReference(table, computed=reference.forward_calls)
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock between processes (ranks, parallel sweep jobs) on one file system."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:

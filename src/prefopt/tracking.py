@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -230,9 +231,10 @@ def start_run(
     """Create the run now (not at the first metric). `extra_tags`: a sweep job's grouping tags.
     `run_id`: continue that run (a resumed training) instead of creating one."""
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
-    ensure_experiment(tracking_uri, cfg.experiment_name)
-    if run_id is not None:
-        MlflowClient(tracking_uri=tracking_uri).update_run(run_id, status="RUNNING")
+    if rank_zero_only.rank == 0:  # other DDP ranks get Lightning's no-op experiment
+        ensure_experiment(tracking_uri, cfg.experiment_name)
+        if run_id is not None:
+            MlflowClient(tracking_uri=tracking_uri).update_run(run_id, status="RUNNING")
     logger = ResilientMLFlowLogger(
         experiment_name=cfg.experiment_name,
         run_name=run_name,

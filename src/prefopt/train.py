@@ -17,13 +17,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt import checks
+from prefopt import checks, distributed
 from prefopt.config import register_configs
 from prefopt.data import PreferenceDataModule
 from prefopt.evaluation import build_callbacks
+from prefopt.export import export_policy
 from prefopt.faults import NonFiniteGuard, sigterm_as_interrupt
+from prefopt.lora import AdapterDisabledReference
 from prefopt.losses.base import PreferenceLoss
-from prefopt.models import load_causal_lm, load_tokenizer
+from prefopt.models import load_causal_lm, load_tokenizer, prepare_policy
 from prefopt.module import PreferenceModule
 from prefopt.reference import prepare_reference
 from prefopt.resume import (
@@ -71,7 +73,9 @@ class TrainResult:
 
 def check_config(cfg: DictConfig) -> PreferenceLoss:
     """Everything that can be checked before a model or dataset is touched."""
-    return checks.check_config(cfg)
+    loss = checks.check_config(cfg)
+    distributed.check_scaling_config(cfg)
+    return loss
 
 
 def train(cfg: DictConfig) -> TrainResult:
@@ -130,12 +134,18 @@ def _fit_and_export(
     if advice := loss.check_data(datamodule.stats):
         log.warning(advice)
 
+    policy, online = None, None
+    if cfg.model.lora.enabled and not cfg.model.reference_path:
+        # LoRA: π_ref is the policy with its adapter disabled, not a second model.
+        policy = prepare_policy(load_causal_lm(policy_path, cfg.model), cfg.model)
+        online = AdapterDisabledReference(policy, cfg.model.logits_chunk_size or None)
     reference = None
     if loss.needs_reference:
         reference = prepare_reference(
-            cfg, reference_path, datamodule, lambda path: load_causal_lm(path, cfg.model)
+            cfg, reference_path, datamodule, lambda path: load_causal_lm(path, cfg.model), online
         )
-    policy = load_causal_lm(policy_path, cfg.model)
+    if policy is None:
+        policy = prepare_policy(load_causal_lm(policy_path, cfg.model), cfg.model)
     module = PreferenceModule(
         policy, loss, cfg.optim, reference=reference, chunk_size=cfg.model.logits_chunk_size or None
     )
@@ -152,7 +162,7 @@ def _fit_and_export(
         hints["loss.beta"] = cfg.loss.beta
     callbacks.append(NonFiniteGuard(hints, checkpoint_dir / LAST))
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer),
+        **distributed.trainer_arguments(cfg.trainer, policy),
         logger=logger,
         default_root_dir=output_dir,
         enable_checkpointing=False,  # ResumeCheckpoint writes the checkpoints (resume.py)
@@ -160,16 +170,25 @@ def _fit_and_export(
         callbacks=callbacks,
     )
     ckpt_path = str(resume.checkpoint) if resume else None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
-    export_dir = None
-    if cfg.export:
-        export_dir = output_dir / "model"
-        module.policy.save_pretrained(export_dir)
-        tokenizer.save_pretrained(export_dir)
-        set_tags(logger, {"prefopt.export_dir": str(export_dir.resolve())})
-        log.info("aligned policy saved to %s", export_dir)
+    completed = False
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        export_dir = None
+        if cfg.export:
+            written = export_policy(
+                trainer,
+                module,
+                tokenizer,
+                output_dir,
+                cfg.model,
+                lambda: load_causal_lm(policy_path, cfg.model),
+            )
+            set_tags(logger, {tag: str(path.resolve()) for tag, path in written.items()})
+            export_dir = written.get("prefopt.export_dir")
+        completed = True
+    finally:
+        distributed.finish(trainer, completed)
     _print_summary(metrics, export_dir, logger)
     return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=module)
 

@@ -176,13 +176,16 @@ class PreferenceDataModule(L.LightningDataModule):
         """Batches in an order fixed by (data.seed, epoch), resumable mid-epoch (`order.py`)."""
         self._require_setup()
         n, size, seed = len(self.train_examples), self.cfg.batch_size, self.cfg.seed
-        if self.paired:
-            batches = ShuffledBatches(n, size, seed)
-        else:
+        rank, world = self._rank_and_world()
+        if not self.paired:
             # KTO pairs each prompt with another completion of its batch; fixed batches make
             # those mismatched rows the same every epoch, so their reference log-probs can be
             # cached. Batch order is still reshuffled each epoch.
-            batches = FixedBatches(n, size, seed)
+            batches = FixedBatches(n, size, seed, rank=rank, world=world)
+        elif world > 1:
+            batches = ShardedBatches(n, size, seed, rank, world)
+        else:
+            batches = ShuffledBatches(n, size, seed)
         return ResumableLoader(
             self.train_examples,
             batch_sampler=ResumableBatches(batches),
@@ -199,7 +202,23 @@ class PreferenceDataModule(L.LightningDataModule):
         self._require_setup()
         if not self.val_examples:
             return []  # Lightning skips validation for an empty list
-        return self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size, shuffle=False)
+        rank, world = self._rank_and_world()
+        if world == 1:
+            return self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size)
+        # Whole single-process batches, dealt out to the ranks (KTO's mismatched rows, and so
+        # its cached reference log-probs, depend on the batch); no padding, no duplicates:
+        # metrics are reduced as sums and counts (MetricSums).
+        n, size = len(self.val_examples), self.cfg.eval_batch_size
+        batches = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+        if len(batches) < world:  # every rank needs a batch: split by example instead
+            batches = [list(range(i, n, world)) for i in range(world)]
+        return self._loader(self.val_examples, batch_sampler=batches[rank::world])
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
 
     def reference_loaders(self) -> dict[str, DataLoader]:
         """Unshuffled loaders over every train and val example, batched as training batches
@@ -214,7 +233,7 @@ class PreferenceDataModule(L.LightningDataModule):
             train = self._loader(self.train_examples, batch_sampler=batches)
         loaders = {"train": train}
         if self.val_examples:
-            loaders["val"] = self.val_dataloader()
+            loaders["val"] = self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size)
         return loaders
 
     def _loader(self, examples: list, **kwargs) -> DataLoader:
@@ -243,22 +262,68 @@ def _split_stats(
 
 
 class FixedBatches(Sampler[list[int]]):
-    """Batches drawn once from a seeded permutation; only their order changes per epoch."""
+    """Batches drawn once from a seeded permutation; only their order changes per epoch.
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
+    With `world` ranks, each step takes `world` batches of the shuffled order, one per rank
+    (the last < `world` batches of an epoch are left out, differently each epoch).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         self.batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.rank, self.world = rank, world
 
     def __iter__(self):
         order = (
             torch.randperm(len(self.batches), generator=self.generator).tolist()
             if self.shuffle
-            else range(len(self.batches))
+            else list(range(len(self.batches)))
         )
-        for i in order:
+        order = order[: len(self) * self.world]
+        for i in order[self.rank :: self.world]:
             yield self.batches[i]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) // self.world
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """One rank's share of the batches one process would draw with `world × batch_size`.
+
+    Each epoch draws the permutation a DataLoader with `shuffle=True` and a generator seeded
+    with `seed` draws in one process, cuts it into global batches of `world × batch_size` and gives rank r the global
+    batch's items r, r + world, …: every example once per epoch, no duplicates, and the same
+    global batches (hence the same gradient steps) as one process with the whole batch. A last
+    global batch with fewer than `world` examples is left out.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        # Draw from the generator exactly as DataLoader(shuffle=True, generator=...) does (its
+        # iterator's base seed, then RandomSampler's permutation and its empty remainder), so
+        # every epoch's order is the single-process order (tests/test_scale.py checks this).
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        torch.randperm(self.n, generator=self.generator)
+        step = self.batch_size * self.world
+        for start in range(0, self.n, step):
+            global_batch = order[start : start + step]
+            if len(global_batch) >= self.world:
+                yield global_batch[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size * self.world)
+        return full + (rest >= self.world)

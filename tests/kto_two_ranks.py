@@ -1,0 +1,82 @@
+"""One rank of tests/test_scale.py's KTO check: `python kto_two_ranks.py RANK PORT`.
+
+A fresh interpreter per rank (forking a process whose OpenMP pool already ran can deadlock).
+Prints this rank's z_ref, local KL estimate, loss and cross-rank metric means as JSON.
+"""
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from prefopt.distributed import MetricSums
+from prefopt.logprobs import completion_logps
+from prefopt.losses.kto import KTOLoss
+from prefopt.module import PreferenceModule
+
+
+def tiny_llama(seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
+
+
+def main(rank: int, port: int) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    # 2 examples, then the same prompts with each other's completion (KTO's mismatched rows)
+    ids = torch.tensor(
+        [[1, 5, 6, 7, 8, 2], [1, 9, 10, 11, 2, 0], [1, 5, 6, 10, 11, 2], [1, 9, 7, 8, 2, 0]]
+    )
+    completion = torch.zeros_like(ids, dtype=torch.bool)
+    completion[0, 3:6] = completion[1, 2:5] = completion[2, 3:6] = completion[3, 2:5] = True
+    batch = {
+        "input_ids": ids + rank,
+        "attention_mask": (ids != 0).long(),
+        "completion_mask": completion,
+        "desirable": torch.tensor([True, rank == 0]),
+    }
+    module = PreferenceModule(
+        tiny_llama(seed=1 + rank),  # each rank's policy differs: different local KLs
+        KTOLoss(beta=0.1),
+        OmegaConf.create({"lr": 1e-3}),
+        reference=tiny_llama(seed=0),
+        chunk_size=None,
+    )
+    out = module.compute_loss(batch)
+    sums = MetricSums()
+    sums.add({"loss": out.loss, "rewards/rejected": out.metrics["rewards/rejected"]}, 2 + rank)
+    means = {k: [float(v[0]), float(v[1])] for k, v in sums.means().items()}
+    mismatched = {k: batch[k][2:] for k in ("input_ids", "attention_mask", "completion_mask")}
+    with torch.no_grad():
+        local_kl = (
+            completion_logps(module.policy, mismatched, None).summed
+            - completion_logps(module.reference.model, mismatched, None).summed
+        ).mean()
+    print(
+        json.dumps(
+            {
+                "z_ref": float(out.metrics["kl"]),
+                "local_kl": float(local_kl),
+                "loss": float(out.loss),
+                "means": means,
+            }
+        )
+    )
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))
