@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.config import OptimConfig
-from prefopt.errors import PrefoptError
 from prefopt.distributed import MetricSums, mean_across_ranks, world_size
+from prefopt.errors import PrefoptError
 from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
 from prefopt.reference import CachedReference, FrozenReference

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prefopt import checks, distributed
 from prefopt.config import register_configs
