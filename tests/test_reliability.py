@@ -138,7 +138,7 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
     for args, expected in (
         (
             ["model=qwen"],
-            "prefopt: error: model=qwen: there is no such model; choose one of: local, toy",
+            "prefopt: error: model=qwen: there is no such model; choose one of: llama3-8b, local, qwen2.5-0.5b, toy",
         ),
         (
             ["loss=ipo", "loss.beta=-1"],

@@ -153,7 +153,7 @@ def test_ddp_multirun_gives_one_run_per_job_and_the_single_process_losses(
     children = sorted(
         (r for r in runs if r is not parents[0]), key=lambda r: r.data.tags["prefopt.sweep_job"]
     )
-    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=0.001" for b in betas]
+    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=5e-4" for b in betas]
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert all(c.info.status == "FINISHED" for c in [*children, parents[0]])
     [sweep_dir] = (tmp_path / "multirun").glob("*/*")
