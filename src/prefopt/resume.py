@@ -164,7 +164,8 @@ class ResumeCheckpoint(L.Callback):
             self.save(trainer)
 
     def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        # The full state (optimizer, loops, RNG), not weights only: resuming needs all of it.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
         log.info("checkpoint at step %d: %s", trainer.global_step, self.path)
 
