@@ -20,6 +20,7 @@ import time
 import lightning as L
 import torch
 from omegaconf import OmegaConf
+from step_benchmark import SHAPES  # benchmarks/ is on sys.path when this script runs
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from prefopt.lora import AdapterDisabledReference, apply_lora
@@ -38,16 +39,8 @@ def qwen25_05b_shape(tiny: bool) -> Qwen2Config:
             num_key_value_heads=2,
             tie_word_embeddings=True,
         )
-    return Qwen2Config(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        tie_word_embeddings=True,
-    )
+    # The real shape is the one the step benchmark uses: one definition for both scripts.
+    return Qwen2Config(**SHAPES["qwen2.5-0.5b"], max_position_embeddings=32768, tie_word_embeddings=True)
 
 
 class Batches(torch.utils.data.IterableDataset):

@@ -10,27 +10,12 @@ import sys
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import tiny_llama  # tests/ is on sys.path: this script runs from there
 from prefopt.distributed import MetricSums
 from prefopt.logprobs import completion_logps
 from prefopt.losses.kto import KTOLoss
 from prefopt.module import PreferenceModule
-
-
-def tiny_llama(seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=32,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    )
 
 
 def main(rank: int, port: int) -> None:
