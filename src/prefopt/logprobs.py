@@ -53,15 +53,10 @@ def completion_logps(
     rows, positions = scored.nonzero(as_tuple=True)
     states = hidden[rows, positions]  # [M, H]: the positions that predict completion tokens
     labels = input_ids[rows, positions + 1]
+    # Checkpointing only matters when a backward pass will need the chunk's logits again.
+    score = _chunk_logps_checkpointed if torch.is_grad_enabled() else _chunk_logps
     chunks = [
-        checkpoint(
-            _chunk_logps,
-            head.weight,
-            head.bias,
-            states[i : i + chunk_size],
-            labels[i : i + chunk_size],
-            use_reentrant=False,
-        )
+        score(head.weight, head.bias, states[i : i + chunk_size], labels[i : i + chunk_size])
         for i in range(0, states.shape[0], chunk_size)
     ]
     flat = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
@@ -71,6 +66,12 @@ def completion_logps(
 
 def _chunk_logps(weight: Tensor, bias: Tensor | None, states: Tensor, labels: Tensor) -> Tensor:
     return token_logps(nn.functional.linear(states, weight, bias), labels)
+
+
+def _chunk_logps_checkpointed(
+    weight: Tensor, bias: Tensor | None, states: Tensor, labels: Tensor
+) -> Tensor:
+    return checkpoint(_chunk_logps, weight, bias, states, labels, use_reentrant=False)
 
 
 def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:

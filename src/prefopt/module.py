@@ -48,13 +48,15 @@ class PreferenceModule(L.LightningModule):
 
     def compute_loss(self, batch: dict[str, Tensor], split: str = "train") -> LossOutput:
         n_examples = examples_in(batch)
+        # The reference runs first: its transient buffers are freed before the policy's
+        # activations are allocated, so they never add up (the step's peak is lower), and on
+        # CPU its forward is markedly faster than when it runs on top of them (benchmarks/).
+        reference_logps = self.reference.logps(batch, split) if self.loss.needs_reference else None
         if self.loss.paired:
             policy = PairLogps(
                 *completion_logps(self.policy, batch, self.chunk_size).split(n_examples)
             )
-            reference = None
-            if self.loss.needs_reference:
-                reference = PairLogps(*self.reference.logps(batch, split).split(n_examples))
+            reference = None if reference_logps is None else PairLogps(*reference_logps.split(n_examples))
             return self.loss(policy, reference)
 
         own, mismatched = split_rows(batch, n_examples)
@@ -64,7 +66,7 @@ class PreferenceModule(L.LightningModule):
         policy = UnpairedLogps(
             completion_logps(self.policy, own, self.chunk_size), policy_mismatched, desirable
         )
-        reference = UnpairedLogps(*self.reference.logps(batch, split).split(n_examples), desirable)
+        reference = UnpairedLogps(*reference_logps.split(n_examples), desirable)
         # z_ref is averaged across ranks in training, where every rank steps together; a
         # validation batch keeps its own (ranks may hold different numbers of batches).
         across = self._mean_across_devices if split == "train" else (lambda value: value)

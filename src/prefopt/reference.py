@@ -44,13 +44,16 @@ class FrozenReference:
         self.forward_calls = 0
         """How many batches the reference has scored (lets tests and benchmarks count them)."""
 
-    @torch.no_grad()
     def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
         device = batch["input_ids"].device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
         self.forward_calls += 1
-        return completion_logps(self.model, batch, self.chunk_size)
+        # inference_mode skips autograd's bookkeeping (version counters, views) that no_grad
+        # keeps; the two small results are cloned out so the loss may use them under autograd.
+        with torch.inference_mode():
+            out = completion_logps(self.model, batch, self.chunk_size)
+        return CompletionLogps(summed=out.summed.clone(), token_counts=out.token_counts.clone())
 
 
 class CachedReference:
