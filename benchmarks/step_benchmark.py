@@ -264,6 +264,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def progress(result: dict) -> str:
+    """One worker's result in a few words (the table comes once every round is done)."""
+    if "skipped" in result:
+        return "skipped"
+    return f"{1000 * result['median_step_s']:.1f} ms/step, peak {result['peak_memory_mb']:.0f} MB"
+
+
 def combine_rounds(rounds: list[dict]) -> dict:
     if "skipped" in rounds[0]:
         return rounds[0]
@@ -312,11 +319,14 @@ def main() -> None:
     # Rounds of fresh processes, modes interleaved, so a noisy neighbour on the machine slows
     # every mode alike; each mode reports the median over rounds of its median step time.
     runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
-    for _ in range(args.repeats):
+    for round_ in range(1, args.repeats + 1):
         for mode in args.modes:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", mode]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             runs[mode].append(json.loads(out.strip().splitlines()[-1]))
+            print(
+                f"round {round_}/{args.repeats} {mode}: {progress(runs[mode][-1])}", file=sys.stderr
+            )
     results = [combine_rounds(rounds) for rounds in runs.values()]
 
     floor = next((r for r in results if r["mode"] == "sft" and "median_step_s" in r), None)

@@ -1,7 +1,10 @@
 """Reference log-probs computed once and cached: same losses, never stale, reused by sweeps."""
 
 import copy
+import json
+import shutil
 
+import huggingface_hub
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
@@ -9,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from prefopt import train as train_module
 from prefopt.data import PreferenceDataModule
 from prefopt.models import load_causal_lm, load_tokenizer
-from prefopt.reference import CachedReference, prepare_reference
+from prefopt.reference import CachedReference, local_checkpoint, prepare_reference
 from prefopt.toy import build_toy_world
 from prefopt.train import train
 
@@ -101,3 +104,48 @@ def test_a_stale_cache_is_never_used(compose_config, tmp_path):
     # the original setting still hits
     back, loads = _prepare(cfg, tokenizer, world, model_dir)
     assert loads == []
+
+
+def fake_hub_cache(root, repo_id, model_dir):
+    """The layout huggingface_hub gives a downloaded repo: refs/main names a commit whose
+    snapshot folder holds the files."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit = "1" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    return repo / "snapshots" / commit
+
+
+def test_a_hub_reference_is_cached_through_its_hugging_face_snapshot(compose_config, monkeypatch, tmp_path):
+    # A hub id, resolved offline from a Hugging Face cache made here (no network).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg = compose_config(f"reference.cache_dir={tmp_path / 'cache'}")
+    world = build_toy_world(cfg.toy, progress=False)
+    tokenizer = load_tokenizer(str(world.model_dir), cfg.model)
+    snapshot = fake_hub_cache(tmp_path / "hub", "prefopt-test/toy-sft", world.model_dir)
+    assert local_checkpoint("prefopt-test/toy-sft") == snapshot
+
+    first, loads = _prepare(cfg, tokenizer, world, "prefopt-test/toy-sft")
+    assert loads == ["prefopt-test/toy-sft"] and first.precompute_calls > 0  # loaded through the hub id
+    again, loads = _prepare(cfg, tokenizer, world, "prefopt-test/toy-sft")
+    assert loads == [] and again.precompute_calls == 0  # the next job: a hit, nothing loaded
+    torch.testing.assert_close(again.table["train"], first.table["train"])
+
+
+def test_a_snapshot_without_all_its_weights_is_not_fingerprinted(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    checkpoint = tmp_path / "sharded"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    (checkpoint / shards["a"]).write_bytes(b"only the first shard so far")
+    snapshot = fake_hub_cache(tmp_path / "hub", "prefopt-test/sharded", checkpoint)
+
+    assert local_checkpoint("prefopt-test/sharded") is None  # one shard missing
+    (snapshot / shards["b"]).write_bytes(b"now both")
+    assert local_checkpoint("prefopt-test/sharded") == snapshot
+    assert local_checkpoint("prefopt-test/not-downloaded") is None

@@ -1,8 +1,8 @@
 """PreferenceModule: the policy, its frozen reference, the loss, and the metrics they yield.
 
-Paired batches (DPO, IPO, SimPO): one forward of the policy on chosen and rejected
-concatenated (chosen rows first), one reference forward on the same batch when the loss needs
-it, then the loss on the completion log-probs. Unpaired batches (KTO): the first half of the
+Paired batches (DPO, IPO, SimPO): one reference forward on the batch when the loss needs it,
+then one forward of the policy on chosen and rejected concatenated (chosen rows first), then
+the loss on the completion log-probs. Unpaired batches (KTO): the first half of the
 rows are the examples, the second half each prompt with another example's completion; the
 policy scores the second half without gradient, since KTO only uses it for a detached KL
 estimate. Metrics are sums over examples reduced across ranks (`MetricSums`): per step in
@@ -56,7 +56,9 @@ class PreferenceModule(L.LightningModule):
             policy = PairLogps(
                 *completion_logps(self.policy, batch, self.chunk_size).split(n_examples)
             )
-            reference = None if reference_logps is None else PairLogps(*reference_logps.split(n_examples))
+            reference = (
+                None if reference_logps is None else PairLogps(*reference_logps.split(n_examples))
+            )
             return self.loss(policy, reference)
 
         own, mismatched = split_rows(batch, n_examples)

@@ -2,7 +2,7 @@
 
 The online reference is held outside the LightningModule's submodules on purpose: it is then
 never in the optimizer, never in a checkpoint, never switched to train mode by Lightning, and
-never touched by gradient clipping. It runs in eval mode under `no_grad`.
+never touched by gradient clipping. It runs in eval mode under `inference_mode`.
 
 The reference never changes, so its log-probs of every training and validation sequence can be
 computed once, before training, and stored on disk (`ReferenceCache`). The cache key hashes
@@ -89,19 +89,26 @@ def prepare_reference(
     `online`: a reference already in memory, used instead of loading `reference_path` (LoRA:
     the policy with its adapter disabled, which scores exactly as the base checkpoint does)."""
     chunk_size = cfg.model.logits_chunk_size or None
+    loaded = online
 
     def run_online():
-        return (
-            online
-            if online is not None
-            else FrozenReference(load_model(reference_path), chunk_size)
-        )
+        nonlocal loaded
+        if loaded is None:
+            loaded = FrozenReference(load_model(reference_path), chunk_size)
+        return loaded
 
     if not cfg.reference.cache:
         return run_online()
-    if not Path(reference_path).is_dir():
+    checkpoint = local_checkpoint(reference_path)
+    if checkpoint is None:
+        # A hub id not downloaded yet: loading it fills the Hugging Face cache, whose snapshot
+        # the cache key then hashes (the next job finds it there and loads nothing).
+        run_online()
+        checkpoint = local_checkpoint(reference_path)
+    if checkpoint is None:
         log.info(
-            "reference log-probs: %s is not a local checkpoint; running it online", reference_path
+            "reference log-probs: %s has no local files to fingerprint; running it online",
+            reference_path,
         )
         return run_online()
     settings = {
@@ -111,7 +118,7 @@ def prepare_reference(
         "batching": None if datamodule.paired else [cfg.data.batch_size, cfg.data.seed],
     }
     examples = {"train": datamodule.train_examples, "val": datamodule.val_examples or []}
-    key = cache_key(checkpoint_fingerprint(reference_path), examples, settings)
+    key = cache_key(checkpoint_fingerprint(checkpoint), examples, settings)
     path = Path(cfg.reference.cache_dir or default_cache_dir()) / f"{key}.pt"
     cached = load_cache(path)
     if cached is None:
@@ -147,6 +154,32 @@ def file_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def local_checkpoint(path: str) -> Path | None:
+    """The folder holding checkpoint `path`'s files: `path` itself when it is a local folder,
+    else, for a hub id, its snapshot in the Hugging Face cache once the weights are there.
+    None when neither exists (nothing is downloaded here)."""
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(path, local_files_only=True))
+    except Exception:  # not in the cache, or not a valid hub id: nothing local to hash
+        return None
+    return snapshot if _has_all_weights(snapshot) else None
+
+
+def _has_all_weights(folder: Path) -> bool:
+    """config.json and every weight shard present (a snapshot may hold only the tokenizer)."""
+    if not (folder / "config.json").is_file():
+        return False
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+            return all((folder / shard).is_file() for shard in shards)
+    return any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin"))
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
