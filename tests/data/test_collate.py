@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prefopt.data.collate import collate_pairs
+from prefopt.data.collate import collate_pairs, longest_first_batches
 
 PAD = 0
 
@@ -54,3 +54,33 @@ def test_pad_id_that_is_also_a_real_token_is_still_masked():
         [False, True, True, False],
         [False, True, True, True],
     ]
+
+
+def _pair(length: int, rejected_extra: int = 0) -> dict:
+    return {
+        "chosen_input_ids": [5] * length,
+        "chosen_prompt_length": 1,
+        "rejected_input_ids": [6] * (length + rejected_extra),
+        "rejected_prompt_length": 1,
+    }
+
+
+def test_longest_first_batches_score_every_pair_once_with_less_padding():
+    examples = [_pair(n) for n in (3, 40, 5, 38, 4, 39, 6, 37)]
+
+    batches = longest_first_batches(examples, batch_size=4)
+
+    assert batches == [[1, 5, 3, 7], [6, 2, 4, 0]]  # every pair once, longest first
+
+    def padded_tokens(batches):
+        return sum(
+            collate_pairs([examples[i] for i in batch], PAD)["input_ids"].numel() for batch in batches
+        )
+
+    assert padded_tokens(batches) == 8 * 40 + 8 * 6  # 368 token slots
+    assert padded_tokens([[0, 1, 2, 3], [4, 5, 6, 7]]) == 8 * 40 + 8 * 39  # 632 in dataset order
+
+
+def test_a_pair_is_as_long_as_its_longer_side():
+    examples = [_pair(10), _pair(5, rejected_extra=20), _pair(12)]
+    assert longest_first_batches(examples, batch_size=2) == [[1, 2], [0]]

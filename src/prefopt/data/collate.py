@@ -24,6 +24,15 @@ def collate_pairs(examples: Sequence[TokenizedPair], pad_token_id: int) -> dict[
     return with_index(pad_sequences(sequences, pad_token_id), examples)
 
 
+def longest_first_batches(examples: Sequence[TokenizedPair], batch_size: int) -> list[list[int]]:
+    """Index batches of pairs of similar length, longest first, for a pass whose order does not
+    matter (scoring every example once): little padding to run through the model, and a batch
+    too large for memory fails at once rather than at the end."""
+    longest = [max(len(e["chosen_input_ids"]), len(e["rejected_input_ids"])) for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: -longest[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def with_index(batch: dict[str, torch.Tensor], examples: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Add each example's position in its split (`example_index`), when the data module set it."""
     if examples and "index" in examples[0]:
@@ -31,7 +40,9 @@ def with_index(batch: dict[str, torch.Tensor], examples: Sequence[dict]) -> dict
     return batch
 
 
-def pad_sequences(sequences: Sequence[tuple[list[int], int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def pad_sequences(
+    sequences: Sequence[tuple[list[int], int]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
     """Right-pad (ids, prompt_length) rows into `input_ids`, `attention_mask`, `completion_mask`."""
     width = max(len(ids) for ids, _ in sequences)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from prefopt.config import DataConfig
-from prefopt.data.collate import collate_pairs
+from prefopt.data.collate import collate_pairs, longest_first_batches
 from prefopt.data.formats import detect_format, normalise
 from prefopt.data.order import ResumableBatches, ResumableLoader, ShuffledBatches
 from prefopt.data.sources import Rows, ToyWorldFiles, load_rows
@@ -224,17 +224,21 @@ class PreferenceDataModule(L.LightningDataModule):
         """Unshuffled loaders over every train and val example, batched as training batches
         them where that matters (KTO's mismatched rows), for precomputing reference log-probs."""
         self._require_setup()
-        if self.paired:
-            train = self._loader(self.train_examples, batch_size=self.cfg.eval_batch_size)
-        else:
+        size = self.cfg.eval_batch_size
+        if not self.paired:
             batches = FixedBatches(
                 len(self.train_examples), self.cfg.batch_size, self.cfg.seed, shuffle=False
             )
-            train = self._loader(self.train_examples, batch_sampler=batches)
-        loaders = {"train": train}
-        if self.val_examples:
-            loaders["val"] = self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size)
-        return loaders
+            loaders = {"train": self._loader(self.train_examples, batch_sampler=batches)}
+            if self.val_examples:
+                loaders["val"] = self._loader(self.val_examples, batch_size=size)
+            return loaders
+        # Paired examples are scored independently of their batch: batch them by length.
+        return {
+            split: self._loader(examples, batch_sampler=longest_first_batches(examples, size))
+            for split, examples in (("train", self.train_examples), ("val", self.val_examples))
+            if examples
+        }
 
     def _loader(self, examples: list, **kwargs) -> DataLoader:
         return DataLoader(
