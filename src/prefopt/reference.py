@@ -166,7 +166,7 @@ def local_checkpoint(path: str) -> Path | None:
 
     try:
         snapshot = Path(snapshot_download(path, local_files_only=True))
-    except Exception:  # not in the cache, or not a valid hub id: nothing local to hash
+    except (OSError, ValueError):  # not in the cache, or not a valid hub id: nothing to hash
         return None
     return snapshot if _has_all_weights(snapshot) else None
 
