@@ -120,16 +120,38 @@ def test_an_unreachable_tracking_server_is_reported_at_start(compose_config, cap
     assert "no MLflow server answers" in line and "logger.tracking_uri=sqlite:///mlflow.db" in line
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m prefopt...` child: this checkout's sources first."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
+
+
 def cli(*args, cwd, timeout=180):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.run(
         [sys.executable, "-m", "prefopt.train", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=cli_env(),
     )
+
+
+def start_training(*args, cwd, env=None, **popen_kwargs) -> subprocess.Popen:
+    """`python -m prefopt.train` running in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefopt.train", *args],
+        cwd=cwd,
+        env=env or cli_env(),
+        text=True,
+        **popen_kwargs,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until `path` exists, `proc` has ended, or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def test_cli_prints_one_line_without_traceback(tmp_path):
@@ -431,19 +453,9 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_mlflow_run_and_ends_as_if_
 
     out = tmp_path / "b"
     args = [*RESUME_ARGS, *shared, f"output_dir={out}", f"logger.tracking_uri={store}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefopt.train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_training(*args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = out / CHECKPOINT_DIR / LAST
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(checkpoint, proc, timeout=240)
     proc.send_signal(signal.SIGKILL)  # mid-epoch: 10 steps are under half of the first epoch
     assert proc.wait(timeout=30) == -signal.SIGKILL, proc.stderr.read()[-3000:]
     killed_at = safe_load(checkpoint)["global_step"]
@@ -550,19 +562,12 @@ def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, 
         f"output_dir={out}",
         f"logger.tracking_uri=http://127.0.0.1:{port}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NO_PROXY": "127.0.0.1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefopt.train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    env = cli_env(NO_PROXY="127.0.0.1")
+    proc = start_training(
+        *args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        checkpoint = out / CHECKPOINT_DIR / LAST
-        while not checkpoint.exists() and proc.poll() is None:
-            time.sleep(0.05)
+        wait_for(out / CHECKPOINT_DIR / LAST, proc)
     finally:
         stop(server)  # the server goes away at step 3 of 10
     output, _ = proc.communicate(timeout=600)

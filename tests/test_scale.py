@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from prefopt.config import register_configs
-from prefopt.data.datamodule import FixedBatches, ShardedBatches
+from prefopt.data.datamodule import FixedBatches
+from prefopt.data.order import ShuffledBatches
 from prefopt.distributed import (
     HydraDDPStrategy,
     HydraFSDPStrategy,
@@ -47,7 +48,7 @@ def test_sharded_batches_are_the_single_process_batches_split_without_duplicates
         shuffle=True,
         generator=torch.Generator().manual_seed(3),
     )
-    shards = [ShardedBatches(n, per_device, 3, rank, world) for rank in range(world)]
+    shards = [ShuffledBatches(n, per_device, 3, rank, world) for rank in range(world)]
     for _epoch in range(2):  # the order follows the single process's, epoch after epoch
         expected = [b.tolist() for b in single]
         got = list(zip(*(list(s) for s in shards)))

@@ -110,12 +110,9 @@ def check_scaling_config(cfg: DictConfig) -> None:
     if _several_processes(cfg.trainer) and not _hydra_app() and not _started_externally():
         raise RuntimeError(_FROM_PYTHON)
     if cfg.model.lora.enabled:
-        try:
-            import peft  # noqa: F401
-        except ImportError as error:
-            raise ImportError(
-                "model.lora.enabled=true needs PEFT: pip install 'prefopt[lora]'"
-            ) from error
+        from prefopt.lora import require_peft
+
+        require_peft()
 
 
 def trainer_arguments(trainer_cfg: DictConfig, policy: nn.Module) -> dict[str, Any]:

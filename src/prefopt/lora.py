@@ -20,25 +20,31 @@ from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import CompletionLogps
 
 
-def apply_lora(model: nn.Module, cfg) -> nn.Module:
-    """The model wrapped with fresh LoRA adapters as `cfg` (`model.lora`) describes."""
+def require_peft():
+    """The `peft` module, or an ImportError that says how to install it."""
     try:
-        from peft import LoraConfig, get_peft_model
+        import peft
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
             "model.lora.enabled=true needs PEFT: pip install 'prefopt[lora]'"
         ) from error
+    return peft
+
+
+def apply_lora(model: nn.Module, cfg) -> nn.Module:
+    """The model wrapped with fresh LoRA adapters as `cfg` (`model.lora`) describes."""
+    peft = require_peft()
     target_modules = cfg.target_modules
     if not isinstance(target_modules, str):
         target_modules = list(target_modules)
-    config = LoraConfig(
+    config = peft.LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return peft.get_peft_model(model, config)
 
 
 def is_peft_model(model: nn.Module) -> bool:

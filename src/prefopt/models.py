@@ -27,9 +27,6 @@ def check_model_config(cfg: ModelConfig, path: str) -> None:
                 f"{key}={value}: no such directory; give a checkpoint saved with "
                 "save_pretrained, or a Hugging Face hub id"
             )
-
-
-    for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
         if value and Path(value).is_dir() and not (Path(value) / "config.json").is_file():
             raise PrefoptError(
                 f"{key}={value}: the folder holds no config.json, so it is not a Hugging Face "

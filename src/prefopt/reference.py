@@ -18,14 +18,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from prefopt.files import atomic_write, file_lock
 from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import CompletionLogps
 
@@ -142,20 +141,6 @@ def _compute_cache(reference, datamodule, path: Path, reference_path: str) -> Ca
     return CachedReference(table, computed=reference.forward_calls)
 
 
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock between processes (ranks, parallel sweep jobs) on one file system."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def local_checkpoint(path: str) -> Path | None:
     """The folder holding checkpoint `path`'s files: `path` itself when it is a local folder,
     else, for a hub id, its snapshot in the Hugging Face cache once the weights are there.
@@ -253,9 +238,5 @@ def compute_table(
 
 def save_cache(path: Path, table: dict[str, Tensor]) -> None:
     """Write atomically: a killed job leaves no half-written cache behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        torch.save(table, handle)
-        tmp = Path(handle.name)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save(table, handle))
     log.info("reference log-probs cached in %s", path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import random
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from prefopt.errors import PrefoptError
+from prefopt.files import atomic_write
 
 log = logging.getLogger("prefopt.resume")
 
@@ -39,25 +39,6 @@ RUN_FILE = "run.json"
 
 # ---------------------------------------------------------------------------------------------
 # Writing and reading checkpoint files
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(handle)` into a temporary file next to `path`, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:

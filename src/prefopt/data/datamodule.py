@@ -182,10 +182,8 @@ class PreferenceDataModule(L.LightningDataModule):
             # those mismatched rows the same every epoch, so their reference log-probs can be
             # cached. Batch order is still reshuffled each epoch.
             batches = FixedBatches(n, size, seed, rank=rank, world=world)
-        elif world > 1:
-            batches = ShardedBatches(n, size, seed, rank, world)
         else:
-            batches = ShuffledBatches(n, size, seed)
+            batches = ShuffledBatches(n, size, seed, rank, world)
         return ResumableLoader(
             self.train_examples,
             batch_sampler=ResumableBatches(batches),
@@ -299,35 +297,3 @@ class FixedBatches(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches) // self.world
-
-
-class ShardedBatches(Sampler[list[int]]):
-    """One rank's share of the batches one process would draw with `world × batch_size`.
-
-    Each epoch draws the permutation a DataLoader with `shuffle=True` and a generator seeded
-    with `seed` draws in one process, cuts it into global batches of `world × batch_size` and gives rank r the global
-    batch's items r, r + world, …: every example once per epoch, no duplicates, and the same
-    global batches (hence the same gradient steps) as one process with the whole batch. A last
-    global batch with fewer than `world` examples is left out.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
-        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __iter__(self):
-        # Draw from the generator exactly as DataLoader(shuffle=True, generator=...) does (its
-        # iterator's base seed, then RandomSampler's permutation and its empty remainder), so
-        # every epoch's order is the single-process order (tests/test_scale.py checks this).
-        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        torch.randperm(self.n, generator=self.generator)
-        step = self.batch_size * self.world
-        for start in range(0, self.n, step):
-            global_batch = order[start : start + step]
-            if len(global_batch) >= self.world:
-                yield global_batch[self.rank :: self.world]
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.n, self.batch_size * self.world)
-        return full + (rest >= self.world)

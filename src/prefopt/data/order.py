@@ -20,21 +20,32 @@ class ShuffledBatches(Sampler[list[int]]):
     """What `DataLoader(shuffle=True, generator=Generator().manual_seed(seed))` yields, epoch by
     epoch: per epoch the loader's iterator draws a base seed from the generator, then
     `RandomSampler` draws the permutation and a second one for its (empty) remainder. All are
-    drawn when the epoch starts, so an epoch left half-way does not shift the next ones."""
+    drawn when the epoch starts, so an epoch left half-way does not shift the next ones.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, batch_size
+    With `world` ranks, rank r gets its share of the batches one process would draw with
+    `world × batch_size`: items r, r + world, … of each global batch. Every example comes once
+    per epoch, with no duplicates, and the global batches (hence the gradient steps) are those of
+    one process with the whole batch. A last global batch with fewer than `world` examples is
+    left out.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
         self.generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         order = torch.randperm(self.n, generator=self.generator).tolist()
         torch.randperm(self.n, generator=self.generator)
-        for i in range(0, self.n, self.batch_size):
-            yield order[i : i + self.batch_size]
+        step = self.batch_size * self.world
+        for start in range(0, self.n, step):
+            global_batch = order[start : start + step]
+            if len(global_batch) >= self.world:
+                yield global_batch[self.rank :: self.world]
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        full, rest = divmod(self.n, self.batch_size * self.world)
+        return full + (rest >= self.world)
 
 
 class _Epoch:
