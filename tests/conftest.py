@@ -69,6 +69,15 @@ SMALL_TOY = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefopt_cache(tmp_path_factory):
+    """$PREFOPT_CACHE (prepared data, scratch files) in the session's tmp dir, never ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("prefopt_cache")
+        patch.setenv("PREFOPT_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def toy_cache(tmp_path_factory):
     """One toy-world cache for the whole session: the world is built once, then reused."""

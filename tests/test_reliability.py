@@ -190,11 +190,6 @@ BAD_ROWS = [
         "line 3: field 'chosen' is a int, expected a string",
     ),
     (
-        {"prompt": " review of a phone :", "chosen": "  ", "rejected": " bad ."},
-        "empty",
-        "line 3: field 'chosen' is empty",
-    ),
-    (
         {"prompt": "", "chosen": " good .", "rejected": " bad ."},
         "empty",
         "line 3: field 'prompt' is empty",
@@ -323,10 +318,10 @@ def test_skip_drops_bad_rows_counts_them_in_mlflow_and_trains(compose_config, tm
     assert params["data_stats/train_pairs"] == "48"
     assert params["data_stats/train_dropped_missing_column"] == "1"
     assert params["data_stats/train_dropped_wrong_type"] == "1"
-    assert params["data_stats/train_dropped_empty"] == "2"
+    assert params["data_stats/train_dropped_empty"] == "1"
     assert params["data_stats/train_dropped_identical"] == "1"
     assert params["data_stats/train_dropped_too_long"] == "1"
-    assert any("skipped 6 of 54 rows" in r.getMessage() for r in caplog.records)
+    assert any("skipped 5 of 53 rows" in r.getMessage() for r in caplog.records)
 
 
 def test_nothing_left_after_filtering_is_an_error(toy_data, capsys, tmp_path):

@@ -117,6 +117,13 @@ class DataConfig:
     num_workers: int = 0
     seed: int = 0
     """Seed of the validation hold-out and shuffling."""
+    num_proc: int | None = None
+    """Processes that tokenize the data; null = one per CPU core for 4000 rows or more."""
+    cache: bool = True
+    """Keep prepared (tokenized) data on disk, keyed by the data, tokenizer and these settings:
+    the next run, sweep job or rank with the same key reads it instead of preparing again."""
+    cache_dir: str | None = None
+    """Where prepared data is kept; null = $PREFOPT_CACHE/data/prepared (~/.cache/prefopt)."""
 
 
 @dataclass

@@ -6,7 +6,7 @@ never touched by gradient clipping. It runs in eval mode under `inference_mode`.
 
 The reference never changes, so its log-probs of every training and validation sequence can be
 computed once, before training, and stored on disk (`ReferenceCache`). The cache key hashes
-the reference checkpoint's files, the tokenized data and the log-prob settings; a run whose key
+the reference checkpoint's files, the prepared data's key and the log-prob settings; a run whose key
 matches (the next job of a β or lr sweep, say) never loads the reference model at all.
 With several ranks, the first to take the cache's file lock computes it and the others wait
 and read it (on one machine the launching rank computes it before the others even start).
@@ -30,7 +30,7 @@ from prefopt.losses.base import CompletionLogps
 
 log = logging.getLogger("prefopt.reference")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the way reference log-probs are computed changes: old caches then miss."""
 
 
@@ -116,8 +116,7 @@ def prepare_reference(
         # KTO's mismatched rows depend on how examples are grouped into batches.
         "batching": None if datamodule.paired else [cfg.data.batch_size, cfg.data.seed],
     }
-    examples = {"train": datamodule.train_examples, "val": datamodule.val_examples or []}
-    key = cache_key(checkpoint_fingerprint(checkpoint), examples, settings)
+    key = cache_key(checkpoint_fingerprint(checkpoint), datamodule.fingerprint, settings)
     path = Path(cfg.reference.cache_dir or default_cache_dir()) / f"{key}.pt"
     cached = load_cache(path)
     if cached is None:
@@ -186,19 +185,14 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def cache_key(fingerprint: str, examples: dict[str, list[dict]], settings: dict) -> str:
-    """One key for the reference weights, every tokenized example and the settings that matter."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(
-        json.dumps(
-            {"format": CACHE_FORMAT, "reference": fingerprint, **settings}, sort_keys=True
-        ).encode()
+def cache_key(fingerprint: str, data_fingerprint: str, settings: dict) -> str:
+    """One key for the reference weights, the tokenized data (the prepared data's own key,
+    which changes whenever any token id could) and the settings that matter."""
+    text = json.dumps(
+        {"format": CACHE_FORMAT, "reference": fingerprint, "data": data_fingerprint, **settings},
+        sort_keys=True,
     )
-    for split in sorted(examples):
-        digest.update(split.encode())
-        for example in examples[split]:
-            digest.update(json.dumps(example, sort_keys=True).encode())
-    return digest.hexdigest()
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def default_cache_dir() -> Path:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from datasets import Dataset
 
 from prefopt.data.collate import collate_pairs, longest_first_batches
+from prefopt.data.examples import ExampleTable
 
 PAD = 0
 
@@ -68,7 +70,7 @@ def _pair(length: int, rejected_extra: int = 0) -> dict:
 def test_longest_first_batches_score_every_pair_once_with_less_padding():
     examples = [_pair(n) for n in (3, 40, 5, 38, 4, 39, 6, 37)]
 
-    batches = longest_first_batches(examples, batch_size=4)
+    batches = longest_first_batches(ExampleTable(Dataset.from_list(examples)).lengths(), 4)
 
     assert batches == [[1, 5, 3, 7], [6, 2, 4, 0]]  # every pair once, longest first
 
@@ -83,4 +85,7 @@ def test_longest_first_batches_score_every_pair_once_with_less_padding():
 
 def test_a_pair_is_as_long_as_its_longer_side():
     examples = [_pair(10), _pair(5, rejected_extra=20), _pair(12)]
-    assert longest_first_batches(examples, batch_size=2) == [[1, 2], [0]]
+    table = ExampleTable(Dataset.from_list(examples))
+    assert table.lengths().tolist() == [10, 25, 12]
+    assert longest_first_batches(table.lengths(), batch_size=2) == [[1, 2], [0]]
+    assert table[1]["index"] == 1 and table[1]["rejected_input_ids"] == [6] * 25

@@ -38,7 +38,9 @@ def test_batches_from_a_jsonl_file(tmp_path, tokenizer):
     dm.setup("fit")
     assert dm.stats == {
         "train_rows": 16, "train_pairs": 16, "train_dropped_too_long": 0, "train_dropped_identical": 0,
+        "train_empty_completions": 0,
         "val_rows": 4, "val_pairs": 4, "val_dropped_too_long": 0, "val_dropped_identical": 0,
+        "val_empty_completions": 0,
     }  # fmt: skip
 
     batches = list(dm.train_dataloader())
@@ -143,7 +145,8 @@ def test_hh_style_implicit_data(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "hh.jsonl", records)
     dm = PreferenceDataModule(DataConfig(source="local", path=path, val_path=path), tokenizer)
     dm.setup("fit")
-    example = dm.train_examples[0]
+    example = dm.val_examples[0]  # generation prompts are kept for validation examples only
+    assert dm.train_examples[0]["prompt_input_ids"] == []
     prompt_ids = tokenizer(f"\n\nHuman: {QUESTIONS[0]}\n\nAssistant:")["input_ids"]  # with BOS
     assert example["prompt_input_ids"] == prompt_ids
     assert example["chosen_input_ids"][: example["chosen_prompt_length"]] == prompt_ids

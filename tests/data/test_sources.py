@@ -39,25 +39,25 @@ def test_jsonl_keeps_line_numbers(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps(RECORDS[0]) + "\n\n" + json.dumps(RECORDS[1]) + "\n")
     rows = read_file(path)
-    assert rows.rows == RECORDS[:2]
+    assert rows.records() == RECORDS[:2]
     assert rows.where(1) == f"{path} line 3"  # the blank line counts
 
 
 def test_jsonl_gz(tmp_path):
     assert (
-        read_file(write_jsonl(tmp_path / "prefs.jsonl.gz", RECORDS, compress=True)).rows == RECORDS
+        read_file(write_jsonl(tmp_path / "prefs.jsonl.gz", RECORDS, compress=True)).records() == RECORDS
     )
 
 
 def test_json_list_and_wrapped_list(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps(RECORDS))
     (tmp_path / "wrapped.json").write_text(json.dumps({"version": 1, "data": RECORDS}))
-    assert read_file(tmp_path / "list.json").rows == RECORDS
-    assert read_file(tmp_path / "wrapped.json").rows == RECORDS
+    assert read_file(tmp_path / "list.json").records() == RECORDS
+    assert read_file(tmp_path / "wrapped.json").records() == RECORDS
 
 
 def test_json_lines_named_json(tmp_path):
-    assert read_file(write_jsonl(tmp_path / "prefs.json", RECORDS)).rows == RECORDS
+    assert read_file(write_jsonl(tmp_path / "prefs.json", RECORDS)).records() == RECORDS
 
 
 def test_parquet_with_nested_messages(tmp_path):
@@ -66,21 +66,22 @@ def test_parquet_with_nested_messages(tmp_path):
          "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "b"}]}
     ]  # fmt: skip
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "prefs.parquet")
-    assert read_file(tmp_path / "prefs.parquet").rows == records
+    assert read_file(tmp_path / "prefs.parquet").records() == records
 
 
 def test_csv_and_csv_gz(tmp_path):
     path = write_csv(tmp_path / "prefs.csv", RECORDS)
-    assert read_file(path).rows == RECORDS
+    assert read_file(path).records() == RECORDS
     (tmp_path / "prefs.csv.gz").write_bytes(gzip.compress(path.read_bytes()))
-    assert read_file(tmp_path / "prefs.csv.gz").rows == RECORDS
+    assert read_file(tmp_path / "prefs.csv.gz").records() == RECORDS
 
 
 def test_bad_json_line_is_named(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text(json.dumps(RECORDS[0]) + "\n{not json\n")
+    rows = read_file(path)  # lines are parsed where they are used (in parallel, when preparing)
     with pytest.raises(ValueError, match=r"prefs.jsonl line 2: invalid JSON"):
-        read_file(path)
+        rows.records()
 
 
 def test_unknown_extension_and_missing_file(tmp_path):
@@ -93,7 +94,7 @@ def test_unknown_extension_and_missing_file(tmp_path):
 
 def test_saved_dataset_and_dataset_dict(tmp_path):
     datasets.Dataset.from_list(RECORDS).save_to_disk(tmp_path / "single")
-    assert read_dataset(str(tmp_path / "single"), split="train").rows == RECORDS
+    assert read_dataset(str(tmp_path / "single"), split="train").records() == RECORDS
     splits = datasets.DatasetDict(
         {
             "train": datasets.Dataset.from_list(RECORDS[:7]),
@@ -101,8 +102,8 @@ def test_saved_dataset_and_dataset_dict(tmp_path):
         }
     )
     splits.save_to_disk(tmp_path / "dict")
-    assert read_dataset(str(tmp_path / "dict"), split="test").rows == RECORDS[7:]
-    assert read_dataset(str(tmp_path / "dict"), split="train", max_rows=3).rows == RECORDS[:3]
+    assert read_dataset(str(tmp_path / "dict"), split="test").records() == RECORDS[7:]
+    assert read_dataset(str(tmp_path / "dict"), split="train", max_rows=3).records() == RECORDS[:3]
     with pytest.raises(
         ValueError, match=r"no split 'validation'; splits found: \['test', 'train'\]"
     ):
@@ -119,8 +120,8 @@ def test_local_dataset_repo_directory(tmp_path, kind):
             pq.write_table(pa.Table.from_pylist(records), path)
         else:
             write_jsonl(path, records)
-    assert read_dataset(str(repo), split="train").rows == RECORDS[:7]
-    assert read_dataset(str(repo), split="test").rows == RECORDS[7:]
+    assert read_dataset(str(repo), split="train").records() == RECORDS[:7]
+    assert read_dataset(str(repo), split="test").records() == RECORDS[7:]
 
 
 def test_hub_source_with_val_split(tmp_path):
@@ -130,7 +131,7 @@ def test_hub_source_with_val_split(tmp_path):
     write_jsonl(repo / "test.jsonl", RECORDS[7:])
     cfg = DataConfig(source="hub", path=str(repo), split="train", val_split="test")
     train, val = load_rows(cfg)
-    assert (train.rows, val.rows) == (RECORDS[:7], RECORDS[7:])
+    assert (train.records(), val.records()) == (RECORDS[:7], RECORDS[7:])
 
 
 def test_hub_source_with_a_validation_file(tmp_path):
@@ -139,18 +140,18 @@ def test_hub_source_with_a_validation_file(tmp_path):
     train, val = load_rows(
         DataConfig(source="hub", path=str(tmp_path / "saved"), val_path=str(val_path))
     )
-    assert (train.rows, val.rows) == (RECORDS[:7], RECORDS[7:])
+    assert (train.records(), val.records()) == (RECORDS[:7], RECORDS[7:])
 
 
 def test_hold_out_is_seeded_disjoint_and_complete(tmp_path):
     rows = read_file(write_jsonl(tmp_path / "prefs.jsonl", RECORDS))
     train, val = hold_out(rows, 0.3, seed=1)
     assert (len(train), len(val)) == (7, 3)
-    prompts = lambda part: [r["prompt"] for r in part.rows]  # noqa: E731
+    prompts = lambda part: [r["prompt"] for r in part.records()]  # noqa: E731
     assert sorted(prompts(train) + prompts(val)) == sorted(r["prompt"] for r in RECORDS)
     assert prompts(hold_out(rows, 0.3, seed=1)[1]) == prompts(val)
     assert any(prompts(hold_out(rows, 0.3, seed=s)[1]) != prompts(val) for s in range(2, 6))
-    assert train.numbers == sorted(train.numbers)  # file order kept
+    assert train.numbers.tolist() == sorted(train.numbers.tolist())  # file order kept
     assert len(hold_out(rows, 0.01, seed=0)[1]) == 1  # a non-zero fraction yields a row
     assert len(hold_out(rows, 0.0, seed=0)[1]) == 0
 
@@ -160,7 +161,7 @@ def test_local_source_with_hold_out_and_max_rows(tmp_path):
     cfg = DataConfig(source="local", path=str(path), val_fraction=0.2, max_rows=5, seed=0)
     train, val = load_rows(cfg)
     assert len(train) + len(val) == 5 and len(val) == 1
-    assert {r["prompt"] for r in train.rows + val.rows} == {f"Q{i}?" for i in range(5)}
+    assert {r["prompt"] for r in train.records() + val.records()} == {f"Q{i}?" for i in range(5)}
 
 
 def test_local_source_with_val_path_caps_only_training(tmp_path):
@@ -168,7 +169,7 @@ def test_local_source_with_val_path_caps_only_training(tmp_path):
     val_path = write_csv(tmp_path / "val.csv", RECORDS[:4])
     cfg = DataConfig(source="local", path=str(train_path), val_path=str(val_path), max_rows=6)
     train, val = load_rows(cfg)
-    assert (train.rows, val.rows) == (RECORDS[:6], RECORDS[:4])
+    assert (train.records(), val.records()) == (RECORDS[:6], RECORDS[:4])
 
 
 def test_toy_source_reads_the_worlds_files(tmp_path):
@@ -177,7 +178,7 @@ def test_toy_source_reads_the_worlds_files(tmp_path):
         val_path=write_jsonl(tmp_path / "val.jsonl", RECORDS[8:]),
     )
     train, val = load_rows(DataConfig(source="toy", max_rows=3), world)
-    assert (train.rows, val.rows) == (RECORDS[:3], RECORDS[8:])
+    assert (train.records(), val.records()) == (RECORDS[:3], RECORDS[8:])
     with pytest.raises(ValueError, match="toy world"):
         load_rows(DataConfig(source="toy"))
 
@@ -188,13 +189,13 @@ def test_column_remapping(tmp_path):
     columns = {"prompt": "question", "chosen": "good", "rejected": "bad"}
     cfg = DataConfig(source="local", path=str(path), val_path=str(path), columns=columns)
     train, _ = load_rows(cfg)
-    assert train.rows == [{"prompt": "Q?", "chosen": "yes", "rejected": "no", "id": 7}]
+    assert train.records() == [{"prompt": "Q?", "chosen": "yes", "rejected": "no", "id": 7}]
     cfg.columns = {"prompt": "query", "chosen": "good", "rejected": "bad"}
     with pytest.raises(
         ValueError,
         match=r"line 1: data.columns maps to \['query'\].*\['bad', 'good', 'id', 'question'\]",
     ):
-        load_rows(cfg)
+        load_rows(cfg)[0].records()  # renamed as rows are read
 
 
 def test_config_errors(tmp_path):

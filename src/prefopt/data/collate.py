@@ -24,12 +24,12 @@ def collate_pairs(examples: Sequence[TokenizedPair], pad_token_id: int) -> dict[
     return with_index(pad_sequences(sequences, pad_token_id), examples)
 
 
-def longest_first_batches(examples: Sequence[TokenizedPair], batch_size: int) -> list[list[int]]:
-    """Index batches of pairs of similar length, longest first, for a pass whose order does not
-    matter (scoring every example once): little padding to run through the model, and a batch
-    too large for memory fails at once rather than at the end."""
-    longest = [max(len(e["chosen_input_ids"]), len(e["rejected_input_ids"])) for e in examples]
-    order = sorted(range(len(examples)), key=lambda i: -longest[i])
+def longest_first_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches of examples of similar length (`lengths`: each example's longest
+    sequence), longest first, for a pass whose order does not matter (scoring every example
+    once): little padding to run through the model, and a batch too large for memory fails at
+    once rather than at the end."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 

@@ -1,4 +1,4 @@
-"""`PreferenceDataModule`: load -> normalise -> tokenize once, then batch for the trainer."""
+"""`PreferenceDataModule`: prepared (tokenized, cached) data, batched for the trainer."""
 
 from __future__ import annotations
 
@@ -13,26 +13,14 @@ from torch.utils.data import DataLoader, Sampler
 
 from prefopt.config import DataConfig
 from prefopt.data.collate import collate_pairs, longest_first_batches
-from prefopt.data.formats import detect_format, normalise
+from prefopt.data.examples import ExampleTable
 from prefopt.data.order import ResumableBatches, ResumableLoader, ShuffledBatches
-from prefopt.data.sources import Rows, ToyWorldFiles, load_rows
-from prefopt.data.tokenize import (
-    DROPPED_IDENTICAL,
-    DROPPED_TOO_LONG,
-    PairTokenizer,
-    TokenizedPair,
-    tokenize_pairs,
-)
-from prefopt.data.unpaired import (
-    ExampleTokenizer,
-    TokenizedExample,
-    collate_unpaired,
-    is_unpaired,
-    normalise_unpaired,
-    split_pairs,
-)
+from prefopt.data.prepare import SplitReport, prepare_data
+from prefopt.data.sources import ToyWorldFiles
+from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
+from prefopt.data.unpaired import collate_unpaired
 from prefopt.data.validate import InvalidRows
-from prefopt.errors import PrefoptError, RowError
+from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.data")
 
@@ -69,93 +57,34 @@ class PreferenceDataModule(L.LightningDataModule):
             tokenizer.pad_token = tokenizer.eos_token
             log.info("tokenizer has no pad token; using eos %r as pad", tokenizer.eos_token)
         self.pad_token_id: int = tokenizer.pad_token_id
-        self.train_examples: list[TokenizedPair] | list[TokenizedExample] | None = None
-        self.val_examples: list[TokenizedPair] | list[TokenizedExample] | None = None
+        self.train_examples: ExampleTable | None = None
+        self.val_examples: ExampleTable | None = None
         self.stats: dict[str, int] = {}
+        self.fingerprint: str | None = None
+        """The prepared data's cache key: changes whenever any token id could."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples is not None:
             return  # fit, validate and test all call setup; the data is built once
-        train_rows, val_rows = load_rows(self.cfg, self.toy_world)
-        if len(train_rows) == 0:
-            raise PrefoptError(f"{train_rows.origin}: no training rows")
-        layout = self._layout(train_rows)
-        stats: dict[str, int] = {}
-        examples = {}
-        for split, rows in (("train", train_rows), ("val", val_rows)):
-            invalid = InvalidRows(self.cfg.on_invalid, split)
-            if self.paired:
-                kept, _ = self._tokenize_pairs(split, rows, layout, invalid)
-                stats.update(_split_stats(split, len(rows), len(kept), invalid.counts))
-            else:
-                kept, _ = self._tokenize_examples(split, rows, layout, invalid)
-                stats.update(
-                    _split_stats(split, len(rows), len(kept), invalid.counts, unit="examples")
-                )
-                stats[f"{split}_desirable"] = sum(e["desirable"] for e in kept)
-                stats[f"{split}_undesirable"] = len(kept) - stats[f"{split}_desirable"]
-            self._log_dropped(split, len(rows), invalid.counts)
-            invalid.report(len(rows))
-            examples[split] = kept
-        if not examples["train"]:
-            dropped = {k: v for k, v in stats.items() if k.startswith("train_dropped_") and v}
-            raise PrefoptError(
-                f"{train_rows.origin}: no training data left after filtering "
-                f"({len(train_rows)} rows, dropped: {dropped or 'none'}); check the data "
-                "(see the log), or raise data.max_length if the rows are too long"
-            )
-        for kept in examples.values():
-            for index, example in enumerate(kept):
-                example["index"] = index  # lets a reference cache look rows up
-        self.train_examples, self.val_examples = examples["train"], examples["val"]
-        self.stats = stats
-        log.info("data (%s layout): %s", layout, stats)
+        prepared = prepare_data(self.cfg, self.tokenizer, self.toy_world, self.paired)
+        self.stats = {}
+        for split, report in prepared.reports.items():
+            self.stats.update(_split_stats(split, report, self.paired))
+            self._log_report(split, report)
+        self.train_examples = ExampleTable(prepared.train)
+        self.val_examples = ExampleTable(prepared.val)
+        self.fingerprint = prepared.key
+        log.info("data (%s layout): %s", prepared.layout, self.stats)
 
-    def _layout(self, rows: Rows) -> str:
-        if self.cfg.format == "unpaired" or (
-            self.cfg.format == "auto" and len(rows) and is_unpaired(rows.rows[0])
-        ):
-            if self.paired:
-                raise PrefoptError(
-                    f"{rows.origin}: holds unpaired (prompt, completion, label) rows, but this loss "
-                    "trains on pairs (prompt, chosen, rejected); use loss=kto or paired data"
-                )
-            return "unpaired"
-        if self.cfg.format != "auto":
-            return self.cfg.format
-        try:
-            return detect_format(rows, tolerant=self.cfg.on_invalid == "skip")
-        except RowError as error:
-            InvalidRows(self.cfg.on_invalid).record(error)  # raises, with the hint to skip
-            raise
-
-    def _tokenize_pairs(self, split: str, rows: Rows, layout: str, invalid: InvalidRows):
-        pair_tokenizer = PairTokenizer(
-            self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
-        )
-        pairs = normalise(rows, layout, invalid)
-        return tokenize_pairs(pairs, pair_tokenizer, desc=f"tokenizing {split}", invalid=invalid)
-
-    def _tokenize_examples(self, split: str, rows: Rows, layout: str, invalid: InvalidRows):
-        if layout == "unpaired":
-            examples = normalise_unpaired(rows, invalid)
-        else:
-            examples = split_pairs(normalise(rows, layout, invalid), seed=self.cfg.seed)
-        example_tokenizer = ExampleTokenizer(
-            self.tokenizer, self.cfg.max_length, self.cfg.max_prompt_length
-        )
-        return tokenize_pairs(
-            examples, example_tokenizer, desc=f"tokenizing {split}", invalid=invalid
-        )
-
-    def _log_dropped(self, split: str, total: int, dropped: Counter[str]) -> None:
+    def _log_report(self, split: str, report: SplitReport) -> None:
+        dropped = Counter(report.dropped)
         if dropped[DROPPED_TOO_LONG]:
             log.warning(
                 "%s: dropped %d of %d pairs that do not fit max_length=%d (max_prompt_length=%d) "
                 "with a completion left that tells chosen from rejected",
                 split,
                 dropped[DROPPED_TOO_LONG],
-                total,
+                report.rows,
                 self.cfg.max_length,
                 self.cfg.max_prompt_length,
             )
@@ -164,8 +93,16 @@ class PreferenceDataModule(L.LightningDataModule):
                 "%s: dropped %d of %d pairs whose chosen and rejected are identical",
                 split,
                 dropped[DROPPED_IDENTICAL],
-                total,
+                report.rows,
             )
+        if report.empty_completions:
+            log.info(
+                "%s: %d empty completions (kept: trained as EOS alone, a preference for saying "
+                "nothing)",
+                split,
+                report.empty_completions,
+            )
+        InvalidRows.report_counts(split, report.rows, dropped, report.first)
 
     def _collate(self):
         # A partial of a module-level function pickles, so worker processes can receive it.
@@ -233,7 +170,9 @@ class PreferenceDataModule(L.LightningDataModule):
             return loaders
         # Paired examples are scored independently of their batch: batch them by length.
         return {
-            split: self._loader(examples, batch_sampler=longest_first_batches(examples, size))
+            split: self._loader(
+                examples, batch_sampler=longest_first_batches(examples.lengths(), size)
+            )
             for split, examples in (("train", self.train_examples), ("val", self.val_examples))
             if examples
         }
@@ -250,16 +189,19 @@ class PreferenceDataModule(L.LightningDataModule):
             )
 
 
-def _split_stats(
-    split: str, rows: int, kept: int, dropped: Counter[str], unit: str = "pairs"
-) -> dict[str, int]:
+def _split_stats(split: str, report: SplitReport, paired: bool) -> dict[str, int]:
+    dropped = Counter(report.dropped)
     stats = {
-        f"{split}_rows": rows,
-        f"{split}_{unit}": kept,
+        f"{split}_rows": report.rows,
+        f"{split}_{'pairs' if paired else 'examples'}": report.kept,
         f"{split}_dropped_too_long": dropped[DROPPED_TOO_LONG],
         f"{split}_dropped_identical": dropped[DROPPED_IDENTICAL],
     }
     stats.update({f"{split}_dropped_{reason}": n for reason, n in sorted(dropped.items())})
+    stats[f"{split}_empty_completions"] = report.empty_completions
+    if not paired:
+        stats[f"{split}_desirable"] = report.desirable or 0
+        stats[f"{split}_undesirable"] = report.kept - stats[f"{split}_desirable"]
     return stats
 
 

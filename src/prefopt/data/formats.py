@@ -107,12 +107,11 @@ def normalise(rows: Rows, fmt: str = "auto", invalid: InvalidRows | None = None)
         fmt = detect_format(rows, tolerant=invalid is not None and invalid.skipping)
     if fmt not in LAYOUTS:
         raise PrefoptError(f"data.format={fmt!r} is not one of: auto, {', '.join(LAYOUTS)}")
-    to_pair = {"explicit": _explicit, "conversational": _conversational, "implicit": _implicit}[fmt]
     pairs = []
     for i, row in enumerate(rows.rows):
         try:
-            pair = to_pair(row, rows.where(i))
-            check_not_empty(pair.where, pair.prompt, pair.chosen, pair.rejected)
+            pair = to_pair(row, rows.where(i), fmt)
+            check_not_empty(pair.where, pair.prompt)
         except RowError as error:
             if invalid is None:
                 raise
@@ -122,20 +121,25 @@ def normalise(rows: Rows, fmt: str = "auto", invalid: InvalidRows | None = None)
     return pairs
 
 
-def check_not_empty(where: str, prompt, *completions) -> None:
-    """An empty prompt or completion (text, or messages whose contents are all empty)."""
-    names = ("prompt", "chosen", "rejected") if len(completions) == 2 else ("prompt", "completion")
-    for name, value in zip(names, (prompt, *completions)):
-        if _is_empty(value):
-            raise RowError(
-                f"{where}: field {name!r} is empty; every row needs a prompt and non-empty "
-                "completions",
-                reason="empty",
-                field=name,
-            )
+def to_pair(row: dict[str, Any], where: str, layout: str) -> Pair:
+    """One row of a known layout as a `Pair` (a bad row raises `RowError`)."""
+    return _LAYOUT_READERS[layout](row, where)
 
 
-def _is_empty(value) -> bool:
+def check_not_empty(where: str, prompt) -> None:
+    """An empty prompt (text, or messages whose contents are all empty) is a bad row. An empty
+    completion is not: preferring an empty answer to a harmful one is a real preference (it
+    occurs in HH-RLHF), trained as a completion of EOS alone."""
+    if is_empty(prompt):
+        raise RowError(
+            f"{where}: field 'prompt' is empty; every row needs a prompt",
+            reason="empty",
+            field="prompt",
+        )
+
+
+def is_empty(value) -> bool:
+    """Text, or messages, with nothing but whitespace in them."""
     if isinstance(value, str):
         return not value.strip()
     return all(not str(m.get("content") or "").strip() for m in value)
@@ -183,20 +187,39 @@ def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     trailing whitespace: the whitespace goes to the completions, where space-prefixed BPE
     tokens expect it.
     """
-    k = 0
-    limit = min(len(chosen), len(rejected))
-    while k < limit and chosen[k] == rejected[k]:
-        k += 1
+    k = common_prefix_chars(chosen, rejected)
     if k == len(chosen) or k == len(rejected):
-        # One transcript contains the other whole (or they are equal): start the completions
-        # at the last whitespace so each completion still has its last word.
-        while k > 0 and not chosen[k - 1].isspace():
+        # One transcript contains the other whole (or they are equal). Ending with a speaker
+        # marker ("...Assistant:"), the shorter one holds an empty reply: the prompt is all of it.
+        # Otherwise the completions start at the last whitespace, so each keeps its last word.
+        shorter = chosen[:k].rstrip()
+        if shorter.endswith(":"):
+            k = len(shorter)
+        while k > 0 and not chosen[k - 1].isspace() and not shorter.endswith(":"):
             k -= 1
     while k > 0 and chosen[k - 1].isalnum() and _word_continues(chosen, rejected, k):
         k -= 1
     while k > 0 and chosen[k - 1].isspace():
         k -= 1
-    return chosen[:k], chosen[k:], rejected[k:]
+    # A transcript that ends with the assistant marker (and maybe a space) has an empty reply.
+    return chosen[:k], _unless_blank(chosen[k:]), _unless_blank(rejected[k:])
+
+
+def _unless_blank(completion: str) -> str:
+    return completion if completion.strip() else ""
+
+
+def common_prefix_chars(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection over slice comparisons (done in C):
+    transcripts share hundreds of characters, and a loop over them is slow in Python."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _word_continues(chosen: str, rejected: str, k: int) -> bool:
@@ -281,3 +304,6 @@ def _after_prompt(messages: list[Message], prompt: list[Message]) -> list[Messag
     if len(messages) > n and all(_same(m, p) for m, p in zip(messages[:n], prompt)):
         return messages[n:]
     return messages
+
+
+_LAYOUT_READERS = {"explicit": _explicit, "conversational": _conversational, "implicit": _implicit}

@@ -1,56 +1,176 @@
-"""Load raw preference rows (plain dicts) for training and validation.
+"""Load raw preference rows for training and validation, as Arrow tables on disk.
 
 Where rows come from is this module's only concern: local files, a Hugging Face dataset, or the
 toy world. What the rows mean is `formats.py`'s. Every row keeps where it came from (file and
 line or row number) so that a bad row further down the pipeline can be named in the error.
+
+Rows never become one Python list: a file is streamed into an Arrow file in a scratch folder and
+memory-mapped as a `datasets.Dataset` (a Hugging Face dataset already is one). Text files
+(jsonl, json, csv) are stored one JSON text per row and parsed where they are used, batch by
+batch, so rows of any shape (a column missing here, messages with extra keys there) fit one
+table and a bad line is still named by its number. Parquet files and datasets keep their columns.
 
 Files are parsed with json, csv and pyarrow only: never pickle, which would run code from the file.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import gzip
 import io
 import json
+import os
 import random
+import shutil
+import tempfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
 
 from prefopt.config import DataConfig
 from prefopt.errors import PrefoptError
 
 FILE_FORMATS = ("jsonl", "json", "parquet", "csv")
+JSON_COLUMN = "__json__"
+"""The one column of a table read from a text file: each row as its JSON text."""
+_WRITE_BATCH = 8192
+_PROGRESS_MIN_BYTES = 64 << 20  # below this, reading takes a blink and a bar is noise
 
 
-@dataclass
 class Rows:
-    """Raw rows plus where each came from, for error messages."""
+    """Raw rows in an Arrow table, plus where each came from, for error messages."""
 
-    origin: str
-    """A file path, or a dataset name with its split."""
-    rows: list[dict[str, Any]]
-    numbers: list[int]
-    """Per row: its line in a text file (1-based) or its index in a table."""
-    unit: str = "row"
-    """What `numbers` count: `line` or `row`."""
+    def __init__(
+        self,
+        origin: str,
+        table: Any,
+        numbers: Sequence[int],
+        unit: str = "row",
+        columns: dict[str, str] | None = None,
+    ):
+        """`table`: a `datasets.Dataset` (either one `JSON_COLUMN` or the rows' own columns), or
+        a list of row dicts (small, in-memory data)."""
+        self.origin = origin
+        self.table = table if not isinstance(table, list) else _json_table(table)
+        self.numbers = np.asarray(numbers, dtype=np.int64)
+        """Per row: its line in a text file (1-based) or its index in a table."""
+        self.unit = unit
+        """What `numbers` count: `line` or `row`."""
+        self.columns = dict(columns or {})
+        """Renames applied as rows are read: {canonical: source_name} (data.columns)."""
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.table)
 
     def where(self, i: int) -> str:
         return f"{self.origin} {self.unit} {self.numbers[i]}"
 
-    def subset(self, indices: list[int]) -> Rows:
+    def subset(self, indices: Sequence[int]) -> Rows:
+        indices = list(indices)
         return Rows(
-            self.origin,
-            [self.rows[i] for i in indices],
-            [self.numbers[i] for i in indices],
-            self.unit,
+            self.origin, self.table.select(indices), self.numbers[indices], self.unit, self.columns
         )
+
+    def renamed(self, columns: dict[str, str]) -> Rows:
+        return Rows(self.origin, self.table, self.numbers, self.unit, columns)
+
+    @property
+    def rows(self) -> RowView:
+        """The rows as dicts, decoded on access (for probing a few rows, and for small data)."""
+        return RowView(self)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every row as a dict, in a list: for small data and tests only."""
+        return list(self.rows)
+
+    def decode(self, batch: dict[str, list], first: int) -> list[dict[str, Any]]:
+        """The rows of a batch of `table` (as `datasets` hands it out) that starts at row `first`."""
+        return decode_rows(batch, self.numbers[first : first + _batch_length(batch)], self.spec())
+
+    def spec(self) -> RowSpec:
+        """What a worker process needs to decode rows (picklable, without the table)."""
+        return RowSpec(self.origin, self.unit, self.columns)
+
+
+class RowSpec:
+    """How to turn a table batch into row dicts and name a row: picklable for worker processes."""
+
+    def __init__(self, origin: str, unit: str, columns: dict[str, str]):
+        self.origin, self.unit, self.columns = origin, unit, columns
+
+    def where(self, number: int) -> str:
+        return f"{self.origin} {self.unit} {number}"
+
+
+class RowView(Sequence):
+    """`rows.rows`: a read-only sequence of row dicts over the Arrow table."""
+
+    def __init__(self, rows: Rows):
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return self._rows.decode(self._rows.table[i : i + 1], i)[0]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(self), _WRITE_BATCH):
+            yield from self._rows.decode(self._rows.table[start : start + _WRITE_BATCH], start)
+
+
+def _batch_length(batch: dict[str, list]) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def decode_rows(
+    batch: dict[str, list], numbers: Sequence[int], spec: RowSpec
+) -> list[dict[str, Any]]:
+    """Row dicts from a table batch: JSON texts parsed, native columns zipped, `columns` renamed.
+
+    A line that is not a JSON object is an error about the file (`PrefoptError`), not a bad row.
+    """
+    if JSON_COLUMN in batch:
+        rows = []
+        for text, number in zip(batch[JSON_COLUMN], numbers):
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise PrefoptError(f"{spec.where(number)}: invalid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise PrefoptError(
+                    f"{spec.where(number)}: expected a JSON object per line, got {type(row).__name__}"
+                )
+            rows.append(row)
+    else:
+        names = list(batch)
+        rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+    if spec.columns:
+        rows = [_rename(row, spec, number) for row, number in zip(rows, numbers)]
+    return rows
+
+
+def _rename(row: dict[str, Any], spec: RowSpec, number: int) -> dict[str, Any]:
+    missing = [source for source in spec.columns.values() if source not in row]
+    if missing:
+        raise PrefoptError(
+            f"{spec.where(number)}: data.columns maps to {missing} but the row has columns "
+            f"{sorted(row)}; fix data.columns ({{canonical: your_column}})"
+        )
+    sources = set(spec.columns.values())
+    new = {k: v for k, v in row.items() if k not in sources}
+    new.update({canonical: row[source] for canonical, source in spec.columns.items()})
+    return new
 
 
 class ToyWorldFiles(Protocol):
@@ -58,6 +178,62 @@ class ToyWorldFiles(Protocol):
 
     train_path: str | Path
     val_path: str | Path
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow tables in a scratch folder
+
+
+def scratch_dir() -> Path:
+    """A fresh folder for this process's Arrow files, under the prefopt cache (not /tmp, which
+    may be memory). Removed when the process exits; folders of processes that died without
+    cleaning up are removed by the next one."""
+    root = os.environ.get("PREFOPT_CACHE")
+    base = (Path(root) if root else Path.home() / ".cache" / "prefopt") / "data" / "scratch"
+    base.mkdir(parents=True, exist_ok=True)
+    for stale in base.iterdir():
+        owner = stale.name.split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _TableWriter:
+    """Writes record batches to an Arrow stream file and memory-maps it as a `datasets.Dataset`."""
+
+    def __init__(self, schema: pa.Schema):
+        self.folder = scratch_dir()
+        self.path = self.folder / "rows.arrow"
+        self.writer = pa.ipc.new_stream(str(self.path), schema)
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        self.writer.write(batch)
+
+    def finish(self):
+        import datasets
+
+        self.writer.close()
+        return datasets.Dataset.from_file(str(self.path))
+
+
+def _json_table(records: Sequence[dict[str, Any]]):
+    writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
+    for start in range(0, len(records), _WRITE_BATCH):
+        texts = [json.dumps(r) for r in records[start : start + _WRITE_BATCH]]
+        writer.write(pa.record_batch([pa.array(texts, pa.large_string())], names=[JSON_COLUMN]))
+    return writer.finish()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,63 +250,79 @@ def read_file(path: str | Path) -> Rows:
     if compressed:
         suffixes = suffixes[:-1]
     kind = suffixes[-1].lstrip(".") if suffixes else ""
-    readers: dict[str, Callable[[bytes, str], Rows]] = {
-        "jsonl": _parse_jsonl,
-        "json": _parse_json,
-        "parquet": _parse_parquet,
-        "csv": _parse_csv,
-    }
+    readers = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet, "csv": _read_csv}
     if kind not in readers:
         raise PrefoptError(
             f"{path}: unknown file type {kind or '(no extension)'!r}; "
             f"expected one of {', '.join(FILE_FORMATS)} (optionally .gz)"
         )
     try:
-        data = path.read_bytes()
-        if compressed:
-            data = gzip.decompress(data)
+        return readers[kind](path, compressed)
     except (OSError, EOFError, zlib.error) as e:  # unreadable, or a truncated .gz
         raise PrefoptError(
             f"{path}: cannot read the file ({type(e).__name__}: {e}); it may be truncated or "
             "corrupt: copy or download it again"
         ) from None
-    return readers[kind](data, str(path))
-
-
-def _decode(data: bytes, origin: str) -> str:
-    try:
-        # utf-8-sig drops the byte-order mark that some editors write at the start.
-        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise PrefoptError(f"{origin}: not UTF-8 text ({e}); re-encode the file as UTF-8") from None
+        raise PrefoptError(f"{path}: not UTF-8 text ({e}); re-encode the file as UTF-8") from None
 
 
-def _parse_jsonl(data: bytes, origin: str) -> Rows:
-    rows, numbers = [], []
-    for line_number, line in enumerate(_decode(data, origin).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrefoptError(f"{origin} line {line_number}: invalid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise PrefoptError(
-                f"{origin} line {line_number}: expected a JSON object per line, got {type(row).__name__}"
-            )
-        rows.append(row)
-        numbers.append(line_number)
-    return Rows(origin, rows, numbers, unit="line")
+def _open_binary(path: Path, compressed: bool):
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def _parse_json(data: bytes, origin: str) -> Rows:
-    text = _decode(data, origin)
+def _lines(path: Path, compressed: bool) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, with a progress bar over the bytes of a large file."""
+    size = path.stat().st_size
+    with (
+        _open_binary(path, compressed) as raw,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"reading {path.name}",
+            disable=size < _PROGRESS_MIN_BYTES,
+        ) as bar,
+    ):
+        # utf-8-sig drops the byte-order mark that some editors write at the start.
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        for number, line in enumerate(text, start=1):
+            if not compressed:
+                bar.update(len(line))  # characters, close enough to bytes for a progress bar
+            yield number, line
+
+
+def _read_jsonl(path: Path, compressed: bool) -> Rows:
+    """Lines are stored as they are and parsed where used (in parallel, when preparing)."""
+    writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
+    texts: list[str] = []
+    numbers: list[int] = []
+
+    def flush():
+        writer.write(pa.record_batch([pa.array(texts, pa.large_string())], names=[JSON_COLUMN]))
+        texts.clear()
+
+    for number, line in _lines(path, compressed):
+        if line.strip():
+            texts.append(line)
+            numbers.append(number)
+            if len(texts) == _WRITE_BATCH:
+                flush()
+    if texts:
+        flush()
+    return Rows(str(path), writer.finish(), numbers, unit="line")
+
+
+def _read_json(path: Path, compressed: bool) -> Rows:
+    with _open_binary(path, compressed) as raw:
+        text = raw.read().decode("utf-8-sig")
+    origin = str(path)
     try:
         content = json.loads(text)
     except json.JSONDecodeError as e:
         # Many datasets ship JSON Lines under a .json name; "Extra data" is the tell-tale.
         if e.msg == "Extra data":
-            return _parse_jsonl(data, origin)
+            return _read_jsonl(path, compressed)
         raise PrefoptError(f"{origin}: invalid JSON ({e})") from None
     if isinstance(content, dict):
         # Accept the common {"data": [...]} wrapper when there is exactly one list inside.
@@ -146,34 +338,52 @@ def _parse_json(data: bytes, origin: str) -> Rows:
     for i, row in enumerate(content):
         if not isinstance(row, dict):
             raise PrefoptError(f"{origin} row {i}: expected a JSON object, got {type(row).__name__}")
-    return Rows(origin, content, list(range(len(content))), unit="row")
+    return Rows(origin, list(content), range(len(content)), unit="row")
 
 
-def _parse_parquet(data: bytes, origin: str) -> Rows:
-    import pyarrow as pa
+def _read_parquet(path: Path, compressed: bool) -> Rows:
     import pyarrow.parquet as pq
 
+    source: Any = path
+    if compressed:
+        folder = scratch_dir()
+        source = folder / "file.parquet"
+        with gzip.open(path, "rb") as raw, open(source, "wb") as out:
+            shutil.copyfileobj(raw, out)
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        parquet = pq.ParquetFile(source)
+        writer = _TableWriter(parquet.schema_arrow)
+        for batch in parquet.iter_batches(batch_size=_WRITE_BATCH):
+            writer.write(batch)
     except pa.ArrowException as e:
-        raise PrefoptError(f"{origin}: cannot read as parquet ({e})") from None
-    rows = table.to_pylist()
-    return Rows(origin, rows, list(range(len(rows))), unit="row")
+        raise PrefoptError(f"{path}: cannot read as parquet ({e})") from None
+    table = writer.finish()
+    return Rows(str(path), table, range(len(table)), unit="row")
 
 
-def _parse_csv(data: bytes, origin: str) -> Rows:
-    reader = csv.DictReader(io.StringIO(_decode(data, origin), newline=""))
-    rows, numbers = [], []
+def _read_csv(path: Path, compressed: bool) -> Rows:
+    origin = str(path)
+    writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
+    texts: list[str] = []
+    numbers: list[int] = []
+    reader = csv.DictReader(line for _, line in _lines(path, compressed))
     for row in reader:
         # DictReader puts surplus cells under the key None; such a row is malformed.
         if None in row:
             raise PrefoptError(
                 f"{origin} line {reader.line_num}: more cells than the header's {len(reader.fieldnames or [])} columns"
             )
-        rows.append(row)
+        texts.append(json.dumps(row))
         # line_num is the last physical line read, which for a multi-line quoted cell is its end.
         numbers.append(reader.line_num)
-    return Rows(origin, rows, numbers, unit="line")
+        if len(texts) % _WRITE_BATCH == 0:
+            writer.write(
+                pa.record_batch([pa.array(texts[-_WRITE_BATCH:], pa.large_string())], [JSON_COLUMN])
+            )
+    rest = len(texts) % _WRITE_BATCH
+    if rest:
+        writer.write(pa.record_batch([pa.array(texts[-rest:], pa.large_string())], [JSON_COLUMN]))
+    return Rows(origin, writer.finish(), numbers, unit="line")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,11 +392,17 @@ def _parse_csv(data: bytes, origin: str) -> Rows:
 
 def read_dataset(name_or_path: str, split: str, max_rows: int | None = None) -> Rows:
     """A split of a Hugging Face dataset: a hub name, a local dataset repo directory (data files
-    found by `load_dataset`), or a directory written by `save_to_disk`.
-
-    `max_rows` selects before converting to Python objects, so a quick run on a large dataset
-    does not pay for the whole split.
+    found by `load_dataset`), or a directory written by `save_to_disk`. The dataset stays
+    memory-mapped; `max_rows` selects its first rows without reading the others.
     """
+    dataset = load_split(name_or_path, split)
+    if max_rows is not None:
+        dataset = dataset.select(range(min(max_rows, len(dataset))))
+    return Rows(f"{name_or_path} [{split}]", dataset, range(len(dataset)), unit="row")
+
+
+def load_split(name_or_path: str, split: str):
+    """The `datasets.Dataset` of one split (see `read_dataset`)."""
     import datasets
 
     path = Path(name_or_path)
@@ -198,13 +414,8 @@ def read_dataset(name_or_path: str, split: str, max_rows: int | None = None) -> 
                     f"{path}: no split {split!r}; splits found: {sorted(loaded)} (set data.split / data.val_split)"
                 )
             loaded = loaded[split]
-        dataset = loaded
-    else:
-        dataset = datasets.load_dataset(name_or_path, split=split)
-    if max_rows is not None:
-        dataset = dataset.select(range(min(max_rows, len(dataset))))
-    rows = dataset.to_list()
-    return Rows(f"{name_or_path} [{split}]", rows, list(range(len(rows))), unit="row")
+        return loaded
+    return datasets.load_dataset(name_or_path, split=split)
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -228,7 +439,7 @@ def load_rows(cfg: DataConfig, toy_world: ToyWorldFiles | None = None) -> tuple[
     train, val = _load_train_and_val(cfg, toy_world)
     if val is None:
         train, val = hold_out(train, cfg.val_fraction, cfg.seed)
-    return remap_columns(train, cfg.columns), remap_columns(val, cfg.columns)
+    return train.renamed(dict(cfg.columns)), val.renamed(dict(cfg.columns))
 
 
 def _load_train_and_val(
@@ -268,7 +479,7 @@ def toy_unpaired(pairs: Rows) -> Rows:
     """The toy pairs as thumbs-up/down data: every sampled review on its own, desirable when
     its ground-truth reward is positive, undesirable when negative (reward 0 says neither)."""
     rows, numbers = [], []
-    for row, number in zip(pairs.rows, pairs.numbers, strict=True):
+    for row, number in zip(pairs.rows, pairs.numbers.tolist(), strict=True):
         for side in ("chosen", "rejected"):
             reward = row[f"{side}_reward"]
             if reward != 0:
@@ -300,22 +511,3 @@ def hold_out(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
     val_indices = set(order[:n_val])
     train = [i for i in range(len(rows)) if i not in val_indices]
     return rows.subset(train), rows.subset(sorted(val_indices))
-
-
-def remap_columns(rows: Rows, columns: dict[str, str]) -> Rows:
-    """Rename source columns to canonical names: `columns = {canonical: source_name}`."""
-    if not columns or not rows.rows:
-        return rows
-    sources = set(columns.values())
-    renamed = []
-    for i, row in enumerate(rows.rows):
-        missing = [source for source in columns.values() if source not in row]
-        if missing:
-            raise PrefoptError(
-                f"{rows.where(i)}: data.columns maps to {missing} but the row has columns "
-                f"{sorted(row)}; fix data.columns ({{canonical: your_column}})"
-            )
-        new = {k: v for k, v in row.items() if k not in sources}
-        new.update({canonical: row[source] for canonical, source in columns.items()})
-        renamed.append(new)
-    return Rows(rows.origin, renamed, rows.numbers, rows.unit)

@@ -25,6 +25,7 @@ The rules, each guarding a known way to corrupt DPO's log-probabilities:
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypedDict
@@ -50,9 +51,18 @@ class TokenizedPair(TypedDict):
 
 
 class PairTokenizer:
-    """Tokenizes `Pair`s under one tokenizer and length budget."""
+    """Tokenizes `Pair`s under one tokenizer and length budget, one at a time or in batches
+    (one call of the fast tokenizer for a whole batch, with the same result)."""
 
-    def __init__(self, tokenizer: Any, max_length: int, max_prompt_length: int):
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_length: int,
+        max_prompt_length: int,
+        with_prompt_ids: bool = True,
+    ):
+        """`with_prompt_ids=False` leaves `prompt_input_ids` empty: only generation reads them
+        (from validation examples), and they cost one more tokenizer pass over every prompt."""
         if not 0 < max_prompt_length < max_length:
             raise PrefoptError(
                 f"data.max_prompt_length={max_prompt_length} must be positive and below "
@@ -61,25 +71,58 @@ class PairTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
+        self.with_prompt_ids = with_prompt_ids
         self.bos_id = tokenizer.bos_token_id if adds_bos(tokenizer) else None
         self.eos_id = tokenizer.eos_token_id
         self.use_offsets = bool(getattr(tokenizer, "is_fast", False))
+        self.backend = _plain_backend(tokenizer) if self.use_offsets else None
 
     def __call__(self, pair: Pair) -> tuple[TokenizedPair | None, str | None]:
         """The tokenized pair, or None and the reason it was dropped."""
-        prompt_text, chosen_text, rejected_text = self._texts(pair)
-        add_eos = not pair.conversational
-        chosen = self._encode(chosen_text, len(prompt_text), add_eos)
-        rejected = self._encode(rejected_text, len(prompt_text), add_eos)
+        return self.tokenize_batch([pair])[0]
+
+    def tokenize_batch(self, pairs: Sequence[Pair]) -> list[tuple[TokenizedPair | None, str | None]]:
+        """`__call__` for every pair, through the tokenizer in one batch. A pair whose chat
+        template fails raises `RowError` (see `texts`)."""
+        return self.tokenize_texts(
+            [self.texts(pair) for pair in pairs], [not pair.conversational for pair in pairs]
+        )
+
+    def tokenize_texts(
+        self, texts: Sequence[tuple[str, str, str]], add_eos: Sequence[bool]
+    ) -> list[tuple[TokenizedPair | None, str | None]]:
+        """Tokenize (prompt, prompt + chosen, prompt + rejected) texts (`texts`); EOS is added
+        to plain text only (`add_eos`), chat templates end their turns themselves."""
+        prompt_chars = [len(prompt) for prompt, _, _ in texts]
+        chosen = self._encode_many([chosen for _, chosen, _ in texts], prompt_chars)
+        rejected = self._encode_many([rejected for _, _, rejected in texts], prompt_chars)
+        prompts = (
+            self._ids_many([prompt for prompt, _, _ in texts])
+            if self.with_prompt_ids
+            else [None] * len(texts)
+        )
+        return [
+            self._assemble(chosen[k], rejected[k], prompts[k], eos) for k, eos in enumerate(add_eos)
+        ]
+
+    def _assemble(
+        self,
+        chosen: tuple[list[int], int],
+        rejected: tuple[list[int], int],
+        prompt_ids: list[int] | None,
+        add_eos: bool,
+    ) -> tuple[TokenizedPair | None, str | None]:
+        chosen = self._with_specials(*chosen, add_eos)
+        rejected = self._with_specials(*rejected, add_eos)
         if chosen == rejected:
             return None, DROPPED_IDENTICAL
-        prompt_ids = self._with_bos(self._ids(prompt_text))
+        prompt_ids = self._with_bos(prompt_ids) if prompt_ids is not None else []
         if max(len(chosen[0]), len(rejected[0])) > self.max_length:
             chosen, rejected = self._truncate(*chosen), self._truncate(*rejected)
             empty = any(len(ids) == prompt_length for ids, prompt_length in (chosen, rejected))
             if empty or chosen == rejected:
                 return None, DROPPED_TOO_LONG
-            prompt_ids = self._keep_end(prompt_ids)
+            prompt_ids = self._keep_end(prompt_ids) if prompt_ids else prompt_ids
         return TokenizedPair(
             chosen_input_ids=chosen[0],
             chosen_prompt_length=chosen[1],
@@ -90,7 +133,7 @@ class PairTokenizer:
 
     # -- text ---------------------------------------------------------------------------------
 
-    def _texts(self, pair: Pair) -> tuple[str, str, str]:
+    def texts(self, pair: Pair) -> tuple[str, str, str]:
         """The prompt text and the two full texts (prompt + completion)."""
         prompt_text = self._prompt_text(pair.prompt, pair.where)
         chosen = self._full_text(pair.prompt, prompt_text, pair.chosen, pair.where)
@@ -138,18 +181,42 @@ class PairTokenizer:
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _encode(self, full_text: str, prompt_chars: int, add_eos: bool) -> tuple[list[int], int]:
-        """(ids, prompt_length) of a full text whose first `prompt_chars` characters are prompt."""
-        if self.use_offsets:
-            encoding = self.tokenizer(
-                full_text, add_special_tokens=False, return_offsets_mapping=True
-            )
-            ids = list(encoding["input_ids"])
-            ends = [end for _, end in encoding["offset_mapping"]]
-            prompt_length = next((i for i, end in enumerate(ends) if end > prompt_chars), len(ids))
-        else:
-            ids = self._ids(full_text)
-            prompt_length = common_prefix_length(ids, self._ids(full_text[:prompt_chars]))
+    def _ids_many(self, texts: list[str]) -> list[list[int]]:
+        if self.backend is None:
+            return [self._ids(text) for text in texts]
+        return [e.ids for e in _encode_batch(self.backend, texts, offsets=False)]
+
+    def _encode_many(
+        self, full_texts: list[str], prompt_chars: list[int]
+    ) -> list[tuple[list[int], int]]:
+        """(ids, prompt_length) of full texts whose first `prompt_chars` characters are prompt,
+        before BOS and EOS. The completion starts at the first token holding a completion
+        character: from the character offsets (fast tokenizers), else from where the ids of the
+        prompt alone stop being a prefix."""
+        if not self.use_offsets:
+            return [
+                (ids, common_prefix_length(ids, self._ids(text[:chars])))
+                for text, chars in zip(full_texts, prompt_chars)
+                for ids in (self._ids(text),)
+            ]
+        if self.backend is None:  # the tokenizer's own `__call__`, with its offsets
+            batch = self.tokenizer(full_texts, add_special_tokens=False, return_offsets_mapping=True)
+            spans = zip(batch["input_ids"], batch["offset_mapping"])
+            return [
+                (list(ids), bisect.bisect_right(offsets, chars, key=_end))
+                for (ids, offsets), chars in zip(spans, prompt_chars)
+            ]
+        # Token spans are in text order, so their ends never decrease: the first token ending
+        # past the prompt is found by bisection, reading a dozen spans instead of all of them.
+        return [
+            (encoding.ids, bisect.bisect_right(_SpanEnds(encoding), chars))
+            for encoding, chars in zip(_encode_batch(self.backend, full_texts), prompt_chars)
+        ]
+
+    def _with_specials(
+        self, ids: list[int], prompt_length: int, add_eos: bool
+    ) -> tuple[list[int], int]:
+        """BOS once in front (when the tokenizer adds one), EOS once at the end (plain text)."""
         if self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids, prompt_length = [self.bos_id, *ids], prompt_length + 1
         if (
@@ -157,7 +224,7 @@ class PairTokenizer:
             and self.eos_id is not None
             and (len(ids) == prompt_length or ids[-1] != self.eos_id)
         ):
-            ids.append(self.eos_id)
+            ids = [*ids, self.eos_id]
         return ids, prompt_length
 
     def _with_bos(self, ids: list[int]) -> list[int]:
@@ -177,6 +244,47 @@ class PairTokenizer:
         prompt = self._keep_end(ids[:prompt_length])
         completion = ids[prompt_length : prompt_length + self.max_length - len(prompt)]
         return prompt + completion, len(prompt)
+
+
+def _end(offset: tuple[int, int]) -> int:
+    return offset[1]
+
+
+class _SpanEnds(Sequence):
+    """Where each token of an `Encoding` ends in the text, read on demand."""
+
+    def __init__(self, encoding: Any):
+        self.encoding = encoding
+
+    def __len__(self) -> int:
+        return len(self.encoding)
+
+    def __getitem__(self, i: int) -> int:
+        span = self.encoding.token_to_chars(i)
+        return span[1] if span is not None else 0
+
+
+def _plain_backend(tokenizer: Any):
+    """A copy of a fast tokenizer's Rust backend that neither truncates nor pads, as the
+    tokenizer's own `__call__` does for text without those options; called directly, it skips
+    the Python conversions of `__call__` (half the time of a batch)."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    probe = "Question: hi there \u00e9t\u00e9?\n\n  Answer:  ok"
+    if backend.encode(probe, add_special_tokens=False).ids != list(
+        tokenizer(probe, add_special_tokens=False)["input_ids"]
+    ):
+        return None  # the wrapper does more than the backend (then `__call__` it is)
+    return backend
+
+
+def _encode_batch(backend: Any, texts: list[str], offsets: bool = True) -> list[Any]:
+    if not offsets and hasattr(backend, "encode_batch_fast"):
+        return backend.encode_batch_fast(texts, add_special_tokens=False)
+    return backend.encode_batch(texts, add_special_tokens=False)
 
 
 def adds_bos(tokenizer: Any) -> bool:

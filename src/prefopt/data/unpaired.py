@@ -65,7 +65,7 @@ def normalise_unpaired(rows: Rows, invalid: InvalidRows | None = None) -> list[E
     examples = []
     for i, row in enumerate(rows.rows):
         try:
-            examples.append(_example(row, rows.where(i)))
+            examples.append(example_from_row(row, rows.where(i)))
         except RowError as error:
             if invalid is None:
                 raise
@@ -73,7 +73,8 @@ def normalise_unpaired(rows: Rows, invalid: InvalidRows | None = None) -> list[E
     return examples
 
 
-def _example(row: dict[str, Any], where: str) -> Example:
+def example_from_row(row: dict[str, Any], where: str) -> Example:
+    """One unpaired row as an `Example` (a bad row raises `RowError`)."""
     missing = [c for c in UNPAIRED_COLUMNS if c not in row]
     if missing:
         raise RowError(
@@ -100,7 +101,7 @@ def _example(row: dict[str, Any], where: str) -> Example:
                 reason="wrong_type",
                 field="completion",
             )
-    check_not_empty(where, prompt, completion)
+    check_not_empty(where, prompt)
     return Example(prompt, completion, _label(row["label"], where), where)
 
 
@@ -130,7 +131,8 @@ class ExampleTokenizer(PairTokenizer):
     def __call__(self, example: Example) -> tuple[TokenizedExample | None, str | None]:
         prompt_text = self._prompt_text(example.prompt, example.where)
         full_text = self._full_text(example.prompt, prompt_text, example.completion, example.where)
-        ids, prompt_length = self._encode(full_text, len(prompt_text), not example.conversational)
+        [(ids, prompt_length)] = self._encode_many([full_text], [len(prompt_text)])
+        ids, prompt_length = self._with_specials(ids, prompt_length, not example.conversational)
         prompt_ids = self._with_bos(self._ids(prompt_text))
         if len(ids) > self.max_length:
             ids, prompt_length = self._truncate(ids, prompt_length)

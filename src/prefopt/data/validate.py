@@ -50,15 +50,19 @@ class InvalidRows:
         self.first.setdefault(error.reason, str(error))
 
     def report(self, total: int) -> None:
-        if not self.counts:
+        self.report_counts(self.split, total, self.counts, self.first)
+
+    @staticmethod
+    def report_counts(split: str, total: int, counts: dict[str, int], first: dict[str, str]) -> None:
+        if not counts:
             return
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
         log.warning(
             "%s: skipped %d of %d rows (data.on_invalid=skip): %s",
-            self.split,
-            sum(self.counts.values()),
+            split,
+            sum(counts.values()),
             total,
             reasons,
         )
-        for reason, message in sorted(self.first.items()):
+        for reason, message in sorted(first.items()):
             log.warning("  first %s row: %s", reason, message)

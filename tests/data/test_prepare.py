@@ -1,0 +1,232 @@
+"""Prepared data: the batched, parallel, cached pipeline gives the ids of the row-by-row rules;
+its cache hits on the same inputs and misses on any change that could change an id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import subprocess
+import sys
+import textwrap
+
+import datasets
+import pytest
+from transformers import AutoTokenizer
+
+from prefopt.config import DataConfig
+from prefopt.data import PreferenceDataModule
+from prefopt.data import prepare as prepare_module
+from prefopt.data.formats import normalise
+from prefopt.data.sources import load_rows
+from prefopt.data.tokenize import PairTokenizer, tokenize_pairs
+from prefopt.data.unpaired import ExampleTokenizer, split_pairs
+
+from .test_datamodule import write_jsonl
+
+WORDS = "hi there the quick brown fox jumps over lazy dog weather is nice how are you".split()
+
+
+def random_text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def hh_records(n: int, seed: int = 0) -> list[dict]:
+    """HH-RLHF-shaped rows, with the cases peers broke on: empty chosen replies, identical
+    sides, a completion glued to the prompt's last word, transcripts too long to fit."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        prompt = f"\n\nHuman: {random_text(rng, rng.randint(1, 12))}\n\nAssistant:"
+        chosen = " " + random_text(rng, rng.randint(1, 10))
+        rejected = " " + random_text(rng, rng.randint(1, 10))
+        if i % 97 == 0:
+            chosen = ""  # an empty reply preferred
+        if i % 89 == 0:
+            rejected = chosen  # no preference: dropped
+        if i % 83 == 0:
+            chosen = chosen.lstrip()  # merges with "Assistant:"
+        if i % 211 == 0:
+            prompt = prompt * 40  # too long for max_length
+        records.append({"chosen": prompt + chosen, "rejected": prompt + rejected})
+    return records
+
+
+def row_by_row(cfg: DataConfig, tokenizer, split: str, paired: bool = True) -> list[dict]:
+    """The reference: every row normalised, then tokenized on its own (the tokenization tests'
+    rules), problems dropped."""
+    train_rows, val_rows = load_rows(cfg)
+    rows = train_rows if split == "train" else val_rows
+    pairs = normalise(rows, "implicit" if paired else cfg.format)
+    if paired:
+        encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length)
+        examples, _ = tokenize_pairs(pairs, encoder)
+        if split == "train":
+            for example in examples:
+                example["prompt_input_ids"] = []  # not kept for training examples
+        return examples
+    encoder = ExampleTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length)
+    examples, _ = tokenize_pairs(split_pairs(pairs, seed=cfg.seed), encoder)
+    return examples
+
+
+def without_index(examples) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "index"} for e in examples]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_batched_parallel_preparation_equals_row_by_row(tmp_path, tokenizer, num_proc):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(1500))
+    cfg = DataConfig(
+        source="local",
+        path=str(path),
+        max_length=48,
+        max_prompt_length=24,
+        on_invalid="skip",
+        num_proc=num_proc,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    dm = PreferenceDataModule(cfg, tokenizer)
+    dm.setup()
+    for split, examples in (("train", dm.train_examples), ("val", dm.val_examples)):
+        assert without_index(examples) == row_by_row(cfg, tokenizer, split), split
+    assert dm.stats["train_dropped_identical"] > 0 and dm.stats["train_dropped_too_long"] > 0
+    assert dm.stats["train_empty_completions"] > 0
+
+
+def test_kto_examples_from_pairs_equal_row_by_row(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(1100, seed=1))
+    cfg = DataConfig(
+        source="local",
+        path=str(path),
+        max_length=48,
+        max_prompt_length=24,
+        on_invalid="skip",
+        num_proc=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    dm = PreferenceDataModule(cfg, tokenizer, paired=False)
+    dm.setup()
+    assert without_index(dm.train_examples) == row_by_row(cfg, tokenizer, "train", paired=False)
+
+
+def test_the_first_bad_row_in_file_order_stops_the_run(tmp_path, tokenizer):
+    records = hh_records(1200)
+    records = [r for r in records if r["chosen"] != r["rejected"] and len(r["chosen"]) < 400]
+    records[700] = {"chosen": 3, "rejected": "x"}  # in the second worker's half
+    records[900] = {"chosen": "a b", "rejected": "a b"}
+    path = write_jsonl(tmp_path / "hh.jsonl", records)
+    cfg = DataConfig(source="local", path=str(path), format="implicit", val_fraction=0, num_proc=2)
+    with pytest.raises(ValueError, match=r"hh.jsonl line 701: field 'chosen' is a int"):
+        PreferenceDataModule(cfg, tokenizer).setup()
+
+
+def test_an_invalid_json_line_is_named_even_in_a_worker(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(1200))
+    lines = path.read_text().splitlines()
+    lines[1100] = "{not json"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(source="local", path=str(path), on_invalid="skip", num_proc=2)
+    with pytest.raises(ValueError, match=r"hh.jsonl line 1101: invalid JSON"):
+        PreferenceDataModule(cfg, tokenizer).setup()
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+def prepare(cfg, tokenizer):
+    dm = PreferenceDataModule(cfg, tokenizer)
+    dm.setup()
+    return dm
+
+
+def test_a_cache_hit_reads_no_rows_and_gives_the_same_examples(tmp_path, tokenizer, monkeypatch):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(300))
+    cfg = DataConfig(source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c"))
+    first = prepare(cfg, tokenizer)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a cache hit must not read the rows")
+
+    monkeypatch.setattr(prepare_module, "load_rows", no_reading)
+    second = prepare(cfg, tokenizer)
+    assert second.fingerprint == first.fingerprint
+    assert list(second.train_examples) == list(first.train_examples)
+    assert list(second.val_examples) == list(first.val_examples)
+    assert second.stats == first.stats
+
+
+def test_the_cache_misses_on_a_changed_row_tokenizer_file_or_max_length(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(50))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    cfg = DataConfig(source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c"))
+    key = prepare(cfg, AutoTokenizer.from_pretrained(tmp_path / "tok")).fingerprint
+
+    longer = DataConfig(**{**cfg.__dict__, "max_length": cfg.max_length + 1})
+    assert prepare(longer, tokenizer).fingerprint != key
+
+    records = hh_records(50)
+    records[10]["chosen"] += " fox"
+    write_jsonl(path, records)
+    changed_row = prepare(cfg, tokenizer)
+    assert changed_row.fingerprint != key
+    write_jsonl(path, hh_records(50))  # back as it was: the first entry again
+
+    definition = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
+    definition["normalizer"] = {"type": "Lowercase"}
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(definition))
+    lowercased = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert prepare(cfg, lowercased).fingerprint != key
+    assert prepare(cfg, AutoTokenizer.from_pretrained(tmp_path / "tok")).fingerprint != key
+
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")) == sorted(
+        {key, prepare(longer, tokenizer).fingerprint, changed_row.fingerprint, prepare(cfg, lowercased).fingerprint}
+    )
+
+
+def test_two_processes_at_once_prepare_once(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(2000))
+    tokenizer.save_pretrained(tmp_path / "tok")
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+        from transformers import AutoTokenizer
+        from prefopt.config import DataConfig
+        from prefopt.data import PreferenceDataModule
+        cfg = DataConfig(source="local", path={str(path)!r}, on_invalid="skip",
+                         cache_dir={str(tmp_path / "c")!r}, num_proc=1)
+        dm = PreferenceDataModule(cfg, AutoTokenizer.from_pretrained({str(tmp_path / "tok")!r}))
+        dm.setup()
+        print("pairs", len(dm.train_examples))
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    prepared = [out for out in outputs if "prepared data cached in" in out]
+    read = [out for out in outputs if "prepared data from the cache" in out]
+    assert (len(prepared), len(read)) == (1, 1), outputs
+    assert len({line for out in outputs for line in out.splitlines() if line.startswith("pairs")}) == 1
+
+
+def test_without_the_cache_nothing_is_kept(tmp_path, tokenizer, caplog):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(40))
+    cfg = DataConfig(
+        source="local", path=str(path), on_invalid="skip", cache=False, cache_dir=str(tmp_path / "c")
+    )
+    with caplog.at_level(logging.INFO, logger="prefopt.data"):
+        assert len(prepare(cfg, tokenizer).train_examples) > 0
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_saved_dataset_is_prepared_from_its_arrow_files(tmp_path, tokenizer):
+    records = hh_records(60)
+    datasets.Dataset.from_list(records).save_to_disk(tmp_path / "saved")
+    cfg = DataConfig(source="hub", path=str(tmp_path / "saved"), on_invalid="skip", val_fraction=0)
+    dm = prepare(cfg, tokenizer)
+    assert without_index(dm.train_examples) == row_by_row(cfg, tokenizer, "train")
