@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import datasets
 import pytest
@@ -31,9 +32,10 @@ def random_text(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def hh_records(n: int, seed: int = 0) -> list[dict]:
+def hh_records(n: int, seed: int = 0, explicit: bool = False) -> list[dict]:
     """HH-RLHF-shaped rows, with the cases peers broke on: empty chosen replies, identical
-    sides, a completion glued to the prompt's last word, transcripts too long to fit."""
+    sides, a completion glued to the prompt's last word, completions alike for longer than
+    max_length, long prompts. `explicit`: with a `prompt` column, else implicit transcripts."""
     rng = random.Random(seed)
     records = []
     for i in range(n):
@@ -46,9 +48,14 @@ def hh_records(n: int, seed: int = 0) -> list[dict]:
             rejected = chosen  # no preference: dropped
         if i % 83 == 0:
             chosen = chosen.lstrip()  # merges with "Assistant:"
-        if i % 211 == 0:
-            prompt = prompt * 40  # too long for max_length
-        records.append({"chosen": prompt + chosen, "rejected": prompt + rejected})
+        if i % 211 == 0:  # alike for longer than max_length: nothing left to tell them apart
+            chosen, rejected = " fox" * 40 + " dog", " fox" * 40 + " cat"
+        if i % 223 == 0:
+            prompt = prompt * 20  # a long prompt keeps its end
+        if explicit:
+            records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        else:
+            records.append({"chosen": prompt + chosen, "rejected": prompt + rejected})
     return records
 
 
@@ -57,7 +64,7 @@ def row_by_row(cfg: DataConfig, tokenizer, split: str, paired: bool = True) -> l
     rules), problems dropped."""
     train_rows, val_rows = load_rows(cfg)
     rows = train_rows if split == "train" else val_rows
-    pairs = normalise(rows, "implicit" if paired else cfg.format)
+    pairs = normalise(rows, cfg.format)
     if paired:
         encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length)
         examples, _ = tokenize_pairs(pairs, encoder)
@@ -74,12 +81,15 @@ def without_index(examples) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "index"} for e in examples]
 
 
-@pytest.mark.parametrize("num_proc", [1, 2])
-def test_batched_parallel_preparation_equals_row_by_row(tmp_path, tokenizer, num_proc):
-    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(1500))
+@pytest.mark.parametrize(
+    ("num_proc", "layout"), [(1, "implicit"), (2, "implicit"), (2, "explicit")]
+)
+def test_batched_parallel_preparation_equals_row_by_row(tmp_path, tokenizer, num_proc, layout):
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(1500, explicit=layout == "explicit"))
     cfg = DataConfig(
         source="local",
         path=str(path),
+        format=layout,
         max_length=48,
         max_prompt_length=24,
         on_invalid="skip",
@@ -90,8 +100,9 @@ def test_batched_parallel_preparation_equals_row_by_row(tmp_path, tokenizer, num
     dm.setup()
     for split, examples in (("train", dm.train_examples), ("val", dm.val_examples)):
         assert without_index(examples) == row_by_row(cfg, tokenizer, split), split
-    assert dm.stats["train_dropped_identical"] > 0 and dm.stats["train_dropped_too_long"] > 0
-    assert dm.stats["train_empty_completions"] > 0
+    assert dm.stats["train_dropped_identical"] > 0 and dm.stats["train_empty_completions"] > 0
+    # Implicit transcripts alike for long put the likeness in the prompt, which keeps its end.
+    assert (dm.stats["train_dropped_too_long"] > 0) == (layout == "explicit")
 
 
 def test_kto_examples_from_pairs_equal_row_by_row(tmp_path, tokenizer):
@@ -99,6 +110,7 @@ def test_kto_examples_from_pairs_equal_row_by_row(tmp_path, tokenizer):
     cfg = DataConfig(
         source="local",
         path=str(path),
+        format="implicit",
         max_length=48,
         max_prompt_length=24,
         on_invalid="skip",
@@ -122,7 +134,7 @@ def test_the_first_bad_row_in_file_order_stops_the_run(tmp_path, tokenizer):
 
 
 def test_an_invalid_json_line_is_named_even_in_a_worker(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(1200))
+    path = Path(write_jsonl(tmp_path / "hh.jsonl", hh_records(1200)))
     lines = path.read_text().splitlines()
     lines[1100] = "{not json"
     path.write_text("\n".join(lines) + "\n")
@@ -158,7 +170,7 @@ def test_a_cache_hit_reads_no_rows_and_gives_the_same_examples(tmp_path, tokeniz
 
 
 def test_the_cache_misses_on_a_changed_row_tokenizer_file_or_max_length(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(50))
+    path = Path(write_jsonl(tmp_path / "hh.jsonl", hh_records(50)))
     tokenizer.save_pretrained(tmp_path / "tok")
     cfg = DataConfig(source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c"))
     key = prepare(cfg, AutoTokenizer.from_pretrained(tmp_path / "tok")).fingerprint
@@ -227,6 +239,8 @@ def test_without_the_cache_nothing_is_kept(tmp_path, tokenizer, caplog):
 def test_a_saved_dataset_is_prepared_from_its_arrow_files(tmp_path, tokenizer):
     records = hh_records(60)
     datasets.Dataset.from_list(records).save_to_disk(tmp_path / "saved")
-    cfg = DataConfig(source="hub", path=str(tmp_path / "saved"), on_invalid="skip", val_fraction=0)
+    cfg = DataConfig(
+        source="hub", path=str(tmp_path / "saved"), format="implicit", on_invalid="skip", val_fraction=0
+    )
     dm = prepare(cfg, tokenizer)
     assert without_index(dm.train_examples) == row_by_row(cfg, tokenizer, "train")

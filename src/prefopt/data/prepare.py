@@ -245,7 +245,9 @@ def _column(mapped, name: str) -> np.ndarray:
     return mapped.data.column(name).to_numpy()
 
 
-_BOOKKEEPING = ["problem", "problem_reason", "problem_field", "problem_stage", "pair", "side"]
+_BOOKKEEPING = [
+    "problem", "problem_reason", "problem_field", "problem_stage", "pair", "side", "empty_completions"
+]  # fmt: skip
 
 
 def _map(rows: Rows, job: _BatchJob, split: str, cfg: DataConfig, key: str, folder: Path):
@@ -494,7 +496,6 @@ class _Output:
             for name in names
         }
         self.columns: dict[str, list] = {name: [] for name in [*names, *_BOOKKEEPING]}
-        self.columns["empty_completions"] = []
 
     def example(self, example: dict, pair: int, side: int, empty: int) -> None:
         for name in self.blank:
