@@ -3,7 +3,7 @@
 Anthropic's HH-RLHF rows are two full transcripts, `chosen` and `rejected`, that share every turn
 but the last assistant reply ("\\n\\nHuman: ...\\n\\nAssistant: ..."). This generator matches
 their shape: 1-5 exchanges before the final one (most rows have one or two), human turns of
-~15 words, earlier assistant turns of ~40, final replies of ~45, so that the shared prompt is
+~17 words, earlier assistant turns of ~40, final replies of ~28, so that the shared prompt is
 about 72% of a pair's tokens as in HH; and about 0.2% of rows whose chosen reply is empty (an
 empty answer preferred over a harmful one). Words come from a Zipf-distributed synthetic
 vocabulary with punctuation, so a byte-level BPE trained on it merges across word and
@@ -51,10 +51,10 @@ class Generator:
         prompt = ""
         for _ in range(exchanges - 1):
             prompt += f"\n\nHuman: {self.sentence(15)}\n\nAssistant: {self.sentence(40)}"
-        prompt += f"\n\nHuman: {self.sentence(15)}\n\nAssistant:"
+        prompt += f"\n\nHuman: {self.sentence(17)}\n\nAssistant:"
         empty = self.rng.random() < EMPTY_CHOSEN_RATE
-        chosen = "" if empty else " " + self.sentence(45)
-        rejected = " " + self.sentence(45)
+        chosen = "" if empty else " " + self.sentence(28)
+        rejected = " " + self.sentence(28)
         return {"chosen": prompt + chosen, "rejected": prompt + rejected}
 
 

@@ -15,6 +15,7 @@ take the key's file lock prepares, the others wait and read. A cache hit never r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from prefopt.config import DataConfig
 from prefopt.data.formats import check_not_empty, detect_format, is_empty, to_pair
@@ -358,6 +360,7 @@ class _BatchJob:
     def __init__(self, spec: RowSpec, numbers, layout: str, encoder, paired: bool):
         self.spec, self.numbers, self.layout = spec, numbers, layout
         self.encoder, self.paired = encoder, paired
+        self.schema = _features(paired).arrow_schema
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         numbers = self.numbers[indices]
@@ -379,7 +382,7 @@ class _BatchJob:
             except RowError as error:
                 out.problem(index, ROW, error)
         self._tokenize(items, out)
-        return out.columns
+        return out.table(self.schema)
 
     def _items(self, row: dict[str, Any], where: str, index: int) -> list[tuple]:
         """(pair index, side, Pair or Example) for each example this row gives."""
@@ -507,6 +510,17 @@ class _Output:
             self.columns[name].append(value)
         self._bookkeeping((stage, error), pair, side, 0)
 
+    def table(self, schema) -> pa.Table:
+        """The columns as an Arrow table of `schema`. Token ids go in through numpy, flattened:
+        converting lists of Python ints one by one costs more than tokenizing them."""
+        arrays = [
+            _int32_lists(self.columns[f.name])
+            if pa.types.is_list(f.type)
+            else pa.array(self.columns[f.name], type=f.type)
+            for f in schema
+        ]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
     def _bookkeeping(self, problem, pair: int, side: int, empty: int) -> None:
         stage, error = problem if problem else (-1, None)
         self.columns["problem"].append(str(error) if error else None)
@@ -516,6 +530,14 @@ class _Output:
         self.columns["pair"].append(pair)
         self.columns["side"].append(side)
         self.columns["empty_completions"].append(empty)
+
+
+def _int32_lists(lists: list[list[int]]) -> pa.Array:
+    lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 # ---------------------------------------------------------------------------------------------

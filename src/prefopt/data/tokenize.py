@@ -206,10 +206,8 @@ class PairTokenizer:
                 (list(ids), bisect.bisect_right(offsets, chars, key=_end))
                 for (ids, offsets), chars in zip(spans, prompt_chars)
             ]
-        # Token spans are in text order, so their ends never decrease: the first token ending
-        # past the prompt is found by bisection, reading a dozen spans instead of all of them.
         return [
-            (encoding.ids, bisect.bisect_right(_SpanEnds(encoding), chars))
+            (encoding.ids, _first_token_past(encoding, chars))
             for encoding, chars in zip(_encode_batch(self.backend, full_texts), prompt_chars)
         ]
 
@@ -248,6 +246,20 @@ class PairTokenizer:
 
 def _end(offset: tuple[int, int]) -> int:
     return offset[1]
+
+
+def _first_token_past(encoding: Any, chars: int) -> int:
+    """The first token of `encoding` that ends past character `chars`. Token spans are in text
+    order, so it is the (first) token holding that character when one does; else (a space
+    trimmed off every span, or the end of the text) it is found by bisection over the span
+    ends, reading a dozen spans instead of all of them."""
+    token = encoding.char_to_token(chars)
+    if token is None:
+        return bisect.bisect_right(_SpanEnds(encoding), chars)
+    ends = _SpanEnds(encoding)
+    while token > 0 and ends[token - 1] > chars:  # bytes of one character share its span
+        token -= 1
+    return token
 
 
 class _SpanEnds(Sequence):
