@@ -108,6 +108,10 @@ def _check_data(data: DictConfig, loss: PreferenceLoss) -> None:
     for key in ("batch_size", "eval_batch_size"):
         if data[key] < 1:
             raise PrefoptError(f"data.{key}={data[key]}: it must be >= 1")
+    if data.num_proc is not None and data.num_proc < 1:
+        raise PrefoptError(
+            f"data.num_proc={data.num_proc}: it must be >= 1, or null for one per CPU core"
+        )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -57,6 +57,8 @@ PREPARE_VERSION = 1
 MAP_BATCH = 512
 PARALLEL_MIN_ROWS = 4000
 """Below this, worker processes cost more to start than they save."""
+PROGRESS_MIN_ROWS = 2000
+"""Below this, tokenizing takes a blink and a progress bar is noise."""
 
 # Stages of a problem: the order in which a row-by-row pass would meet them.
 FILE, ROW, TOKENS = 0, 1, 2
@@ -263,6 +265,9 @@ def _map(rows: Rows, job: _BatchJob, split: str, cfg: DataConfig, key: str, fold
     if len(rows) == 0:
         return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    if len(rows) < PROGRESS_MIN_ROWS:
+        datasets.disable_progress_bars()  # a blink: a bar would be noise
     if num_proc > 1:
         # One process per core: the tokenizer's own threads would only compete with them.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -281,6 +286,8 @@ def _map(rows: Rows, job: _BatchJob, split: str, cfg: DataConfig, key: str, fold
             desc=f"tokenizing {split}",
         )
     finally:
+        if bars:
+            datasets.enable_progress_bars()
         if previous is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
