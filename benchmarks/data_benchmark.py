@@ -159,7 +159,9 @@ def run_trl(args) -> dict:
     before = current_rss_mb()
     start = time.perf_counter()
     dataset = datasets.load_dataset("json", data_files=str(args.data), split="train")
-    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer = DPOTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer
+    )
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
@@ -235,7 +237,9 @@ def main() -> None:
         cache = work / "cache-sweep"
         shutil.rmtree(cache, ignore_errors=True)
         start = time.perf_counter()
-        procs = [spawn("prefopt", inputs, cache, args.num_proc, wait=False) for _ in range(args.jobs)]
+        procs = [
+            spawn("prefopt", inputs, cache, args.num_proc, wait=False) for _ in range(args.jobs)
+        ]
         jobs = [_result(proc) for proc in procs]
         results["sweep"] = {
             "jobs": args.jobs,
@@ -248,7 +252,9 @@ def main() -> None:
 
 def report(results: dict[str, dict], args) -> None:
     print(f"\n{args.pairs} HH-shaped pairs, {os.cpu_count()} CPU cores")
-    print(f"{'':14} {'seconds':>8} {'pairs':>7} {'peak RSS MB':>12} {'workers MB':>11} {'rise MB':>8}")
+    print(
+        f"{'':14} {'seconds':>8} {'pairs':>7} {'peak RSS MB':>12} {'workers MB':>11} {'rise MB':>8}"
+    )
     for name, r in results.items():
         if name == "sweep":
             continue

@@ -31,7 +31,9 @@ class Generator:
         while len(words) < vocabulary:
             words.add("".join(self.rng.choices(SYLLABLES, k=self.rng.choice((1, 1, 2, 2, 3)))))
         self.words = sorted(words)
-        self.cum_weights = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(vocabulary)))
+        self.cum_weights = list(
+            itertools.accumulate(1.0 / (rank + 1) for rank in range(vocabulary))
+        )
 
     def sentence(self, mean_words: float) -> str:
         n = max(1, round(self.rng.lognormvariate(0, 0.6) * mean_words))

@@ -24,7 +24,12 @@ def hh_rows(n: int) -> list[dict]:
     rows = []
     for i in range(n):
         prompt = f"\n\nHuman: {QUESTIONS[i % 4]}\n\nAssistant: Paris is the capital.\n\nHuman: hi {i}\n\nAssistant:"
-        rows.append({"chosen": f"{prompt} Hello there, how can I help?", "rejected": f"{prompt} Go away, I am busy."})
+        rows.append(
+            {
+                "chosen": f"{prompt} Hello there, how can I help?",
+                "rejected": f"{prompt} Go away, I am busy.",
+            }
+        )
     # HH-RLHF holds such rows: saying nothing preferred over a harmful reply.
     rows[5]["chosen"] = rows[5]["chosen"].split(" Hello there")[0]
     rows[9]["chosen"] = rows[9]["chosen"].split(" Hello there")[0] + " "
@@ -45,7 +50,7 @@ def test_an_hh_shaped_file_with_empty_chosen_replies_trains_with_defaults(compos
         "data=local",
         f"data.path={data}",
         "data.val_fraction=0",
-        "trainer.max_steps=3",
+        "trainer.max_steps=5",  # one logging interval (trainer.log_every_n_steps=5)
     )
     result = train(cfg)
 

@@ -278,6 +278,11 @@ def test_kto_labels_must_be_booleans(compose_config, capsys, tmp_path):
         ),
         ("cut.jsonl.gz", None, "cannot read the file"),
         (
+            "latin1.jsonl",
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "caf\u00e9"}\n'.encode("latin-1"),
+            "line 2: not UTF-8 text",
+        ),
+        (
             "columns.jsonl",
             '{"question": "a", "good": "b", "bad": "c"}\n',
             "found columns ['bad', 'good', 'question']; expected explicit",
@@ -293,6 +298,8 @@ def test_unreadable_files_and_misspelled_columns(
 
         whole = gzip.compress(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * 50)
         path.write_bytes(whole[: len(whole) // 2])
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
     else:
         path.write_text(content)
     line = user_error(capsys, toy_data[1], path)

@@ -155,7 +155,9 @@ def prepare(cfg, tokenizer):
 
 def test_a_cache_hit_reads_no_rows_and_gives_the_same_examples(tmp_path, tokenizer, monkeypatch):
     path = write_jsonl(tmp_path / "hh.jsonl", hh_records(300))
-    cfg = DataConfig(source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c"))
+    cfg = DataConfig(
+        source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c")
+    )
     first = prepare(cfg, tokenizer)
 
     def no_reading(*args, **kwargs):
@@ -172,7 +174,9 @@ def test_a_cache_hit_reads_no_rows_and_gives_the_same_examples(tmp_path, tokeniz
 def test_the_cache_misses_on_a_changed_row_tokenizer_file_or_max_length(tmp_path, tokenizer):
     path = Path(write_jsonl(tmp_path / "hh.jsonl", hh_records(50)))
     tokenizer.save_pretrained(tmp_path / "tok")
-    cfg = DataConfig(source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c"))
+    cfg = DataConfig(
+        source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c")
+    )
     key = prepare(cfg, AutoTokenizer.from_pretrained(tmp_path / "tok")).fingerprint
 
     longer = DataConfig(**{**cfg.__dict__, "max_length": cfg.max_length + 1})
@@ -192,8 +196,15 @@ def test_the_cache_misses_on_a_changed_row_tokenizer_file_or_max_length(tmp_path
     assert prepare(cfg, lowercased).fingerprint != key
     assert prepare(cfg, AutoTokenizer.from_pretrained(tmp_path / "tok")).fingerprint != key
 
-    assert sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")) == sorted(
-        {key, prepare(longer, tokenizer).fingerprint, changed_row.fingerprint, prepare(cfg, lowercased).fingerprint}
+    assert sorted(
+        p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")
+    ) == sorted(
+        {
+            key,
+            prepare(longer, tokenizer).fingerprint,
+            changed_row.fingerprint,
+            prepare(cfg, lowercased).fingerprint,
+        }
     )
 
 
@@ -223,13 +234,19 @@ def test_two_processes_at_once_prepare_once(tmp_path, tokenizer):
     prepared = [out for out in outputs if "prepared data cached in" in out]
     read = [out for out in outputs if "prepared data from the cache" in out]
     assert (len(prepared), len(read)) == (1, 1), outputs
-    assert len({line for out in outputs for line in out.splitlines() if line.startswith("pairs")}) == 1
+    assert (
+        len({line for out in outputs for line in out.splitlines() if line.startswith("pairs")}) == 1
+    )
 
 
 def test_without_the_cache_nothing_is_kept(tmp_path, tokenizer, caplog):
     path = write_jsonl(tmp_path / "hh.jsonl", hh_records(40))
     cfg = DataConfig(
-        source="local", path=str(path), on_invalid="skip", cache=False, cache_dir=str(tmp_path / "c")
+        source="local",
+        path=str(path),
+        on_invalid="skip",
+        cache=False,
+        cache_dir=str(tmp_path / "c"),
     )
     with caplog.at_level(logging.INFO, logger="prefopt.data"):
         assert len(prepare(cfg, tokenizer).train_examples) > 0
@@ -240,7 +257,35 @@ def test_a_saved_dataset_is_prepared_from_its_arrow_files(tmp_path, tokenizer):
     records = hh_records(60)
     datasets.Dataset.from_list(records).save_to_disk(tmp_path / "saved")
     cfg = DataConfig(
-        source="hub", path=str(tmp_path / "saved"), format="implicit", on_invalid="skip", val_fraction=0
+        source="hub",
+        path=str(tmp_path / "saved"),
+        format="implicit",
+        on_invalid="skip",
+        val_fraction=0,
     )
     dm = prepare(cfg, tokenizer)
     assert without_index(dm.train_examples) == row_by_row(cfg, tokenizer, "train")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion"),
+    [
+        ("Q: café", " au lait"),
+        ("Q: caf", "é au lait"),  # a character split into byte tokens at the boundary
+        ("Q: 🙂", "🙂 x"),
+        ("Q: hi  ", " there"),  # whitespace runs
+        ("Q:\n\n", "\n\nA: yes"),
+        ("Q: hi", ""),  # nothing after the prompt
+    ],
+)
+def test_the_batched_boundary_is_the_first_token_ending_past_the_prompt(
+    tokenizer, prompt, completion
+):
+    """The fast path reads a few token spans (`char_to_token`, bisection); the rule is the
+    linear scan over every offset of the tokenizer's own `__call__`."""
+    pair_tokenizer = PairTokenizer(tokenizer, max_length=64, max_prompt_length=32)
+    [(ids, boundary)] = pair_tokenizer._encode_many([prompt + completion], [len(prompt)])
+    plain = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
+    ends = [end for _, end in plain["offset_mapping"]]
+    assert ids == plain["input_ids"]
+    assert boundary == next((i for i, end in enumerate(ends) if end > len(prompt)), len(ids))

@@ -51,7 +51,11 @@ class ExampleTable(Sequence):
         """Per example, its longest sequence (a pair's longer side), from the Arrow columns."""
         import pyarrow.compute as pc
 
-        names = [n for n in ("chosen_input_ids", "rejected_input_ids", "input_ids") if n in self.dataset.column_names]
+        names = [
+            n
+            for n in ("chosen_input_ids", "rejected_input_ids", "input_ids")
+            if n in self.dataset.column_names
+        ]
         table = self.dataset.with_format("arrow")[:]  # the rows in order, after any selection
         return np.maximum.reduce([pc.list_value_length(table.column(n)).to_numpy() for n in names])
 

@@ -39,7 +39,12 @@ from prefopt.data.sources import (
     load_split,
     scratch_dir,
 )
-from prefopt.data.tokenize import DROPPED_IDENTICAL, PairTokenizer, adds_bos
+from prefopt.data.tokenize import (
+    PairTokenizer,
+    adds_bos,
+    dropped_row_error,
+    untokenizable_error,
+)
 from prefopt.data.unpaired import (
     Example,
     ExampleTokenizer,
@@ -55,7 +60,7 @@ log = logging.getLogger("prefopt.data")
 PREPARE_VERSION = 1
 """Bump when preparation changes its output for the same input: old cache entries then miss."""
 MAP_BATCH = 512
-PARALLEL_MIN_ROWS = 4000
+PARALLEL_MIN_ROWS = 10000
 """Below this, worker processes cost more to start than they save."""
 PROGRESS_MIN_ROWS = 2000
 """Below this, tokenizing takes a blink and a progress bar is noise."""
@@ -134,7 +139,9 @@ def _prepare_into(folder: Path, cfg, tokenizer, toy_world, paired: bool, key: st
     layout = _layout(cfg, train_rows, paired)
     meta: dict[str, Any] = {"layout": layout, "key": key, "reports": {}, "splits": {}}
     for split, rows in (("train", train_rows), ("val", val_rows)):
-        mapped, kept, report = prepare_split(split, rows, layout, tokenizer, cfg, paired, key, folder)
+        mapped, kept, report = prepare_split(
+            split, rows, layout, tokenizer, cfg, paired, key, folder
+        )
         files = [Path(f["filename"]).name for f in mapped.cache_files]
         if kept is not None:
             np.save(folder / f"{split}.kept.npy", np.asarray(kept, dtype=np.int64))
@@ -414,7 +421,9 @@ class _BatchJob:
                 texts.append(None)
             except PrefoptError:
                 raise  # no chat template at all: a problem of the setup, not of a row
-        ready = [(item, text) for (_, _, item), text in zip(items, texts) if text or not self.paired]
+        ready = [
+            (item, text) for (_, _, item), text in zip(items, texts) if text or not self.paired
+        ]
         try:
             results = iter(self._encode_all(ready))
         except PrefoptError:
@@ -428,7 +437,9 @@ class _BatchJob:
             if isinstance(reason, RowError):
                 out.problem(index, TOKENS, reason, side)
             elif example is None:
-                out.problem(index, TOKENS, _dropped_row_error(item, reason, self.encoder), side)
+                out.problem(
+                    index, TOKENS, dropped_row_error(item.where, reason, self.encoder), side
+                )
             else:
                 out.example(example, index, side, _empty_completions(item))
 
@@ -453,42 +464,20 @@ class _BatchJob:
             except PrefoptError:
                 raise
             except Exception as error:  # never a traceback from deep inside a tokenizer
-                results.append(
-                    (
-                        None,
-                        RowError(
-                            f"{item.where}: the tokenizer failed on this row "
-                            f"({type(error).__name__}: {str(error)[:200]})",
-                            reason="untokenizable",
-                        ),
-                    )
-                )
+                results.append((None, untokenizable_error(item.where, error)))
         return results
 
 
 def _decode_one(batch: dict[str, list], k: int, numbers, spec: RowSpec) -> dict[str, Any]:
-    return decode_rows({name: values[k : k + 1] for name, values in batch.items()}, numbers[k : k + 1], spec)[0]
+    return decode_rows(
+        {name: values[k : k + 1] for name, values in batch.items()}, numbers[k : k + 1], spec
+    )[0]
 
 
 def _empty_completions(item) -> int:
     if isinstance(item, Example):
         return int(is_empty(item.completion))
     return int(is_empty(item.chosen)) + int(is_empty(item.rejected))
-
-
-def _dropped_row_error(item, reason: str, encoder: PairTokenizer) -> RowError:
-    if reason == DROPPED_IDENTICAL:
-        return RowError(
-            f"{item.where}: 'chosen' and 'rejected' are identical, so the pair states no preference",
-            reason=reason,
-            field="rejected",
-        )
-    return RowError(
-        f"{item.where}: too long: it does not fit data.max_length={encoder.max_length} "
-        f"(data.max_prompt_length={encoder.max_prompt_length}) with a completion left "
-        "that tells chosen from rejected; raise data.max_length",
-        reason=reason,
-    )
 
 
 class _Output:
@@ -543,7 +532,9 @@ def _int32_lists(lists: list[list[int]]) -> pa.Array:
     lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
     offsets = np.zeros(len(lists) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    values = np.fromiter(
+        itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1])
+    )
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
@@ -566,8 +557,16 @@ def data_key(cfg: DataConfig, tokenizer: Any, toy_world: ToyWorldFiles | None, p
         **{
             name: getattr(cfg, name)
             for name in (
-                "source", "split", "val_split", "val_fraction", "format", "max_length",
-                "max_prompt_length", "max_rows", "on_invalid", "seed",
+                "source",
+                "split",
+                "val_split",
+                "val_fraction",
+                "format",
+                "max_length",
+                "max_prompt_length",
+                "max_rows",
+                "on_invalid",
+                "seed",
             )
         },  # fmt: skip
         "columns": dict(cfg.columns),
@@ -639,5 +638,3 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         ).encode()
     )
     return digest.hexdigest()
-
-

@@ -16,9 +16,9 @@ Files are parsed with json, csv and pyarrow only: never pickle, which would run 
 from __future__ import annotations
 
 import atexit
+import codecs
 import csv
 import gzip
-import io
 import json
 import os
 import random
@@ -244,7 +244,9 @@ def read_file(path: str | Path) -> Rows:
     """Read a jsonl/json/parquet/csv file, optionally gzip-compressed (`.jsonl.gz`, ...)."""
     path = Path(path)
     if not path.is_file():
-        raise PrefoptError(f"{path}: no such file (data.path / data.val_path must name a data file)")
+        raise PrefoptError(
+            f"{path}: no such file (data.path / data.val_path must name a data file)"
+        )
     suffixes = [s.lower() for s in path.suffixes]
     compressed = bool(suffixes) and suffixes[-1] == ".gz"
     if compressed:
@@ -271,46 +273,65 @@ def _open_binary(path: Path, compressed: bool):
     return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def _lines(path: Path, compressed: bool) -> Iterator[tuple[int, str]]:
-    """(line number, text) of every line, with a progress bar over the bytes of a large file."""
+def _lines(path: Path, compressed: bool) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every line, with a progress bar over the bytes of a large file."""
     size = path.stat().st_size
     with (
         _open_binary(path, compressed) as raw,
         tqdm(
-            total=size,
+            total=None if compressed else size,  # a .gz is read by its uncompressed bytes
             unit="B",
             unit_scale=True,
             desc=f"reading {path.name}",
             disable=size < _PROGRESS_MIN_BYTES,
         ) as bar,
     ):
-        # utf-8-sig drops the byte-order mark that some editors write at the start.
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        for number, line in enumerate(text, start=1):
-            if not compressed:
-                bar.update(len(line))  # characters, close enough to bytes for a progress bar
+        done = 0
+        for number, line in enumerate(raw, start=1):
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8) :]  # some editors write one
+            done += len(line)
+            if number % 4096 == 0:
+                bar.update(done - bar.n)
             yield number, line
+        bar.update(done - bar.n)
 
 
 def _read_jsonl(path: Path, compressed: bool) -> Rows:
-    """Lines are stored as they are and parsed where used (in parallel, when preparing)."""
+    """Lines are stored as they are (bytes into Arrow strings, which checks them as UTF-8) and
+    parsed where used: in parallel, when preparing."""
     writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
-    texts: list[str] = []
+    lines: list[bytes] = []
     numbers: list[int] = []
 
     def flush():
-        writer.write(pa.record_batch([pa.array(texts, pa.large_string())], names=[JSON_COLUMN]))
-        texts.clear()
+        try:
+            texts = pa.array(lines, pa.large_string())
+        except pa.ArrowInvalid:
+            _raise_not_utf8(path, lines, numbers[-len(lines) :])
+        writer.write(pa.record_batch([texts], names=[JSON_COLUMN]))
+        lines.clear()
 
     for number, line in _lines(path, compressed):
         if line.strip():
-            texts.append(line)
+            lines.append(line)
             numbers.append(number)
-            if len(texts) == _WRITE_BATCH:
+            if len(lines) == _WRITE_BATCH:
                 flush()
-    if texts:
+    if lines:
         flush()
     return Rows(str(path), writer.finish(), numbers, unit="line")
+
+
+def _raise_not_utf8(path: Path, lines: list[bytes], numbers: list[int]) -> None:
+    for line, number in zip(lines, numbers):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PrefoptError(
+                f"{path} line {number}: not UTF-8 text ({e}); re-encode the file as UTF-8"
+            ) from None
+    raise PrefoptError(f"{path}: not UTF-8 text; re-encode the file as UTF-8")
 
 
 def _read_json(path: Path, compressed: bool) -> Rows:
@@ -334,10 +355,14 @@ def _read_json(path: Path, compressed: bool) -> Rows:
             )
         content = lists[0]
     if not isinstance(content, list):
-        raise PrefoptError(f"{origin}: expected a JSON list of objects, got {type(content).__name__}")
+        raise PrefoptError(
+            f"{origin}: expected a JSON list of objects, got {type(content).__name__}"
+        )
     for i, row in enumerate(content):
         if not isinstance(row, dict):
-            raise PrefoptError(f"{origin} row {i}: expected a JSON object, got {type(row).__name__}")
+            raise PrefoptError(
+                f"{origin} row {i}: expected a JSON object, got {type(row).__name__}"
+            )
     return Rows(origin, list(content), range(len(content)), unit="row")
 
 
@@ -366,7 +391,7 @@ def _read_csv(path: Path, compressed: bool) -> Rows:
     writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
     texts: list[str] = []
     numbers: list[int] = []
-    reader = csv.DictReader(line for _, line in _lines(path, compressed))
+    reader = csv.DictReader(line.decode("utf-8") for _, line in _lines(path, compressed))
     for row in reader:
         # DictReader puts surplus cells under the key None; such a row is malformed.
         if None in row:

@@ -81,7 +81,9 @@ class PairTokenizer:
         """The tokenized pair, or None and the reason it was dropped."""
         return self.tokenize_batch([pair])[0]
 
-    def tokenize_batch(self, pairs: Sequence[Pair]) -> list[tuple[TokenizedPair | None, str | None]]:
+    def tokenize_batch(
+        self, pairs: Sequence[Pair]
+    ) -> list[tuple[TokenizedPair | None, str | None]]:
         """`__call__` for every pair, through the tokenizer in one batch. A pair whose chat
         template fails raises `RowError` (see `texts`)."""
         return self.tokenize_texts(
@@ -200,7 +202,9 @@ class PairTokenizer:
                 for ids in (self._ids(text),)
             ]
         if self.backend is None:  # the tokenizer's own `__call__`, with its offsets
-            batch = self.tokenizer(full_texts, add_special_tokens=False, return_offsets_mapping=True)
+            batch = self.tokenizer(
+                full_texts, add_special_tokens=False, return_offsets_mapping=True
+            )
             spans = zip(batch["input_ids"], batch["offset_mapping"])
             return [
                 (list(ids), bisect.bisect_right(offsets, chars, key=_end))
@@ -347,33 +351,35 @@ def tokenize_pairs(
         except Exception as error:  # never a traceback from deep inside a tokenizer
             if invalid is None:
                 raise
-            invalid.record(
-                RowError(
-                    f"{pair.where}: the tokenizer failed on this row "
-                    f"({type(error).__name__}: {str(error)[:200]})",
-                    reason="untokenizable",
-                )
-            )
+            invalid.record(untokenizable_error(pair.where, error))
             dropped["untokenizable"] += 1
             continue
         if example is None:
             if invalid is not None:
-                invalid.record(_dropped_row_error(pair, reason, pair_tokenizer))
+                invalid.record(dropped_row_error(pair.where, reason, pair_tokenizer))
             dropped[reason] += 1
         else:
             examples.append(example)
     return examples, dropped
 
 
-def _dropped_row_error(pair: Any, reason: str, pair_tokenizer: PairTokenizer) -> RowError:
+def untokenizable_error(where: str, error: Exception) -> RowError:
+    return RowError(
+        f"{where}: the tokenizer failed on this row ({type(error).__name__}: {str(error)[:200]})",
+        reason="untokenizable",
+    )
+
+
+def dropped_row_error(where: str, reason: str, pair_tokenizer: PairTokenizer) -> RowError:
+    """The error for a pair the tokenizer dropped (`reason`: identical or too long)."""
     if reason == DROPPED_IDENTICAL:
         return RowError(
-            f"{pair.where}: 'chosen' and 'rejected' are identical, so the pair states no preference",
+            f"{where}: 'chosen' and 'rejected' are identical, so the pair states no preference",
             reason=reason,
             field="rejected",
         )
     return RowError(
-        f"{pair.where}: too long: it does not fit data.max_length={pair_tokenizer.max_length} "
+        f"{where}: too long: it does not fit data.max_length={pair_tokenizer.max_length} "
         f"(data.max_prompt_length={pair_tokenizer.max_prompt_length}) with a completion left "
         "that tells chosen from rejected; raise data.max_length",
         reason=reason,
