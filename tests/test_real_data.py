@@ -50,6 +50,7 @@ def test_an_hh_shaped_file_with_empty_chosen_replies_trains_with_defaults(compos
         "data=local",
         f"data.path={data}",
         "data.val_fraction=0",
+        "data.batch_size=4",
         "trainer.max_steps=5",  # one logging interval (trainer.log_every_n_steps=5)
     )
     result = train(cfg)
