@@ -180,6 +180,17 @@ precision, whose attention kernels round differently by layout, 2e-2 per scored 
 that ignores the mask or the position ids is off by far more on real weights)."""
 
 
+def prefix_sharing_mode(value) -> str:
+    """`model.prefix_sharing` as auto, true or false (Hydra turns `true` into a bool, and a
+    string field into "True")."""
+    mode = str(value).lower()
+    if mode not in PREFIX_SHARING:
+        raise PrefoptError(
+            f"model.prefix_sharing={value!r}: choose one of {', '.join(PREFIX_SHARING)}"
+        )
+    return mode
+
+
 class PairPacking:
     """How pairs are scored: packed (`prefix_sharing`, `padding_free`) where the model can take
     it, else as separate padded sequences. The first batch a model scores runs a probe (two
@@ -187,11 +198,7 @@ class PairPacking:
     policy and the reference."""
 
     def __init__(self, prefix_sharing: str = "false", padding_free: bool = False):
-        if prefix_sharing not in PREFIX_SHARING:
-            raise PrefoptError(
-                f"model.prefix_sharing={prefix_sharing!r}: choose one of {', '.join(PREFIX_SHARING)}"
-            )
-        self.prefix_sharing = prefix_sharing
+        self.prefix_sharing = prefix_sharing_mode(prefix_sharing)
         self.padding_free = padding_free
         self._verdicts: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
