@@ -265,14 +265,16 @@ def _vocab_size(model: nn.Module) -> int:
 
 
 def _probe_batch(vocab_size: int) -> dict[str, Tensor]:
-    """Two pairs: one whose sides share a prompt, one whose prompts differ in their last token."""
+    """Two pairs: one whose sides share a prompt, one whose prompts differ in their last token.
+    The shared pair's chosen completion is the longer one: a model that ignores the position
+    ids then sees the rejected tokens shifted far from the prompt."""
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(min(3, vocab_size - 1), vocab_size, (24,), generator=generator).tolist()
+    tokens = torch.randint(min(3, vocab_size - 1), vocab_size, (27,), generator=generator).tolist()
     shared, other = tokens[:4], tokens[4:7]
     sequences = [
-        (shared + tokens[7:10], 4),  # chosen rows: (ids, prompt length)
-        (other + tokens[10:12], 3),
-        (shared + tokens[12:17], 4),  # rejected rows
-        (other[:-1] + tokens[17:18] + tokens[18:22], 3),
+        (shared + tokens[7:15], 4),  # chosen rows: (ids, prompt length)
+        (other + tokens[15:17], 3),
+        (shared + tokens[17:22], 4),  # rejected rows
+        (other[:-1] + tokens[22:27], 3),
     ]
     return pad_sequences(sequences, pad_token_id=0)
