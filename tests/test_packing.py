@@ -215,3 +215,34 @@ def test_prefix_sharing_config_values():
     assert prefix_sharing_mode("Auto") == "auto"
     with pytest.raises(PrefoptError, match="model.prefix_sharing='sometimes': choose one of"):
         check_model_config(ModelConfig(path="x", prefix_sharing="sometimes"), "x")
+
+
+def test_training_with_packing_logs_the_losses_of_the_standard_path(compose_config, tmp_path):
+    """End to end on the toy world (online reference): same per-step losses either way."""
+    from mlflow.tracking import MlflowClient
+
+    from prefopt.train import train
+
+    common = [
+        "export=false",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        "trainer.limit_val_batches=1",
+        "reference.cache=false",
+        "checkpoint.enabled=false",
+    ]
+    runs = {
+        name: train(compose_config(*common, *overrides, f"logger.experiment_name={name}"))
+        for name, overrides in {
+            "standard": ["model.prefix_sharing=false"],
+            "packed": ["model.prefix_sharing=true", "data.packing=true"],
+        }.items()
+    }
+    assert runs["packed"].module.packing.supported(runs["packed"].module.policy, None)
+    client = MlflowClient(tracking_uri=compose_config().logger.tracking_uri)
+    standard, packed = (
+        torch.tensor([m.value for m in client.get_metric_history(run.run_id, "train/loss")])
+        for run in runs.values()
+    )
+    assert len(standard) == 4
+    torch.testing.assert_close(packed, standard, atol=1e-5, rtol=0)
