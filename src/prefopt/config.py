@@ -130,9 +130,9 @@ class DataConfig:
     cache_dir: str | None = None
     """Where prepared data is kept; null = $PREFOPT_CACHE/data/prepared (~/.cache/prefopt)."""
     packing: bool = False
-    """Padding-free batches: a batch's sequences go end to end in one row, each with its own
-    position ids, so no padding runs through the model (paired losses, models that can take a
-    4-D attention mask; others keep padded batches)."""
+    """Padding-free batches: a batch's pairs go end to end in rows as long as its longest pair,
+    each sequence with its own position ids, so almost no padding runs through the model
+    (paired losses, models that can take a 4-D attention mask; others keep padded batches)."""
 
 
 @dataclass

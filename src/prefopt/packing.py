@@ -8,9 +8,9 @@ the prompt goes through the model once instead of twice. The prompts of a pair c
 tokenizer merged tokens across the prompt/completion boundary, or truncation cut them apart);
 such a pair is laid out as its two sequences one after the other.
 
-Padding-free: the pairs of a batch go end to end in ONE row, each sequence with its own
-position ids and a block-diagonal attention mask, so no padding runs through the model.
-Without it, each pair takes one row, right padded.
+Padding-free: the pairs of a batch go end to end in rows as long as the longest pair, each
+sequence with its own position ids and a block-diagonal attention mask, so (almost) no padding
+runs through the model. Without it, each pair takes one row, right padded.
 
 Either needs a model that takes `position_ids` and a custom 4-D attention mask. Transformers
 passes a 4-D mask to the attention function as it is: SDPA reads a boolean mask (True =
@@ -78,7 +78,7 @@ def pack_pairs(
     scored = [row[:n] for row, n in zip(batch["completion_mask"].tolist(), lengths, strict=True)]
     n_pairs = n_rows // 2
     blocks = [_pair_block(ids, scored, i, n_pairs + i, shared_prefix) for i in range(n_pairs)]
-    rows = [blocks] if padding_free else [[block] for block in blocks]
+    rows = _fill_rows(blocks) if padding_free else [[block] for block in blocks]
     packed = _assemble(rows, batch["input_ids"].device)
     packed["token_counts"] = batch["completion_mask"][:, 1:].sum(-1)
     if "example_index" in batch:
@@ -118,6 +118,24 @@ def _pair_block(
         block, ids[rejected], scored[rejected], rejected, lambda q: q if q < p else start + q - p
     )
     return block
+
+
+def _fill_rows(blocks: list[_Block]) -> list[list[_Block]]:
+    """Pairs end to end in rows as long as the longest pair, first fit, longest first: little
+    padding is left, and no row is longer than a pair. One row for the whole batch would leave
+    none, but attention under a 4-D mask is dense over its row: its cost would grow with the
+    square of the batch's tokens (4.6x slower than padded rows for 16 pairs on CPU)."""
+    width = max(len(block.ids) for block in blocks)
+    rows: list[list[_Block]] = []
+    room: list[int] = []
+    for block in sorted(blocks, key=lambda b: -len(b.ids)):
+        row = next((i for i, free in enumerate(room) if free >= len(block.ids)), len(rows))
+        if row == len(rows):
+            rows.append([])
+            room.append(width)
+        rows[row].append(block)
+        room[row] -= len(block.ids)
+    return rows
 
 
 def _score(block: _Block, ids: list[int], scored: list[bool], sequence: int, offset) -> None:
