@@ -56,6 +56,11 @@ class ModelConfig:
     compile: bool = False
     """`torch.compile` each decoder layer (GPU; the first steps are slow while it compiles)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    prefix_sharing: str = "auto"
+    """Score a pair's chosen and rejected in one sequence `prompt | chosen | rejected` (the
+    prompt goes through the model once; policy and reference): auto = when the model can take
+    position ids and a 4-D attention mask (checked on the first batch), true = always (an error
+    where it cannot), false = never. Paired losses only."""
 
 
 @dataclass
@@ -124,6 +129,10 @@ class DataConfig:
     the next run, sweep job or rank with the same key reads it instead of preparing again."""
     cache_dir: str | None = None
     """Where prepared data is kept; null = $PREFOPT_CACHE/data/prepared (~/.cache/prefopt)."""
+    packing: bool = False
+    """Padding-free batches: a batch's pairs go end to end in rows as long as its longest pair,
+    each sequence with its own position ids, so almost no padding runs through the model
+    (paired losses, models that can take a 4-D attention mask; others keep padded batches)."""
 
 
 @dataclass

@@ -13,6 +13,8 @@ take the plain path through `model(...).logits`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -36,32 +38,78 @@ def completion_logps(
 ) -> CompletionLogps:
     """Per-sequence summed log-probs of the completion tokens of `batch` under `model`.
 
-    `chunk_size=None` computes the full [batch, seq, vocab] logits (the reference path the
-    chunked one is tested against).
+    `batch` is a standard one (`collate_pairs`: one sequence per row) or a packed one
+    (`prefopt.packing.pack_pairs`: several sequences per row, with explicit scoring tensors);
+    the result has one entry per logical sequence either way. `chunk_size=None` computes the
+    full [rows, seq, vocab] logits (the reference path the chunked one is tested against).
     """
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    scored = batch["completion_mask"][:, 1:]
-    token_counts = scored.sum(-1)
+    inputs = _model_inputs(model, batch)
+    rows, positions, labels, sequences, token_counts = _scoring(batch)
     parts = _split_model(model) if chunk_size else None
     if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        logps = token_logps(logits[:, :-1], input_ids[:, 1:]) * scored
-        return CompletionLogps(summed=logps.sum(-1), token_counts=token_counts)
+        logits = model(**inputs).logits
+        flat = token_logps(logits[rows, positions], labels)
+    else:
+        body, head = parts
+        hidden = body(**inputs).last_hidden_state
+        states = hidden[rows, positions]  # [M, H]: the positions that predict completion tokens
+        # Checkpointing only matters when a backward pass will need the chunk's logits again.
+        score = _chunk_logps_checkpointed if torch.is_grad_enabled() else _chunk_logps
+        chunks = [
+            score(head.weight, head.bias, states[i : i + chunk_size], labels[i : i + chunk_size])
+            for i in range(0, states.shape[0], chunk_size)
+        ]
+        flat = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
+    summed = torch.zeros(token_counts.shape[0], dtype=torch.float32, device=flat.device)
+    return CompletionLogps(summed=summed.index_add(0, sequences, flat), token_counts=token_counts)
 
-    body, head = parts
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+class _Scoring(NamedTuple):
+    """Each scored token's row, the position whose hidden state predicts it, and its label id;
+    which sequence it belongs to; and each sequence's number of scored tokens."""
+
+    rows: Tensor
+    positions: Tensor
+    labels: Tensor
+    sequences: Tensor
+    token_counts: Tensor
+
+
+def _scoring(batch: dict[str, Tensor]) -> _Scoring:
+    if "score_rows" in batch:  # packed: the layout names every scored token
+        keys = ("score_rows", "score_positions", "score_labels", "score_sequences", "token_counts")
+        return _Scoring(*(batch[key] for key in keys))
+    scored = batch["completion_mask"][:, 1:]  # token t is predicted at position t-1
     rows, positions = scored.nonzero(as_tuple=True)
-    states = hidden[rows, positions]  # [M, H]: the positions that predict completion tokens
-    labels = input_ids[rows, positions + 1]
-    # Checkpointing only matters when a backward pass will need the chunk's logits again.
-    score = _chunk_logps_checkpointed if torch.is_grad_enabled() else _chunk_logps
-    chunks = [
-        score(head.weight, head.bias, states[i : i + chunk_size], labels[i : i + chunk_size])
-        for i in range(0, states.shape[0], chunk_size)
-    ]
-    flat = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
-    summed = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    return CompletionLogps(summed=summed.index_add(0, rows, flat), token_counts=token_counts)
+    labels = batch["input_ids"][rows, positions + 1]
+    return _Scoring(rows, positions, labels, rows, scored.sum(-1))
+
+
+def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "position_ids" in batch:  # packed: a boolean 4-D mask, several sequences per row
+        inputs["attention_mask"] = model_attention_mask(model, batch["attention_mask"])
+        inputs["position_ids"] = batch["position_ids"]
+    return inputs
+
+
+class UnsupportedModel(Exception):
+    """The model cannot take position ids and a custom 4-D attention mask."""
+
+
+def model_attention_mask(model: nn.Module, allowed: Tensor) -> Tensor:
+    """A boolean 4-D mask (True = attend) in the form `model`'s attention implementation takes
+    as it is: transformers hands a 4-D mask to the attention function unchanged, and SDPA reads
+    a boolean one while eager attention adds it to its scores."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    if implementation == "sdpa":
+        return allowed
+    if implementation == "eager":
+        dtype = next(model.parameters()).dtype
+        blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
+    raise UnsupportedModel(f"attention implementation {implementation!r}")
 
 
 def _chunk_logps(weight: Tensor, bias: Tensor | None, states: Tensor, labels: Tensor) -> Tensor:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
+from prefopt.logprobs import DEFAULT_CHUNK_SIZE
 from prefopt.losses.base import CompletionLogps
+from prefopt.packing import PairPacking
 
 
 def require_peft():
@@ -81,12 +82,18 @@ class AdapterDisabledReference:
     """π_ref for training: the policy's own forward with its adapter disabled, in eval mode,
     under `no_grad` (a drop-in for `FrozenReference`)."""
 
-    def __init__(self, policy: nn.Module, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        policy: nn.Module,
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        packing: PairPacking | None = None,
+    ):
         if not is_peft_model(policy):
             raise TypeError("AdapterDisabledReference needs a PEFT model (model.lora.enabled)")
         self.policy = policy
         self.model = AdapterDisabled(policy)
         self.chunk_size = chunk_size
+        self.packing = packing or PairPacking()
         self.forward_calls = 0
 
     @torch.no_grad()
@@ -99,6 +106,6 @@ class AdapterDisabledReference:
         self.policy.eval()
         try:
             with self.policy.disable_adapter():
-                return completion_logps(self.policy, batch, self.chunk_size)
+                return self.packing.logps(self.policy, batch, self.chunk_size)
         finally:
             self.policy.train(was_training)

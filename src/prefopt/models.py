@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from prefopt.config import ModelConfig
 from prefopt.errors import PrefoptError
+from prefopt.packing import prefix_sharing_mode
 
 log = logging.getLogger("prefopt.models")
 
@@ -21,6 +22,7 @@ def check_model_config(cfg: ModelConfig, path: str) -> None:
     """Fail before loading anything when the config cannot work."""
     if cfg.dtype not in DTYPES:
         raise PrefoptError(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
+    prefix_sharing_mode(cfg.prefix_sharing)
     for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
         if value and _looks_local(value) and not Path(value).exists():
             raise PrefoptError(

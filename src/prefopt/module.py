@@ -1,7 +1,8 @@
 """PreferenceModule: the policy, its frozen reference, the loss, and the metrics they yield.
 
 Paired batches (DPO, IPO, SimPO): one reference forward on the batch when the loss needs it,
-then one forward of the policy on chosen and rejected concatenated (chosen rows first), then
+then one forward of the policy on chosen and rejected concatenated (chosen rows first; packed with shared prompts or
+without padding where `packing` says so and the model can take it), then
 the loss on the completion log-probs. Unpaired batches (KTO): the first half of the
 rows are the examples, the second half each prompt with another example's completion; the
 policy scores the second half without gradient, since KTO only uses it for a detached KL
@@ -22,6 +23,7 @@ from prefopt.distributed import MetricSums, mean_across_ranks, world_size
 from prefopt.errors import PrefoptError
 from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
+from prefopt.packing import PairPacking
 from prefopt.reference import CachedReference, FrozenReference
 
 
@@ -33,6 +35,7 @@ class PreferenceModule(L.LightningModule):
         optim: OptimConfig,
         reference: nn.Module | FrozenReference | CachedReference | None = None,
         chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        packing: PairPacking | None = None,
     ):
         super().__init__()
         if loss.needs_reference and reference is None:
@@ -41,8 +44,10 @@ class PreferenceModule(L.LightningModule):
         self.loss = loss
         self.optim = optim
         self.chunk_size = chunk_size
+        # Pairs only: KTO's rows are examples and mismatched completions, scored as today.
+        self.packing = packing if packing is not None and loss.paired else PairPacking()
         if isinstance(reference, nn.Module):
-            reference = FrozenReference(reference, chunk_size)
+            reference = FrozenReference(reference, chunk_size, self.packing)
         self.reference = reference
         self._val_sums = MetricSums()
 
@@ -53,9 +58,8 @@ class PreferenceModule(L.LightningModule):
         # CPU its forward is markedly faster than when it runs on top of them (benchmarks/).
         reference_logps = self.reference.logps(batch, split) if self.loss.needs_reference else None
         if self.loss.paired:
-            policy = PairLogps(
-                *completion_logps(self.policy, batch, self.chunk_size).split(n_examples)
-            )
+            policy_logps = self.packing.logps(self.policy, batch, self.chunk_size)
+            policy = PairLogps(*policy_logps.split(n_examples))
             reference = (
                 None if reference_logps is None else PairLogps(*reference_logps.split(n_examples))
             )

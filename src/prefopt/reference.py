@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prefopt.files import atomic_write, file_lock
-from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
+from prefopt.logprobs import DEFAULT_CHUNK_SIZE
 from prefopt.losses.base import CompletionLogps
+from prefopt.packing import PairPacking
 
 log = logging.getLogger("prefopt.reference")
 
@@ -35,11 +36,18 @@ CACHE_FORMAT = 2
 
 
 class FrozenReference:
-    def __init__(self, model: nn.Module, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self,
+        model: nn.Module,
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        packing: PairPacking | None = None,
+    ):
         model.eval()
         model.requires_grad_(False)
         self.model = model
         self.chunk_size = chunk_size
+        self.packing = packing or PairPacking()
+        """Paired batches only (off for KTO): shared prompts / padding-free rows."""
         self.forward_calls = 0
         """How many batches the reference has scored (lets tests and benchmarks count them)."""
 
@@ -51,7 +59,7 @@ class FrozenReference:
         # inference_mode skips autograd's bookkeeping (version counters, views) that no_grad
         # keeps; the two small results are cloned out so the loss may use them under autograd.
         with torch.inference_mode():
-            out = completion_logps(self.model, batch, self.chunk_size)
+            out = self.packing.logps(self.model, batch, self.chunk_size)
         return CompletionLogps(summed=out.summed.clone(), token_counts=out.token_counts.clone())
 
 
@@ -80,20 +88,21 @@ class CachedReference:
 
 
 def prepare_reference(
-    cfg, reference_path: str, datamodule, load_model, online=None
+    cfg, reference_path: str, datamodule, load_model, online=None, packing=None
 ) -> FrozenReference | CachedReference:
     """The reference for training: cached log-probs when `cfg.reference.cache` allows, else the
     model itself. On a cache miss the model is loaded once, scores all data, and is dropped.
 
     `online`: a reference already in memory, used instead of loading `reference_path` (LoRA:
-    the policy with its adapter disabled, which scores exactly as the base checkpoint does)."""
+    the policy with its adapter disabled, which scores exactly as the base checkpoint does).
+    `packing`: how the reference model scores pairs (`PairPacking`), online and for the cache."""
     chunk_size = cfg.model.logits_chunk_size or None
     loaded = online
 
     def run_online():
         nonlocal loaded
         if loaded is None:
-            loaded = FrozenReference(load_model(reference_path), chunk_size)
+            loaded = FrozenReference(load_model(reference_path), chunk_size, packing)
         return loaded
 
     if not cfg.reference.cache:

@@ -27,6 +27,7 @@ from prefopt.lora import AdapterDisabledReference
 from prefopt.losses.base import PreferenceLoss
 from prefopt.models import load_causal_lm, load_tokenizer, prepare_policy
 from prefopt.module import PreferenceModule
+from prefopt.packing import PairPacking
 from prefopt.reference import prepare_reference
 from prefopt.resume import (
     CHECKPOINT_DIR,
@@ -134,20 +135,33 @@ def _fit_and_export(
     if advice := loss.check_data(datamodule.stats):
         log.warning(advice)
 
+    # One verdict per model on shared prompts / padding-free rows, for the policy and the
+    # reference alike (its cached log-probs included); KTO scores its rows as they are.
+    packing = PairPacking(cfg.model.prefix_sharing, cfg.data.packing) if loss.paired else None
     policy, online = None, None
     if cfg.model.lora.enabled and not cfg.model.reference_path:
         # LoRA: π_ref is the policy with its adapter disabled, not a second model.
         policy = prepare_policy(load_causal_lm(policy_path, cfg.model), cfg.model)
-        online = AdapterDisabledReference(policy, cfg.model.logits_chunk_size or None)
+        online = AdapterDisabledReference(policy, cfg.model.logits_chunk_size or None, packing)
     reference = None
     if loss.needs_reference:
         reference = prepare_reference(
-            cfg, reference_path, datamodule, lambda path: load_causal_lm(path, cfg.model), online
+            cfg,
+            reference_path,
+            datamodule,
+            lambda path: load_causal_lm(path, cfg.model),
+            online,
+            packing,
         )
     if policy is None:
         policy = prepare_policy(load_causal_lm(policy_path, cfg.model), cfg.model)
     module = PreferenceModule(
-        policy, loss, cfg.optim, reference=reference, chunk_size=cfg.model.logits_chunk_size or None
+        policy,
+        loss,
+        cfg.optim,
+        reference=reference,
+        chunk_size=cfg.model.logits_chunk_size or None,
+        packing=packing,
     )
 
     output_dir = Path(cfg.output_dir)
