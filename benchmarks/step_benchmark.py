@@ -11,6 +11,8 @@ Modes (each measured in a fresh process, so peak memory is its own):
   dpo_online       prefopt DPO step, reference model run every step
   dpo_cached       prefopt DPO step, reference log-probs precomputed (as with reference.cache=true)
   dpo_full_logits  prefopt DPO step with online reference but full [batch, seq, vocab] logits
+  dpo_shared       dpo_online with model.prefix_sharing=true: prompt | chosen | rejected, one row
+  dpo_packed       dpo_shared with data.packing=true: pairs end to end in rows, no padding
   trl              TRL's DPOTrainer on the same model and tokens, online reference
   trl_precomputed  TRL's DPOTrainer with `precompute_ref_log_probs=True`
                    (both only when `trl` is installed: pip install -e ".[bench]")
@@ -35,9 +37,19 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-MODES = ("sft", "dpo_online", "dpo_cached", "dpo_full_logits", "trl", "trl_precomputed")
+MODES = (
+    "sft",
+    "dpo_online",
+    "dpo_cached",
+    "dpo_full_logits",
+    "dpo_shared",
+    "dpo_packed",
+    "trl",
+    "trl_precomputed",
+)
 EOS_ID = 2
 """Every completion ends with this id (so TRL, which appends EOS, sees the same tokens)."""
+PAD_ID = 1
 
 SHAPES = {
     "toy": dict(
@@ -47,6 +59,14 @@ SHAPES = {
         num_attention_heads=4,
         num_key_value_heads=4,
         vocab_size=320,
+    ),
+    "small": dict(  # a small model whose step is not dominated by Python overhead on CPU
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=8000,
     ),
     "vocab152k": dict(
         hidden_size=64,
@@ -76,22 +96,46 @@ def build_model(name: str, max_len: int, dtype: torch.dtype, seed: int = 0) -> Q
 
 
 def make_batch(args, vocab_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Chosen rows then rejected rows: a shared random prompt, different random completions."""
+    """Chosen rows then rejected rows (`collate_pairs`' layout): per pair a random prompt shared
+    by both, two different random completions ending in EOS. Lengths are `--prompt-len` and
+    `--completion-len`, or with `--ragged` drawn around them as in real data (prompt 0.5-1.5x,
+    each completion 0.25-1.75x), so a batch pads as real batches do."""
+    from prefopt.data.collate import collate_pairs
+
     g = torch.Generator().manual_seed(1)
-    prompt = torch.randint(3, vocab_size, (args.pairs, args.prompt_len), generator=g)
-    chosen = torch.randint(3, vocab_size, (args.pairs, args.completion_len), generator=g)
-    rejected = torch.randint(3, vocab_size, (args.pairs, args.completion_len), generator=g)
-    chosen[:, -1] = rejected[:, -1] = EOS_ID
-    input_ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)])
-    completion_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    completion_mask[:, args.prompt_len :] = True
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "completion_mask": completion_mask,
-        "example_index": torch.arange(args.pairs),
-    }
+
+    def length(mean: int, low: float, high: float) -> int:
+        if not args.ragged:
+            return mean
+        return max(1, round(mean * (low + (high - low) * torch.rand((), generator=g).item())))
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(3, vocab_size, (n,), generator=g).tolist()
+
+    pairs = []
+    for _ in range(args.pairs):
+        prompt = tokens(length(args.prompt_len, 0.5, 1.5))
+        chosen = tokens(length(args.completion_len, 0.25, 1.75) - 1) + [EOS_ID]
+        rejected = tokens(length(args.completion_len, 0.25, 1.75) - 1) + [EOS_ID]
+        pairs.append(
+            {
+                "chosen_input_ids": prompt + chosen,
+                "chosen_prompt_length": len(prompt),
+                "rejected_input_ids": prompt + rejected,
+                "rejected_prompt_length": len(prompt),
+                "index": len(pairs),
+            }
+        )
+    batch = collate_pairs(pairs, pad_token_id=PAD_ID)
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def max_length(args) -> int:
+    return round(
+        (1.5 * args.prompt_len + 1.75 * args.completion_len)
+        if args.ragged
+        else (args.prompt_len + args.completion_len)
+    )
 
 
 def run_worker(args) -> dict:
@@ -100,21 +144,23 @@ def run_worker(args) -> dict:
     from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
     from prefopt.losses import DPOLoss
     from prefopt.module import PreferenceModule
+    from prefopt.packing import PairPacking
     from prefopt.reference import CachedReference, FrozenReference
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    seq_len = args.prompt_len + args.completion_len
+    seq_len = max_length(args)
     policy = build_model(args.model, seq_len, dtype).to(device)
     batch = make_batch(args, policy.config.vocab_size, device)
-    tokens = batch["input_ids"].numel()
+    tokens = int(batch["attention_mask"].sum())  # real tokens: padding is not throughput
 
     if args.mode.startswith("trl"):
         return run_trl(args, policy, batch)
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
+    model_tokens = None
     if args.mode == "sft":
         labels = batch["input_ids"].masked_fill(~batch["completion_mask"], -100)
 
@@ -124,6 +170,10 @@ def run_worker(args) -> dict:
             ).loss.backward()
     else:
         chunk = None if args.mode == "dpo_full_logits" else args.chunk_size or DEFAULT_CHUNK_SIZE
+        packing = PairPacking(
+            "true" if args.mode in ("dpo_shared", "dpo_packed") else "false",
+            padding_free=args.mode == "dpo_packed",
+        )
         reference_model = build_model(args.model, seq_len, dtype).to(device)
         if args.mode == "dpo_cached":
             with torch.no_grad():
@@ -133,10 +183,16 @@ def run_worker(args) -> dict:
             )
             del reference_model  # as on a cache hit: no reference model in memory
         else:
-            reference = FrozenReference(reference_model, chunk)
+            reference = FrozenReference(reference_model, chunk, packing)
         module = PreferenceModule(
-            policy, DPOLoss(beta=0.1), OptimConfig(lr=1e-5), reference=reference, chunk_size=chunk
+            policy,
+            DPOLoss(beta=0.1),
+            OptimConfig(lr=1e-5),
+            reference=reference,
+            chunk_size=chunk,
+            packing=packing,
         )
+        model_tokens = packing.pack(batch)["input_ids"].numel() if packing.requested else None
 
         def step():
             module.compute_loss(batch).loss.backward()
@@ -156,6 +212,9 @@ def run_worker(args) -> dict:
         "mode": args.mode,
         "median_step_s": median,
         "tokens_per_s": tokens / median,
+        "pairs_per_s": args.pairs / median,
+        # Token slots through the policy per pair, padding included.
+        "model_tokens_per_pair": (model_tokens or batch["input_ids"].numel()) / args.pairs,
         "peak_memory_mb": peak_memory_mb(device),
     }
 
@@ -183,13 +242,14 @@ def run_trl(args, policy, batch) -> dict:
     def text(ids) -> str:
         return " ".join(names[i] for i in ids.tolist())
 
-    ids = batch["input_ids"].cpu()
-    p = args.prompt_len
+    ids, lengths = batch["input_ids"].cpu(), batch["attention_mask"].sum(-1).tolist()
+    prompt_lengths = batch["completion_mask"].int().argmax(-1).tolist()
     rows = [
         {
-            "prompt": text(ids[i, :p]),
-            "chosen": " " + text(ids[i, p:]),
-            "rejected": " " + text(ids[args.pairs + i, p:]),
+            "prompt": text(ids[i, : prompt_lengths[i]]),
+            "chosen": " " + text(ids[i, prompt_lengths[i] : lengths[i]]),
+            "rejected": " "
+            + text(ids[args.pairs + i, prompt_lengths[i] : lengths[args.pairs + i]]),
         }
         for i in range(args.pairs)
     ]
@@ -215,7 +275,7 @@ def run_trl(args, policy, batch) -> dict:
         max_steps=steps,
         learning_rate=1e-5,
         beta=0.1,
-        max_length=args.prompt_len + args.completion_len,
+        max_length=max_length(args),
         precompute_ref_log_probs=precompute,
         bf16=args.dtype == "bfloat16",
         use_cpu=device.type == "cpu",
@@ -239,14 +299,17 @@ def run_trl(args, policy, batch) -> dict:
     )
     first = trainer.train_dataset[0]
     same_tokens = (
-        first["prompt_ids"] + first["chosen_ids"] == ids[0].tolist()
+        first["prompt_ids"] + first["chosen_ids"] == ids[0, : lengths[0]].tolist()
     )  # TRL saw exactly our sequences
     trainer.train()
     median = statistics.median(times[args.warmup :])
     return {
         "mode": args.mode,
         "median_step_s": median,
-        "tokens_per_s": batch["input_ids"].numel() / median,
+        "tokens_per_s": int(batch["attention_mask"].sum()) / median,
+        "pairs_per_s": args.pairs / median,
+        # TRL pads chosen and rejected to the batch's longest sequence, as the standard layout.
+        "model_tokens_per_pair": batch["input_ids"].numel() / args.pairs,
         "peak_memory_mb": peak_memory_mb(device),
         "trl_version": trl.__version__,
         "same_tokens": same_tokens,
@@ -279,6 +342,8 @@ def combine_rounds(rounds: list[dict]) -> dict:
         "mode": rounds[0]["mode"],
         "median_step_s": median,
         "tokens_per_s": rounds[0]["tokens_per_s"] * rounds[0]["median_step_s"] / median,
+        "pairs_per_s": rounds[0]["pairs_per_s"] * rounds[0]["median_step_s"] / median,
+        "model_tokens_per_pair": rounds[0]["model_tokens_per_pair"],
         "peak_memory_mb": max(r["peak_memory_mb"] for r in rounds),
         "rounds": rounds,
     }
@@ -292,6 +357,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--completion-len", type=int, default=32)
+    parser.add_argument(
+        "--ragged", action="store_true", help="lengths drawn around the means, as in real data"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
@@ -332,9 +400,13 @@ def main() -> None:
     floor = next((r for r in results if r["mode"] == "sft" and "median_step_s" in r), None)
     print(
         f"\nmodel={args.model} pairs={args.pairs} prompt={args.prompt_len} completion={args.completion_len} "
+        f"ragged={args.ragged} "
         f"device={args.device} dtype={args.dtype} threads={args.threads or torch.get_num_threads()}"
     )
-    print(f"{'mode':<17} {'step ms':>9} {'× sft':>7} {'tokens/s':>10} {'peak MB':>9}")
+    print(
+        f"{'mode':<17} {'step ms':>9} {'× sft':>7} {'tokens/s':>10} {'pairs/s':>8} "
+        f"{'model tokens/pair':>18} {'peak MB':>9}"
+    )
     for r in results:
         if "skipped" in r:
             print(f"{r['mode']:<17} skipped: {r['skipped']}")
@@ -342,7 +414,7 @@ def main() -> None:
         ratio = r["median_step_s"] / floor["median_step_s"] if floor else float("nan")
         print(
             f"{r['mode']:<17} {1000 * r['median_step_s']:9.1f} {ratio:7.2f} {r['tokens_per_s']:10.0f} "
-            f"{r['peak_memory_mb']:9.0f}"
+            f"{r['pairs_per_s']:8.2f} {r['model_tokens_per_pair']:18.0f} {r['peak_memory_mb']:9.0f}"
         )
     if args.json:
         with open(args.json, "w") as handle:
