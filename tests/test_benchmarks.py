@@ -1,4 +1,4 @@
-"""The step benchmark runs end to end at a CI-friendly size (its figures are not asserted)."""
+"""The benchmarks run end to end at a CI-friendly size (their timings are not asserted)."""
 
 import json
 import subprocess
@@ -13,10 +13,10 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "step_benchmark
 def test_step_benchmark_prints_its_table_and_writes_json(tmp_path):
     pytest.importorskip("trl")  # a dev dependency: the TRL mode is part of the smoke test
     out = tmp_path / "bench.json"
-    modes = ["sft", "dpo_cached", "trl"]
+    modes = ["sft", "dpo_cached", "dpo_packed", "trl"]
     result = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--model", "toy", "--pairs", "2", "--prompt-len", "4",
-         "--completion-len", "6", "--steps", "2", "--warmup", "1", "--repeats", "1",
+        [sys.executable, str(BENCHMARK), "--model", "toy", "--pairs", "3", "--prompt-len", "8",
+         "--completion-len", "6", "--ragged", "--steps", "2", "--warmup", "1", "--repeats", "1",
          "--modes", *modes, "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -32,3 +32,27 @@ def test_step_benchmark_prints_its_table_and_writes_json(tmp_path):
         assert r["median_step_s"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0
     # TRL saw exactly the token ids the prefopt modes trained on.
     assert results["trl"]["rounds"][0]["same_tokens"] is True
+    # Shared prompts and no padding: fewer token slots through the model than padded pairs.
+    padded = results["dpo_cached"]["model_tokens_per_pair"]
+    assert results["trl"]["model_tokens_per_pair"] == padded
+    assert results["dpo_packed"]["model_tokens_per_pair"] < padded
+
+
+DATA_BENCHMARK = BENCHMARK.with_name("data_benchmark.py")
+
+
+def test_data_benchmark_prepares_once_for_a_sweep_and_compares_with_trl(tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "data.json"
+    result = subprocess.run(
+        [sys.executable, str(DATA_BENCHMARK), "--pairs", "300", "--jobs", "2",
+         "--work", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["prefopt cold"]["tokenized"] and not results["prefopt warm"]["tokenized"]
+    assert results["prefopt cold"]["pairs"] == results["prefopt warm"]["pairs"] == 300
+    assert results["trl cold"]["pairs"] > 0 and results["trl warm"]["seconds"] > 0
+    assert results["sweep"]["tokenized"] == 1  # two jobs at once, one preparation
+    assert "prefopt is" in result.stdout

@@ -1,8 +1,8 @@
 """PreferenceModule: the policy, its frozen reference, the loss, and the metrics they yield.
 
 Paired batches (DPO, IPO, SimPO): one reference forward on the batch when the loss needs it,
-then one forward of the policy on chosen and rejected concatenated (chosen rows first; packed with shared prompts or
-without padding where `packing` says so and the model can take it), then
+then one forward of the policy on chosen and rejected concatenated (chosen rows first; packed
+with shared prompts or without padding where `packing` says so and the model can take it), then
 the loss on the completion log-probs. Unpaired batches (KTO): the first half of the
 rows are the examples, the second half each prompt with another example's completion; the
 policy scores the second half without gradient, since KTO only uses it for a detached KL
