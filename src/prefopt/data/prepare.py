@@ -60,7 +60,7 @@ log = logging.getLogger("prefopt.data")
 PREPARE_VERSION = 1
 """Bump when preparation changes its output for the same input: old cache entries then miss."""
 MAP_BATCH = 512
-PARALLEL_MIN_ROWS = 10000
+PARALLEL_MIN_ROWS = 4000
 """Below this, worker processes cost more to start than they save."""
 PROGRESS_MIN_ROWS = 2000
 """Below this, tokenizing takes a blink and a progress bar is noise."""
