@@ -89,3 +89,5 @@ def test_a_pair_is_as_long_as_its_longer_side():
     assert table.lengths().tolist() == [10, 25, 12]
     assert longest_first_batches(table.lengths(), batch_size=2) == [[1, 2], [0]]
     assert table[1]["index"] == 1 and table[1]["rejected_input_ids"] == [6] * 25
+    kept = ExampleTable(Dataset.from_list(examples).select([2, 1]))  # as prepared data keeps rows
+    assert kept.lengths().tolist() == [12, 25] and kept[0]["chosen_input_ids"] == [5] * 12

@@ -48,16 +48,21 @@ class ExampleTable(Sequence):
             yield from _as_rows(self.dataset[start:stop], range(start, stop))
 
     def lengths(self) -> np.ndarray:
-        """Per example, its longest sequence (a pair's longer side), from the Arrow columns."""
+        """Per example, its longest sequence (a pair's longer side), from the Arrow columns'
+        list lengths: no token id is read."""
         import pyarrow.compute as pc
 
+        table = self.dataset.data  # every prepared row, before the selection of kept ones
         names = [
             n
             for n in ("chosen_input_ids", "rejected_input_ids", "input_ids")
-            if n in self.dataset.column_names
+            if n in table.column_names
         ]
-        table = self.dataset.with_format("arrow")[:]  # the rows in order, after any selection
-        return np.maximum.reduce([pc.list_value_length(table.column(n)).to_numpy() for n in names])
+        lengths = np.maximum.reduce(
+            [pc.list_value_length(table.column(n)).to_numpy() for n in names]
+        )
+        kept = self.dataset._indices  # `datasets` keeps a selection as an indices table
+        return lengths if kept is None else lengths[kept.column(0).to_numpy()]
 
 
 def _as_rows(columns: dict[str, list], indices) -> list[dict[str, Any]]:
