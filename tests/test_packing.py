@@ -167,6 +167,22 @@ def test_a_model_that_ignores_position_ids_is_caught_by_the_probe(caplog):
     assert PairPacking("auto").supported(tiny_llama(), None)
 
 
+def test_a_model_with_a_sliding_window_is_not_packed(caplog):
+    """A custom 4-D mask would replace the window the model's own mask applies."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, sliding_window=4,
+    )  # fmt: skip
+    model = MistralForCausalLM(config)
+    with caplog.at_level(logging.INFO, logger="prefopt.packing"):
+        assert not PairPacking("auto").supported(model, None)
+    assert "MistralForCausalLM has a sliding attention window (4 tokens)" in caplog.text
+    config.sliding_window = None
+    assert PairPacking("auto").supported(MistralForCausalLM(config), None)
+
+
 def make_module(packing, loss=None, reference_seed=1):
     return PreferenceModule(
         tiny_llama(seed=0),

@@ -241,7 +241,7 @@ class PairPacking:
         return self._verdicts[model]
 
     def _decide(self, model: nn.Module, chunk_size: int | None) -> bool:
-        problem = probe(model, self.pack, chunk_size)
+        problem = _window_problem(model) or probe(model, self.pack, chunk_size)
         if problem is None:
             return True
         name = type(_unwrap(model)).__name__
@@ -252,6 +252,17 @@ class PairPacking:
             )
         log.info("prefix sharing: %s %s; scoring pairs as separate sequences", name, problem)
         return False
+
+
+def _window_problem(model: nn.Module) -> str | None:
+    """A sliding attention window is applied by the model's own mask; a custom 4-D mask
+    replaces that mask, so a sequence longer than the window would see past it. The probe's
+    short pairs cannot show it: such models are not packed."""
+    config = getattr(_unwrap(model), "config", None)
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        return f"has a sliding attention window ({window} tokens) that a 4-D mask would bypass"
+    return None
 
 
 def probe(model: nn.Module, pack, chunk_size: int | None) -> str | None:
