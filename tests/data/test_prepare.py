@@ -289,3 +289,17 @@ def test_the_batched_boundary_is_the_first_token_ending_past_the_prompt(
     ends = [end for _, end in plain["offset_mapping"]]
     assert ids == plain["input_ids"]
     assert boundary == next((i for i, end in enumerate(ends) if end > len(prompt)), len(ids))
+
+
+def test_rows_and_prepared_examples_stay_in_arrow_files_on_disk(tmp_path, tokenizer):
+    """Nothing holds a split in memory: rows and tokenized examples are memory-mapped files."""
+    path = write_jsonl(tmp_path / "hh.jsonl", hh_records(100))
+    cfg = DataConfig(
+        source="local", path=str(path), on_invalid="skip", cache_dir=str(tmp_path / "c")
+    )
+    train_rows, _ = load_rows(cfg)
+    assert train_rows.table.cache_files and isinstance(train_rows.rows[0], dict)
+    dm = prepare(cfg, tokenizer)
+    for examples in (dm.train_examples, dm.val_examples):
+        files = [f["filename"] for f in examples.dataset.cache_files]
+        assert files and all(f.startswith(str(tmp_path / "c")) for f in files)
