@@ -206,3 +206,19 @@ def test_config_errors(tmp_path):
     path = write_jsonl(tmp_path / "prefs.jsonl", RECORDS)
     with pytest.raises(ValueError, match="set data.val_path"):
         load_rows(DataConfig(source="local", path=str(path), val_split="test"))
+
+
+def test_scratch_folders_of_dead_processes_on_this_host_are_removed(tmp_path, monkeypatch):
+    import socket
+
+    from prefopt.data.sources import scratch_dir
+
+    monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
+    mine = scratch_dir()
+    host = socket.gethostname().replace("-", "_")
+    dead = mine.parent / f"{host}-999999999-x"  # no such process
+    elsewhere = mine.parent / "another_host-999999999-x"  # a cache shared by hosts
+    dead.mkdir()
+    elsewhere.mkdir()
+    scratch_dir()
+    assert mine.exists() and elsewhere.exists() and not dead.exists()

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -186,16 +187,19 @@ class ToyWorldFiles(Protocol):
 
 def scratch_dir() -> Path:
     """A fresh folder for this process's Arrow files, under the prefopt cache (not /tmp, which
-    may be memory). Removed when the process exits; folders of processes that died without
-    cleaning up are removed by the next one."""
+    may be memory). Removed when the process exits; folders of processes of this host that
+    died without cleaning up are removed by the next one (the cache may be shared by hosts)."""
     root = os.environ.get("PREFOPT_CACHE")
     base = (Path(root) if root else Path.home() / ".cache" / "prefopt") / "data" / "scratch"
     base.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname().replace("-", "_")
     for stale in base.iterdir():
-        owner = stale.name.split("-", 1)[0]
-        if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
-            shutil.rmtree(stale, ignore_errors=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+        owner_host, _, owner = stale.name.partition("-")
+        owner = owner.split("-", 1)[0]
+        if owner_host == host and owner.isdigit() and int(owner) != os.getpid():
+            if not _alive(int(owner)):
+                shutil.rmtree(stale, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{host}-{os.getpid()}-", dir=base))
     atexit.register(shutil.rmtree, path, True)
     return path
 
