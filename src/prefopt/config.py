@@ -130,8 +130,9 @@ class DataConfig:
     cache_dir: str | None = None
     """Where prepared data is kept; null = $PREFOPT_CACHE/data/prepared (~/.cache/prefopt)."""
     packing: bool = False
-    """Padding-free batches: a batch's pairs go end to end in rows as long as its longest pair,
-    each sequence with its own position ids, so almost no padding runs through the model
+    """Padding-free batches: a batch's shared pairs (or single sequences) go end to end in rows
+    as long as its longest one, each sequence with its own position ids, so little padding runs
+    through the model
     (paired losses, models that can take a 4-D attention mask; others keep padded batches)."""
 
 

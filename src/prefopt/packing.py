@@ -8,9 +8,9 @@ the prompt goes through the model once instead of twice. The prompts of a pair c
 tokenizer merged tokens across the prompt/completion boundary, or truncation cut them apart);
 such a pair is laid out as its two sequences one after the other.
 
-Padding-free: the pairs of a batch go end to end in rows as long as the longest pair, each
-sequence with its own position ids and a block-diagonal attention mask, so (almost) no padding
-runs through the model. Without it, each pair takes one row, right padded.
+Padding-free: the blocks of a batch (shared pairs, or single sequences) go end to end in rows
+as long as the longest block, each sequence with its own position ids and a block-diagonal
+attention mask, so little padding runs through the model. Without it, each pair takes one row, right padded.
 
 Either needs a model that takes `position_ids` and a custom 4-D attention mask. Transformers
 passes a 4-D mask to the attention function as it is: SDPA reads a boolean mask (True =
@@ -77,8 +77,10 @@ def pack_pairs(
     ids = [row[:n] for row, n in zip(batch["input_ids"].tolist(), lengths, strict=True)]
     scored = [row[:n] for row, n in zip(batch["completion_mask"].tolist(), lengths, strict=True)]
     n_pairs = n_rows // 2
-    blocks = [_pair_block(ids, scored, i, n_pairs + i, shared_prefix) for i in range(n_pairs)]
-    rows = _fill_rows(blocks) if padding_free else [[block] for block in blocks]
+    pairs = [_pair_blocks(ids, scored, i, n_pairs + i, shared_prefix) for i in range(n_pairs)]
+    # Padding-free rows are filled block by block (a shared pair, or one sequence); otherwise
+    # each pair takes a row of its own.
+    rows = _fill_rows([b for blocks in pairs for b in blocks]) if padding_free else pairs
     packed = _assemble(rows, batch["input_ids"].device)
     packed["token_counts"] = batch["completion_mask"][:, 1:].sum(-1)
     if "example_index" in batch:
@@ -91,10 +93,11 @@ def _prompt_length(scored: list[bool]) -> int:
     return next((t for t, flag in enumerate(scored) if flag), len(scored))
 
 
-def _pair_block(
+def _pair_blocks(
     ids: list[list[int]], scored: list[list[bool]], chosen: int, rejected: int, share: bool
-) -> _Block:
-    block = _Block()
+) -> list[_Block]:
+    """One block `prompt | chosen | rejected` for a pair that shares its prompt, else one block
+    per sequence."""
     p = _prompt_length(scored[chosen])
     shared = (
         share
@@ -103,11 +106,13 @@ def _pair_block(
         and ids[chosen][:p] == ids[rejected][:p]
     )
     if not shared:
-        for group, sequence in enumerate((chosen, rejected)):
-            start = block.add(ids[sequence], range(len(ids[sequence])), group, _COMMON)
-            _score(block, ids[sequence], scored[sequence], sequence, lambda q, s=start: s + q)
-        return block
+        blocks = [_Block(), _Block()]
+        for block, sequence in zip(blocks, (chosen, rejected)):
+            block.add(ids[sequence], range(len(ids[sequence])), 0, _COMMON)
+            _score(block, ids[sequence], scored[sequence], sequence, lambda q: q)
+        return blocks
 
+    block = _Block()
     block.add(ids[chosen][:p], range(p), 0, _COMMON)
     block.add(ids[chosen][p:], range(p, len(ids[chosen])), 0, _CHOSEN)
     _score(block, ids[chosen], scored[chosen], chosen, lambda q: q)
@@ -117,12 +122,12 @@ def _pair_block(
     _score(
         block, ids[rejected], scored[rejected], rejected, lambda q: q if q < p else start + q - p
     )
-    return block
+    return [block]
 
 
 def _fill_rows(blocks: list[_Block]) -> list[list[_Block]]:
-    """Pairs end to end in rows as long as the longest pair, first fit, longest first: little
-    padding is left, and no row is longer than a pair. One row for the whole batch would leave
+    """Blocks end to end in rows as long as the longest block, first fit, longest first: little
+    padding is left, and no row is longer than a shared pair or a sequence. One row for the whole batch would leave
     none, but attention under a 4-D mask is dense over its row: its cost would grow with the
     square of the batch's tokens (4.6x slower than padded rows for 16 pairs on CPU)."""
     width = max(len(block.ids) for block in blocks)
