@@ -12,7 +12,8 @@ Modes (each measured in a fresh process, so peak memory is its own):
   dpo_cached       prefopt DPO step, reference log-probs precomputed (as with reference.cache=true)
   dpo_full_logits  prefopt DPO step with online reference but full [batch, seq, vocab] logits
   dpo_shared       dpo_online with model.prefix_sharing=true: prompt | chosen | rejected, one row
-  dpo_packed       dpo_shared with data.packing=true: pairs end to end in rows, no padding
+  dpo_padfree      dpo_online with data.packing=true only: sequences end to end in rows
+  dpo_packed       dpo_shared with data.packing=true: shared pairs end to end in rows
   trl              TRL's DPOTrainer on the same model and tokens, online reference
   trl_precomputed  TRL's DPOTrainer with `precompute_ref_log_probs=True`
                    (both only when `trl` is installed: pip install -e ".[bench]")
@@ -43,6 +44,7 @@ MODES = (
     "dpo_cached",
     "dpo_full_logits",
     "dpo_shared",
+    "dpo_padfree",
     "dpo_packed",
     "trl",
     "trl_precomputed",
@@ -172,7 +174,7 @@ def run_worker(args) -> dict:
         chunk = None if args.mode == "dpo_full_logits" else args.chunk_size or DEFAULT_CHUNK_SIZE
         packing = PairPacking(
             "true" if args.mode in ("dpo_shared", "dpo_packed") else "false",
-            padding_free=args.mode == "dpo_packed",
+            padding_free=args.mode in ("dpo_padfree", "dpo_packed"),
         )
         reference_model = build_model(args.model, seq_len, dtype).to(device)
         if args.mode == "dpo_cached":
