@@ -71,7 +71,18 @@ def pack_pairs(
     batch: dict[str, Tensor], shared_prefix: bool = True, padding_free: bool = False
 ) -> dict[str, Tensor]:
     """The standard paired batch of `collate_pairs` (right padded, chosen rows first) laid out
-    with shared prompts and/or without padding; see the module docstring."""
+    with shared prompts and/or without padding, ready for `completion_logps`; see the module
+    docstring."""
+    return with_mask(layout_pairs(batch, shared_prefix, padding_free))
+
+
+def layout_pairs(
+    batch: dict[str, Tensor], shared_prefix: bool = True, padding_free: bool = False
+) -> dict[str, Tensor]:
+    """`pack_pairs` without the attention mask: the token layout and the scoring tensors, plus
+    each token's group and branch from which `with_mask` builds the mask where it is used.
+    Cheap to send to a GPU (the mask has T² entries per row); `collate_packed_pairs` computes it
+    in the DataLoader's workers."""
     n_rows = batch["input_ids"].shape[0]
     lengths = batch["attention_mask"].sum(-1).tolist()
     ids = [row[:n] for row, n in zip(batch["input_ids"].tolist(), lengths, strict=True)]
@@ -81,11 +92,42 @@ def pack_pairs(
     # Padding-free rows are filled block by block (a shared pair, or one sequence); otherwise
     # each pair takes a row of its own.
     rows = _fill_rows([b for blocks in pairs for b in blocks]) if padding_free else pairs
-    packed = _assemble(rows, batch["input_ids"].device)
-    packed["token_counts"] = batch["completion_mask"][:, 1:].sum(-1)
-    if "example_index" in batch:
-        packed["example_index"] = batch["example_index"]
+    layout = _assemble(rows)
+    layout["token_counts"] = batch["completion_mask"][:, 1:].sum(-1).cpu()
+    device = batch["input_ids"].device
+    return {k: v.to(device) for k, v in layout.items()}
+
+
+def with_mask(layout: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A layout with its [rows, 1, T, T] attention mask, built on the layout's device (on a GPU
+    in microseconds)."""
+    packed = {k: v for k, v in layout.items() if k not in ("groups", "branches")}
+    packed["attention_mask"] = _allowed(layout["groups"], layout["branches"])
     return packed
+
+
+PACKED = "packed_"
+"""Prefix of a packed layout's keys inside a standard batch (`collate_packed_pairs`)."""
+
+
+def collate_packed_pairs(
+    examples, pad_token_id: int, shared_prefix: bool, padding_free: bool
+) -> dict[str, Tensor]:
+    """`collate_pairs`, plus the packed layout of the same batch under `packed_*` keys: the
+    standard rows stay for whatever reads them (metrics, the cached reference, a model that
+    cannot be packed), the layout is ready when the model can."""
+    from prefopt.data.collate import collate_pairs
+
+    batch = collate_pairs(examples, pad_token_id)
+    layout = layout_pairs(batch, shared_prefix, padding_free)
+    batch.update({PACKED + k: v for k, v in layout.items()})
+    return batch
+
+
+def packed_part(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The packed layout a batch carries (`collate_packed_pairs`), or None."""
+    layout = {k[len(PACKED) :]: v for k, v in batch.items() if k.startswith(PACKED)}
+    return layout or None
 
 
 def _prompt_length(scored: list[bool]) -> int:
@@ -150,7 +192,7 @@ def _score(block: _Block, ids: list[int], scored: list[bool], sequence: int, off
             block.scored.append((offset(t - 1), ids[t], sequence))
 
 
-def _assemble(rows: list[list[_Block]], device: torch.device) -> dict[str, Tensor]:
+def _assemble(rows: list[list[_Block]]) -> dict[str, Tensor]:
     width = max(sum(len(b.ids) for b in blocks) for blocks in rows)
     shape = (len(rows), width)
     input_ids = torch.zeros(shape, dtype=torch.long)  # padding: any id, it is masked out
@@ -169,19 +211,16 @@ def _assemble(rows: list[list[_Block]], device: torch.device) -> dict[str, Tenso
             score += [(r, start + offset, label, seq) for offset, label, seq in block.scored]
             start, n_groups = end, n_groups + max(block.groups) + 1
     columns = torch.tensor(score, dtype=torch.long).reshape(-1, 4).T
-    packed = {
+    return {
         "input_ids": input_ids,
         "position_ids": position_ids,
+        "groups": groups,
+        "branches": branches,
         "score_rows": columns[0],
         "score_positions": columns[1],
         "score_labels": columns[2],
         "score_sequences": columns[3],
     }
-    packed = {k: v.to(device) for k, v in packed.items()}
-    # The [rows, 1, T, T] mask is built where it is used: on a GPU in microseconds, and no
-    # transfer of T² booleans per step (on the CPU it is two thirds of the packing time).
-    packed["attention_mask"] = _allowed(groups.to(device), branches.to(device))
-    return packed
 
 
 def _allowed(groups: Tensor, branches: Tensor) -> Tensor:
@@ -238,9 +277,13 @@ class PairPacking:
     def logps(
         self, model: nn.Module, batch: dict[str, Tensor], chunk_size: int | None
     ) -> CompletionLogps:
-        """`completion_logps` of a standard paired batch, packed when this model can take it."""
+        """`completion_logps` of a standard paired batch, packed when this model can take it
+        (with the layout the batch carries, when `collate_packed_pairs` made it)."""
         if self.requested and self.supported(model, chunk_size):
-            batch = self.pack(batch)
+            layout = packed_part(batch)
+            batch = with_mask(layout) if layout is not None else self.pack(batch)
+        else:
+            batch = {k: v for k, v in batch.items() if not k.startswith(PACKED)}
         return completion_logps(model, batch, chunk_size)
 
     def supported(self, model: nn.Module, chunk_size: int | None) -> bool:

@@ -163,6 +163,9 @@ def _fit_and_export(
         chunk_size=cfg.model.logits_chunk_size or None,
         packing=packing,
     )
+    if packing is not None and packing.requested and packing.supported(policy, module.chunk_size):
+        # Decided now (the probe), so batches come with their packed layout from the loader.
+        datamodule.pack_batches(packing.prefix_sharing != "false", packing.padding_free)
 
     output_dir = Path(cfg.output_dir)
     callbacks = build_callbacks(

@@ -251,3 +251,34 @@ def test_lightning_fit_consumes_the_batches(tmp_path, tokenizer):
         for side in ("chosen", "rejected")
     )
     assert model.completion_tokens == expected
+
+
+def test_paired_batches_can_carry_their_packed_layout(tmp_path, tokenizer):
+    """Once the policy is known to take packed pairs, the loader (its workers, when it has
+    some) lays each batch out; the training step only builds the mask on its device."""
+    import torch
+
+    from prefopt.logprobs import completion_logps
+    from prefopt.packing import layout_pairs, packed_part, with_mask
+
+    from ..conftest import tiny_llama
+
+    path = write_jsonl(tmp_path / "prefs.jsonl", explicit_records(12))
+    cfg = DataConfig(source="local", path=path, val_fraction=0, batch_size=4, num_workers=1)
+    dm = PreferenceDataModule(cfg, tokenizer)
+    dm.setup("fit")
+    dm.pack_batches(shared_prefix=True, padding_free=True)
+    batch = next(iter(dm.train_dataloader()))
+    standard = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+    layout = packed_part(batch)
+    expected = layout_pairs(standard, shared_prefix=True, padding_free=True)
+    assert set(layout) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(layout[key], value), key
+    model = tiny_llama(vocab_size=len(tokenizer)).float()
+    torch.testing.assert_close(
+        completion_logps(model, with_mask(layout), None).summed,
+        completion_logps(model, standard, None).summed,
+        atol=1e-5,
+        rtol=0,
+    )

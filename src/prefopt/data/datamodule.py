@@ -21,6 +21,7 @@ from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
 from prefopt.data.unpaired import collate_unpaired
 from prefopt.data.validate import InvalidRows
 from prefopt.errors import PrefoptError
+from prefopt.packing import collate_packed_pairs
 
 log = logging.getLogger("prefopt.data")
 
@@ -60,6 +61,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_examples: ExampleTable | None = None
         self.val_examples: ExampleTable | None = None
         self.stats: dict[str, int] = {}
+        self.packed_layout: dict[str, bool] | None = None
+        """Set by `pack_batches`: paired batches also carry their packed layout."""
         self.fingerprint: str | None = None
         """The prepared data's cache key: changes whenever any token id could."""
 
@@ -104,10 +107,22 @@ class PreferenceDataModule(L.LightningDataModule):
             )
         InvalidRows.report_counts(split, report.rows, dropped, report.first)
 
+    def pack_batches(self, shared_prefix: bool, padding_free: bool) -> None:
+        """Paired batches also carry their packed layout (`packing.collate_packed_pairs`),
+        computed with the batch: in the DataLoader's workers when there are some, not in the
+        training step. Set once the policy is known to take packed pairs."""
+        if self.paired:
+            self.packed_layout = {"shared_prefix": shared_prefix, "padding_free": padding_free}
+
     def _collate(self):
         # A partial of a module-level function pickles, so worker processes can receive it.
-        collate = collate_pairs if self.paired else collate_unpaired
-        return functools.partial(collate, pad_token_id=self.pad_token_id)
+        if not self.paired:
+            return functools.partial(collate_unpaired, pad_token_id=self.pad_token_id)
+        if self.packed_layout:
+            return functools.partial(
+                collate_packed_pairs, pad_token_id=self.pad_token_id, **self.packed_layout
+            )
+        return functools.partial(collate_pairs, pad_token_id=self.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         """Batches in an order fixed by (data.seed, epoch), resumable mid-epoch (`order.py`)."""
