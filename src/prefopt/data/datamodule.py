@@ -21,7 +21,6 @@ from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
 from prefopt.data.unpaired import collate_unpaired
 from prefopt.data.validate import InvalidRows
 from prefopt.errors import PrefoptError
-from prefopt.packing import collate_packed_pairs
 
 log = logging.getLogger("prefopt.data")
 
@@ -119,6 +118,9 @@ class PreferenceDataModule(L.LightningDataModule):
         if not self.paired:
             return functools.partial(collate_unpaired, pad_token_id=self.pad_token_id)
         if self.packed_layout:
+            # Imported here: packing imports the data package (collate), which imports this.
+            from prefopt.packing import collate_packed_pairs
+
             return functools.partial(
                 collate_packed_pairs, pad_token_id=self.pad_token_id, **self.packed_layout
             )
