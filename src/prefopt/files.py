@@ -1,7 +1,9 @@
-"""Files that many processes write and read: atomic replacement and an exclusive lock."""
+"""Files that many processes write and read: atomic replacement, an exclusive lock, and
+content hashes for cache keys."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,3 +40,13 @@ def file_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def hash_file(path: str | Path, digest=None):
+    """`digest` (a fresh 16-byte blake2b by default) updated with the file's content, read in
+    4 MB blocks: cache keys hash data files and checkpoints by content, not timestamps."""
+    digest = digest if digest is not None else hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest

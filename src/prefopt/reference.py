@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from prefopt.files import atomic_write, file_lock
+from prefopt.files import atomic_write, file_lock, hash_file
 from prefopt.logprobs import DEFAULT_CHUNK_SIZE
 from prefopt.losses.base import CompletionLogps
 from prefopt.packing import PairPacking
@@ -188,9 +188,7 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     )
     for file in files:
         digest.update(file.name.encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        hash_file(file, digest)
     return digest.hexdigest()
 
 

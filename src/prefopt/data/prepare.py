@@ -53,7 +53,7 @@ from prefopt.data.unpaired import (
 )
 from prefopt.data.validate import InvalidRows
 from prefopt.errors import PrefoptError, RowError
-from prefopt.files import file_lock
+from prefopt.files import file_lock, hash_file
 
 log = logging.getLogger("prefopt.data")
 
@@ -178,9 +178,7 @@ def load_prepared(folder: Path) -> PreparedData | None:
         splits[split] = data.remove_columns(_BOOKKEEPING)
     train = splits["train"]
     if splits["val"] is None:  # nothing to validate on
-        splits["val"] = datasets.Dataset.from_dict(
-            {c: [] for c in train.features}, features=train.features
-        )
+        splits["val"] = _empty(train.features)
     return PreparedData(
         train=train,
         val=splits["val"],
@@ -188,6 +186,12 @@ def load_prepared(folder: Path) -> PreparedData | None:
         reports={split: SplitReport(**report) for split, report in meta["reports"].items()},
         key=meta["key"],
     )
+
+
+def _empty(features):
+    import datasets
+
+    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
 
 
 def _layout(cfg: DataConfig, rows: Rows, paired: bool) -> str:
@@ -270,7 +274,7 @@ def _map(rows: Rows, job: _BatchJob, split: str, cfg: DataConfig, key: str, fold
     num_proc = max(1, min(num_proc, len(rows) // MAP_BATCH or 1))
     features = _features(job.paired)
     if len(rows) == 0:
-        return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        return _empty(features)
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     bars = datasets.utils.logging.is_progress_bar_enabled()
     if len(rows) < PROGRESS_MIN_ROWS:
@@ -378,7 +382,7 @@ class _BatchJob:
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         numbers = self.numbers[indices]
-        out = _Output(self.paired)
+        out = _Output(self.schema)
         try:
             rows = decode_rows(batch, numbers, self.spec)
         except PrefoptError:
@@ -396,7 +400,7 @@ class _BatchJob:
             except RowError as error:
                 out.problem(index, ROW, error)
         self._tokenize(items, out)
-        return out.table(self.schema)
+        return out.table()
 
     def _items(self, row: dict[str, Any], where: str, index: int) -> list[tuple]:
         """(pair index, side, Pair or Example) for each example this row gives."""
@@ -416,11 +420,9 @@ class _BatchJob:
         for index, side, item in items:
             try:
                 texts.append(self.encoder.texts(item) if self.paired else None)
-            except RowError as error:
+            except RowError as error:  # (no chat template at all is a PrefoptError: raised)
                 out.problem(index, TOKENS, error, side)
                 texts.append(None)
-            except PrefoptError:
-                raise  # no chat template at all: a problem of the setup, not of a row
         ready = [
             (item, text) for (_, _, item), text in zip(items, texts) if text or not self.paired
         ]
@@ -483,18 +485,17 @@ def _empty_completions(item) -> int:
 class _Output:
     """The columns of one mapped batch: a row per example, a row per problem."""
 
-    def __init__(self, paired: bool):
-        names = (
-            ["chosen_input_ids", "chosen_prompt_length", "rejected_input_ids"]
-            + ["rejected_prompt_length", "prompt_input_ids"]
-            if paired
-            else ["input_ids", "prompt_length", "prompt_input_ids", "desirable"]
-        )
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        # A problem row's example columns: empty ids, zero lengths, not desirable.
         self.blank = {
-            name: [] if name.endswith("ids") else (False if name == "desirable" else 0)
-            for name in names
+            f.name: []
+            if pa.types.is_list(f.type)
+            else (False if pa.types.is_boolean(f.type) else 0)
+            for f in schema
+            if f.name not in _BOOKKEEPING
         }
-        self.columns: dict[str, list] = {name: [] for name in [*names, *_BOOKKEEPING]}
+        self.columns: dict[str, list] = {f.name: [] for f in schema}
 
     def example(self, example: dict, pair: int, side: int, empty: int) -> None:
         for name in self.blank:
@@ -506,16 +507,16 @@ class _Output:
             self.columns[name].append(value)
         self._bookkeeping((stage, error), pair, side, 0)
 
-    def table(self, schema) -> pa.Table:
-        """The columns as an Arrow table of `schema`. Token ids go in through numpy, flattened:
-        converting lists of Python ints one by one costs more than tokenizing them."""
+    def table(self) -> pa.Table:
+        """The columns as an Arrow table. Token ids go in through numpy, flattened: converting
+        lists of Python ints one by one costs more than tokenizing them."""
         arrays = [
             _int32_lists(self.columns[f.name])
             if pa.types.is_list(f.type)
             else pa.array(self.columns[f.name], type=f.type)
-            for f in schema
+            for f in self.schema
         ]
-        return pa.Table.from_arrays(arrays, schema=schema)
+        return pa.Table.from_arrays(arrays, schema=self.schema)
 
     def _bookkeeping(self, problem, pair: int, side: int, empty: int) -> None:
         stage, error = problem if problem else (-1, None)
@@ -607,11 +608,7 @@ def source_fingerprint(path_or_name: str, split: str) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -19,6 +19,7 @@ import atexit
 import codecs
 import csv
 import gzip
+import itertools
 import json
 import os
 import random
@@ -26,7 +27,7 @@ import shutil
 import socket
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -233,11 +234,35 @@ class _TableWriter:
 
 
 def _json_table(records: Sequence[dict[str, Any]]):
+    return _json_text_table("rows", ((i, json.dumps(r)) for i, r in enumerate(records)))[0]
+
+
+def _json_text_table(origin: str, numbered: Iterable[tuple[int, str | bytes]]):
+    """(`datasets.Dataset` of one `JSON_COLUMN`, the line numbers) from (number, JSON text)
+    pairs, written in batches so that no more than one batch is ever in memory. Bytes go into
+    Arrow strings as they are, which checks them as UTF-8: a bad line is named."""
     writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
-    for start in range(0, len(records), _WRITE_BATCH):
-        texts = [json.dumps(r) for r in records[start : start + _WRITE_BATCH]]
-        writer.write(pa.record_batch([pa.array(texts, pa.large_string())], names=[JSON_COLUMN]))
-    return writer.finish()
+    numbers: list[int] = []
+    while batch := list(itertools.islice(numbered, _WRITE_BATCH)):
+        texts = [text for _, text in batch]
+        try:
+            array = pa.array(texts, pa.large_string())
+        except pa.ArrowInvalid:
+            _raise_not_utf8(origin, batch)
+        writer.write(pa.record_batch([array], names=[JSON_COLUMN]))
+        numbers += [number for number, _ in batch]
+    return writer.finish(), numbers
+
+
+def _raise_not_utf8(origin: str, batch: list[tuple[int, bytes]]) -> None:
+    for number, line in batch:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise PrefoptError(
+                f"{origin} line {number}: not UTF-8 text ({e}); re-encode the file as UTF-8"
+            ) from None
+    raise PrefoptError(f"{origin}: not UTF-8 text; re-encode the file as UTF-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,40 +327,10 @@ def _lines(path: Path, compressed: bool) -> Iterator[tuple[int, bytes]]:
 
 
 def _read_jsonl(path: Path, compressed: bool) -> Rows:
-    """Lines are stored as they are (bytes into Arrow strings, which checks them as UTF-8) and
-    parsed where used: in parallel, when preparing."""
-    writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
-    lines: list[bytes] = []
-    numbers: list[int] = []
-
-    def flush():
-        try:
-            texts = pa.array(lines, pa.large_string())
-        except pa.ArrowInvalid:
-            _raise_not_utf8(path, lines, numbers[-len(lines) :])
-        writer.write(pa.record_batch([texts], names=[JSON_COLUMN]))
-        lines.clear()
-
-    for number, line in _lines(path, compressed):
-        if line.strip():
-            lines.append(line)
-            numbers.append(number)
-            if len(lines) == _WRITE_BATCH:
-                flush()
-    if lines:
-        flush()
-    return Rows(str(path), writer.finish(), numbers, unit="line")
-
-
-def _raise_not_utf8(path: Path, lines: list[bytes], numbers: list[int]) -> None:
-    for line, number in zip(lines, numbers):
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise PrefoptError(
-                f"{path} line {number}: not UTF-8 text ({e}); re-encode the file as UTF-8"
-            ) from None
-    raise PrefoptError(f"{path}: not UTF-8 text; re-encode the file as UTF-8")
+    """Lines are stored as they are and parsed where used: in parallel, when preparing."""
+    lines = ((n, line) for n, line in _lines(path, compressed) if line.strip())
+    table, numbers = _json_text_table(str(path), lines)
+    return Rows(str(path), table, numbers, unit="line")
 
 
 def _read_json(path: Path, compressed: bool) -> Rows:
@@ -392,27 +387,20 @@ def _read_parquet(path: Path, compressed: bool) -> Rows:
 
 def _read_csv(path: Path, compressed: bool) -> Rows:
     origin = str(path)
-    writer = _TableWriter(pa.schema([(JSON_COLUMN, pa.large_string())]))
-    texts: list[str] = []
-    numbers: list[int] = []
     reader = csv.DictReader(line.decode("utf-8") for _, line in _lines(path, compressed))
-    for row in reader:
-        # DictReader puts surplus cells under the key None; such a row is malformed.
-        if None in row:
-            raise PrefoptError(
-                f"{origin} line {reader.line_num}: more cells than the header's {len(reader.fieldnames or [])} columns"
-            )
-        texts.append(json.dumps(row))
-        # line_num is the last physical line read, which for a multi-line quoted cell is its end.
-        numbers.append(reader.line_num)
-        if len(texts) % _WRITE_BATCH == 0:
-            writer.write(
-                pa.record_batch([pa.array(texts[-_WRITE_BATCH:], pa.large_string())], [JSON_COLUMN])
-            )
-    rest = len(texts) % _WRITE_BATCH
-    if rest:
-        writer.write(pa.record_batch([pa.array(texts[-rest:], pa.large_string())], [JSON_COLUMN]))
-    return Rows(origin, writer.finish(), numbers, unit="line")
+
+    def rows() -> Iterator[tuple[int, str]]:
+        for row in reader:
+            # DictReader puts surplus cells under the key None; such a row is malformed.
+            if None in row:
+                raise PrefoptError(
+                    f"{origin} line {reader.line_num}: more cells than the header's {len(reader.fieldnames or [])} columns"
+                )
+            # line_num is the last physical line read: a multi-line quoted cell's end.
+            yield reader.line_num, json.dumps(row)
+
+    table, numbers = _json_text_table(origin, rows())
+    return Rows(origin, table, numbers, unit="line")
 
 
 # ---------------------------------------------------------------------------------------------

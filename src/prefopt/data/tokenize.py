@@ -78,17 +78,9 @@ class PairTokenizer:
         self.backend = _plain_backend(tokenizer) if self.use_offsets else None
 
     def __call__(self, pair: Pair) -> tuple[TokenizedPair | None, str | None]:
-        """The tokenized pair, or None and the reason it was dropped."""
-        return self.tokenize_batch([pair])[0]
-
-    def tokenize_batch(
-        self, pairs: Sequence[Pair]
-    ) -> list[tuple[TokenizedPair | None, str | None]]:
-        """`__call__` for every pair, through the tokenizer in one batch. A pair whose chat
-        template fails raises `RowError` (see `texts`)."""
-        return self.tokenize_texts(
-            [self.texts(pair) for pair in pairs], [not pair.conversational for pair in pairs]
-        )
+        """The tokenized pair, or None and the reason it was dropped (a batch of one; a chat
+        template that fails raises `RowError`, see `texts`)."""
+        return self.tokenize_texts([self.texts(pair)], [not pair.conversational])[0]
 
     def tokenize_texts(
         self, texts: Sequence[tuple[str, str, str]], add_eos: Sequence[bool]

@@ -49,11 +49,10 @@ class InvalidRows:
         self.counts[error.reason] += 1
         self.first.setdefault(error.reason, str(error))
 
-    def report(self, total: int) -> None:
-        self.report_counts(self.split, total, self.counts, self.first)
-
     @staticmethod
-    def report_counts(split: str, total: int, counts: dict[str, int], first: dict[str, str]) -> None:
+    def report_counts(
+        split: str, total: int, counts: dict[str, int], first: dict[str, str]
+    ) -> None:
         if not counts:
             return
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
