@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from prefopt.config import register_configs
+from prefopt.config.schema import register_configs
 from prefopt.train import config_dir, train
 
 COLUMNS = [

@@ -103,7 +103,7 @@ def run_prefopt(args) -> dict:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     from transformers import AutoTokenizer
 
-    from prefopt.config import DataConfig
+    from prefopt.config.schema import DataConfig
     from prefopt.data import PreferenceDataModule
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)

@@ -23,9 +23,9 @@ from omegaconf import OmegaConf
 from step_benchmark import SHAPES  # benchmarks/ is on sys.path when this script runs
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from prefopt.lora import AdapterDisabledReference, apply_lora
 from prefopt.losses.dpo import DPOLoss
-from prefopt.module import PreferenceModule
+from prefopt.model.lora import AdapterDisabledReference, apply_lora
+from prefopt.training.module import PreferenceModule
 
 
 def qwen25_05b_shape(tiny: bool) -> Qwen2Config:

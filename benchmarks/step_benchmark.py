@@ -142,12 +142,12 @@ def max_length(args) -> int:
 
 def run_worker(args) -> dict:
     """Measure one mode in this process."""
-    from prefopt.config import OptimConfig
-    from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
+    from prefopt.config.schema import OptimConfig
     from prefopt.losses import DPOLoss
-    from prefopt.module import PreferenceModule
-    from prefopt.packing import PairPacking
-    from prefopt.reference import CachedReference, FrozenReference
+    from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
+    from prefopt.model.packing import PairPacking
+    from prefopt.reference.cached import CachedReference, FrozenReference
+    from prefopt.training.module import PreferenceModule
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -94,7 +94,7 @@ def compose_config(toy_cache, reference_cache, tmp_path):
     """Compose conf/config.yaml as `python -m prefopt.train` would, pointed at tmp paths."""
     from hydra import compose, initialize_config_dir
 
-    from prefopt.config import register_configs
+    from prefopt.config.schema import register_configs
 
     register_configs()
 

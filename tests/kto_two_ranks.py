@@ -12,10 +12,10 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from conftest import tiny_llama  # tests/ is on sys.path: this script runs from there
-from prefopt.distributed import MetricSums
-from prefopt.logprobs import completion_logps
 from prefopt.losses.kto import KTOLoss
-from prefopt.module import PreferenceModule
+from prefopt.model.logprobs import completion_logps
+from prefopt.training.module import PreferenceModule
+from prefopt.training.strategies import MetricSums
 
 
 def main(rank: int, port: int) -> None:

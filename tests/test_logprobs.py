@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prefopt.logprobs import completion_logps
+from prefopt.model.logprobs import completion_logps
 
 
 def test_completion_logps_match_a_position_by_position_computation(tiny_model_factory, batch):
@@ -55,7 +55,7 @@ def test_chunked_logps_and_gradients_equal_the_full_logits_path(tiny_model_facto
 def test_models_with_logit_softcapping_take_the_full_path(tiny_model_factory, batch):
     model = tiny_model_factory()
     model.config.final_logit_softcapping = 30.0  # as in Gemma 2: logits are not lm_head(h)
-    from prefopt.logprobs import _split_model
+    from prefopt.model.logprobs import _split_model
 
     assert _split_model(model) is None
     assert _split_model(tiny_model_factory()) is not None

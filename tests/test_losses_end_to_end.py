@@ -4,7 +4,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from prefopt import train as train_module
-from prefopt.config import ToyWorldConfig
+from prefopt.config.schema import ToyWorldConfig
 from prefopt.train import train
 
 

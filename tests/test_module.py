@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from prefopt.config import OptimConfig
+from prefopt.config.schema import OptimConfig
 from prefopt.losses import DPOLoss
-from prefopt.module import PreferenceModule, lr_schedule
+from prefopt.training.module import PreferenceModule, lr_schedule
 
 from .conftest import hand_batch
 

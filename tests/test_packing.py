@@ -8,15 +8,15 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import BloomConfig, BloomForCausalLM
 
-from prefopt.config import ModelConfig, OptimConfig
+from prefopt.config.schema import ModelConfig, OptimConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.errors import PrefoptError
-from prefopt.logprobs import completion_logps
 from prefopt.losses import DPOLoss, KTOLoss
-from prefopt.models import check_model_config
-from prefopt.module import PreferenceModule
-from prefopt.packing import PairPacking, pack_pairs, prefix_sharing_mode
-from prefopt.reference import FrozenReference, compute_table
+from prefopt.model.loading import check_model_config
+from prefopt.model.logprobs import completion_logps
+from prefopt.model.packing import PairPacking, pack_pairs, prefix_sharing_mode
+from prefopt.reference.cached import FrozenReference, compute_table
+from prefopt.training.module import PreferenceModule
 
 from .conftest import tiny_llama
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from prefopt import train as train_module
 from prefopt.data import PreferenceDataModule
-from prefopt.models import load_causal_lm, load_tokenizer
-from prefopt.reference import CachedReference, local_checkpoint, prepare_reference
+from prefopt.model.loading import load_causal_lm, load_tokenizer
+from prefopt.reference.cached import CachedReference, local_checkpoint, prepare_reference
 from prefopt.toy import build_toy_world
 from prefopt.train import train
 

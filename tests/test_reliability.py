@@ -23,10 +23,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from prefopt import checks
-from prefopt.resume import CHECKPOINT_DIR, LAST, RUN_FILE, safe_load
+from prefopt.config import checks
 from prefopt.toy import build_toy_world
 from prefopt.train import train
+from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, RUN_FILE, safe_load
 
 from .conftest import SMALL_TOY
 
@@ -215,7 +215,7 @@ BAD_ROWS = [
 def toy_data(compose_config, tmp_path):
     """(good toy rows, a function that sets up the data module the CLI would build for a file)."""
     from prefopt.data import PreferenceDataModule
-    from prefopt.models import load_tokenizer
+    from prefopt.model.loading import load_tokenizer
 
     cfg = compose_config()
     world = build_toy_world(cfg.toy, progress=False)
@@ -401,9 +401,9 @@ def test_sigterm_during_fit_ends_the_run_killed(compose_config, monkeypatch):
 def test_metrics_are_buffered_when_the_server_goes_away_and_sync_uploads_them(tmp_path, caplog):
     """A real store for the start, then the client pointed at a closed port on 127.0.0.1 (the
     server is gone): logging goes on into the local buffer; `prefopt.sync` uploads it."""
-    from prefopt.config import LoggerConfig
-    from prefopt.sync import main as sync_main
-    from prefopt.tracking import finish_run, start_run
+    from prefopt.config.schema import LoggerConfig
+    from prefopt.tracking.runs import finish_run, start_run
+    from prefopt.tracking.sync import main as sync_main
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = start_run(LoggerConfig(tracking_uri=store), "run", offline_dir=tmp_path / "out")
@@ -508,7 +508,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(compose_config, capsys, tmp
 
 def test_no_unsafe_loading_in_the_source():
     """Every torch.load passes weights_only=True; nothing unpickles; remote code is opt-in."""
-    from prefopt.config import ModelConfig
+    from prefopt.config.schema import ModelConfig
 
     assert ModelConfig.trust_remote_code is False
     for path in (REPO / "src" / "prefopt").rglob("*.py"):
@@ -599,8 +599,8 @@ def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, 
 
 
 def test_a_tokenizer_without_pad_token_gets_one_and_says_so(tmp_path, caplog):
-    from prefopt.config import ModelConfig
-    from prefopt.models import load_tokenizer
+    from prefopt.config.schema import ModelConfig
+    from prefopt.model.loading import load_tokenizer
 
     from .data.conftest import build_tokenizer
 
@@ -616,8 +616,8 @@ def test_real_errors_from_the_store_are_not_taken_for_an_outage(tmp_path):
     """Only an unreachable store sends logging offline; a wrong call still raises."""
     from mlflow.exceptions import MlflowException
 
-    from prefopt.config import LoggerConfig
-    from prefopt.tracking import start_run
+    from prefopt.config.schema import LoggerConfig
+    from prefopt.tracking.runs import start_run
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = start_run(LoggerConfig(tracking_uri=store), "run", offline_dir=tmp_path)
@@ -630,7 +630,7 @@ def test_real_errors_from_the_store_are_not_taken_for_an_outage(tmp_path):
 def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(tmp_path):
     from types import SimpleNamespace
 
-    from prefopt.resume import find_resume_point, mark_resumed, write_run_file
+    from prefopt.training.checkpoint import find_resume_point, mark_resumed, write_run_file
 
     def run_folder(name, **fields):
         out = tmp_path / "outputs" / name

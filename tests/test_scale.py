@@ -20,20 +20,20 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from prefopt.config import register_configs
+from prefopt.config.schema import register_configs
 from prefopt.data.datamodule import FixedBatches
 from prefopt.data.order import ShuffledBatches
-from prefopt.distributed import (
+from prefopt.model.loading import load_causal_lm, prepare_policy
+from prefopt.model.logprobs import completion_logps
+from prefopt.model.lora import AdapterDisabledReference
+from prefopt.toy import build_toy_world
+from prefopt.train import train
+from prefopt.training.strategies import (
     HydraDDPStrategy,
     HydraFSDPStrategy,
     check_scaling_config,
     trainer_arguments,
 )
-from prefopt.logprobs import completion_logps
-from prefopt.lora import AdapterDisabledReference
-from prefopt.models import load_causal_lm, prepare_policy
-from prefopt.toy import build_toy_world
-from prefopt.train import train
 
 from .conftest import CONF_DIR, SMALL_TOY, hand_batch, tiny_llama
 
@@ -268,7 +268,7 @@ PRESETS = [
 
 @pytest.mark.parametrize("overrides", PRESETS, ids=lambda o: o[0])
 def test_every_preset_composes_and_passes_the_checks(overrides, tmp_path, monkeypatch):
-    monkeypatch.setattr("prefopt.distributed._hydra_app", lambda: True)  # as from the CLI
+    monkeypatch.setattr("prefopt.training.strategies._hydra_app", lambda: True)  # as from the CLI
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"output_dir={tmp_path}"])

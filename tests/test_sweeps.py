@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from prefopt.sweep import SweepJob, swept_overrides
+from prefopt.tracking.sweep import SweepJob, swept_overrides
 
 from .conftest import CONF_DIR, SMALL_TOY
 
@@ -332,7 +332,7 @@ def test_a_run_name_adds_every_swept_key_the_default_name_lacks(compose_config):
 
 def test_a_job_without_the_environment_finds_its_parent_by_sweep_id(tmp_path, monkeypatch):
     """A launcher that starts jobs in a fresh environment: the job asks the store instead."""
-    from prefopt.sweep import ENV_VAR, SweepCallback, find_parent
+    from prefopt.tracking.sweep import ENV_VAR, SweepCallback, find_parent
 
     monkeypatch.delenv(ENV_VAR, raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -380,7 +380,7 @@ def test_every_ready_sweep_is_one_command_with_valid_values(name, tmp_path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import IntervalSweep
 
-    from prefopt.config import register_configs
+    from prefopt.config.schema import register_configs
     from prefopt.train import check_config
 
     register_configs()

@@ -17,19 +17,28 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from prefopt import checks, distributed
-from prefopt.config import register_configs
+from prefopt.config import checks
+from prefopt.config.schema import register_configs
 from prefopt.data import PreferenceDataModule
 from prefopt.evaluation import build_callbacks
-from prefopt.export import export_policy
-from prefopt.faults import NonFiniteGuard, sigterm_as_interrupt
-from prefopt.lora import AdapterDisabledReference
 from prefopt.losses.base import PreferenceLoss
-from prefopt.models import load_causal_lm, load_tokenizer, prepare_policy
-from prefopt.module import PreferenceModule
-from prefopt.packing import PairPacking
-from prefopt.reference import prepare_reference
-from prefopt.resume import (
+from prefopt.model.export import export_policy
+from prefopt.model.loading import load_causal_lm, load_tokenizer, prepare_policy
+from prefopt.model.lora import AdapterDisabledReference
+from prefopt.model.packing import PairPacking
+from prefopt.reference.cached import prepare_reference
+from prefopt.toy import ToyWorld, build_toy_world
+from prefopt.tracking.runs import (
+    default_run_name,
+    finish_run,
+    log_config,
+    resolve_tracking_uri,
+    set_tags,
+    start_run,
+)
+from prefopt.tracking.sweep import sweep_job
+from prefopt.training import strategies as distributed
+from prefopt.training.checkpoint import (
     CHECKPOINT_DIR,
     LAST,
     AtomicCheckpointIO,
@@ -39,16 +48,8 @@ from prefopt.resume import (
     mark_resumed,
     write_run_file,
 )
-from prefopt.sweep import sweep_job
-from prefopt.toy import ToyWorld, build_toy_world
-from prefopt.tracking import (
-    default_run_name,
-    finish_run,
-    log_config,
-    resolve_tracking_uri,
-    set_tags,
-    start_run,
-)
+from prefopt.training.faults import NonFiniteGuard, sigterm_as_interrupt
+from prefopt.training.module import PreferenceModule
 
 log = logging.getLogger("prefopt")
 

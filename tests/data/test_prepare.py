@@ -15,7 +15,7 @@ import datasets
 import pytest
 from transformers import AutoTokenizer
 
-from prefopt.config import DataConfig
+from prefopt.config.schema import DataConfig
 from prefopt.data import PreferenceDataModule
 from prefopt.data import prepare as prepare_module
 from prefopt.data.formats import normalise
@@ -216,7 +216,7 @@ def test_two_processes_at_once_prepare_once(tmp_path, tokenizer):
         import logging, sys
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
         from transformers import AutoTokenizer
-        from prefopt.config import DataConfig
+        from prefopt.config.schema import DataConfig
         from prefopt.data import PreferenceDataModule
         cfg = DataConfig(source="local", path={str(path)!r}, on_invalid="skip",
                          cache_dir={str(tmp_path / "c")!r}, num_proc=1)

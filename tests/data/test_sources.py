@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefopt.config import DataConfig
+from prefopt.config.schema import DataConfig
 from prefopt.data.sources import hold_out, load_rows, read_dataset, read_file
 
 RECORDS = [{"prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)]

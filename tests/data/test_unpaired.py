@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from prefopt.config import DataConfig
+from prefopt.config.schema import DataConfig
 from prefopt.data import PreferenceDataModule
 from prefopt.data.formats import Pair
 from prefopt.data.unpaired import (

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefopt.config import EvalConfig
+from prefopt.config.schema import EvalConfig
 from prefopt.evaluation.callback import GenerationEvalCallback
 
 from ..conftest import tiny_llama

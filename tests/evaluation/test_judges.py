@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from prefopt.config import EvalConfig
+from prefopt.config.schema import EvalConfig
 from prefopt.evaluation import check_eval_config
 from prefopt.evaluation.judges import RewardModelJudge, ToyJudge, build_judge
 from prefopt.toy import reward

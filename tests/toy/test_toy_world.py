@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefopt.config import ToyWorldConfig
+from prefopt.config.schema import ToyWorldConfig
 from prefopt.toy import ToyWorld, build_toy_world, reward
 from prefopt.toy import world as world_module
 from prefopt.toy.language import MAX_WORDS, MIN_WORDS, VOCAB, all_prompts, sample_completion

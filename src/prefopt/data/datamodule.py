@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from prefopt.config import DataConfig
+from prefopt.config.schema import DataConfig
 from prefopt.data.collate import collate_pairs, longest_first_batches
 from prefopt.data.examples import ExampleTable
 from prefopt.data.order import ResumableBatches, ResumableLoader, ShuffledBatches
@@ -119,7 +119,7 @@ class PreferenceDataModule(L.LightningDataModule):
             return functools.partial(collate_unpaired, pad_token_id=self.pad_token_id)
         if self.packed_layout:
             # Imported here: packing imports the data package (collate), which imports this.
-            from prefopt.packing import collate_packed_pairs
+            from prefopt.model.packing import collate_packed_pairs
 
             return functools.partial(
                 collate_packed_pairs, pad_token_id=self.pad_token_id, **self.packed_layout

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from prefopt.config import DataConfig
+from prefopt.config.schema import DataConfig
 from prefopt.data.formats import check_not_empty, detect_format, is_empty, to_pair
 from prefopt.data.sources import (
     Rows,

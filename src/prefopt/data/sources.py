@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from prefopt.config import DataConfig
+from prefopt.config.schema import DataConfig
 from prefopt.errors import PrefoptError
 
 FILE_FORMATS = ("jsonl", "json", "parquet", "csv")

@@ -35,7 +35,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from prefopt.config import EvalConfig
+from prefopt.config.schema import EvalConfig
 from prefopt.evaluation.generation import (
     Samples,
     decode_completions,

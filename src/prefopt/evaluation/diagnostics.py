@@ -24,11 +24,11 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from prefopt.config import DiagnosticsConfig
+from prefopt.config.schema import DiagnosticsConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.unpaired import collate_unpaired
-from prefopt.logprobs import completion_logps
 from prefopt.losses.base import PreferenceLoss
+from prefopt.model.logprobs import completion_logps
 
 log = logging.getLogger("prefopt.diagnostics")
 

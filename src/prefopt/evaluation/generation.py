@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data.collate import pad_sequences
-from prefopt.logprobs import completion_logps
+from prefopt.model.logprobs import completion_logps
 
 
 @dataclass

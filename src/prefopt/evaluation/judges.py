@@ -134,7 +134,7 @@ def build_judge(cfg, uses_toy_data: bool, model_cfg=None) -> Judge | None:
                 "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
                 "checkpoint with one output)"
             )
-        from prefopt.models import DTYPES
+        from prefopt.model.loading import DTYPES
 
         dtype = DTYPES[model_cfg.dtype] if model_cfg is not None else torch.float32
         trust = bool(model_cfg.trust_remote_code) if model_cfg is not None else False

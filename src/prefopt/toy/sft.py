@@ -18,7 +18,7 @@ from prefopt.toy.language import sample_completion
 from prefopt.toy.tokenizer import MODEL_MAX_LENGTH
 
 if TYPE_CHECKING:
-    from prefopt.config import ToyWorldConfig
+    from prefopt.config.schema import ToyWorldConfig
 
 _WARMUP_FRACTION = 0.05
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from prefopt.config import ToyWorldConfig
+from prefopt.config.schema import ToyWorldConfig
 from prefopt.toy.language import all_prompts, reward
 from prefopt.toy.sft import build_model, sft_examples, train_sft
 from prefopt.toy.tokenizer import build_tokenizer

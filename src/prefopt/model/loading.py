@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from prefopt.config import ModelConfig
+from prefopt.config.schema import ModelConfig
 from prefopt.errors import PrefoptError
-from prefopt.packing import prefix_sharing_mode
+from prefopt.model.packing import prefix_sharing_mode
 
 log = logging.getLogger("prefopt.models")
 
@@ -89,7 +89,7 @@ def prepare_policy(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora.enabled:
-        from prefopt.lora import apply_lora
+        from prefopt.model.lora import apply_lora
 
         model = apply_lora(model, cfg.lora)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -98,7 +98,7 @@ def prepare_policy(model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
             "LoRA: %d of %d parameters train (%.2f%%)", trainable, total, 100 * trainable / total
         )
     if cfg.compile:
-        from prefopt.distributed import decoder_layer_classes
+        from prefopt.training.strategies import decoder_layer_classes
 
         # Layer by layer: each block compiles once and is reused; the module keeps its
         # attributes and state-dict keys (no `_orig_mod.` prefix), so export is unchanged.

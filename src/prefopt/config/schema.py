@@ -21,7 +21,7 @@ from omegaconf import MISSING
 
 @dataclass
 class LoraConfig:
-    """LoRA adapters through PEFT (`pip install 'prefopt[lora]'`); see `prefopt.lora`."""
+    """LoRA adapters through PEFT (`pip install 'prefopt[lora]'`); see `prefopt.model.lora`."""
 
     enabled: bool = False
     """Train LoRA adapters only; the reference is the base model (the adapter disabled)."""
@@ -158,7 +158,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     """auto, ddp or fsdp (prefopt builds Lightning's DDPStrategy / FSDPStrategy, see
-    `prefopt.distributed`), or any other Lightning strategy name."""
+    `prefopt.training.strategies`), or any other Lightning strategy name."""
     precision: Any = "32-true"
     """32-true, bf16-mixed (fp32 weights, bf16 compute) or bf16-true (bf16 weights: give
     model.dtype=bfloat16 too), or any other Lightning precision."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lightning.pytorch.strategies import FSDPStrategy
 
-from prefopt.lora import is_peft_model
+from prefopt.model.lora import is_peft_model
 
 log = logging.getLogger("prefopt.export")
 

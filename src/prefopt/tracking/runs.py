@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.config import LoggerConfig
+from prefopt.config.schema import LoggerConfig
 from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.tracking")

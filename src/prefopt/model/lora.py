@@ -6,7 +6,7 @@ adapter disabled (`PeftModel.disable_adapter()`): the base weights, never change
 second copy in memory. With `reference.cache=true` (the default) the cached reference
 log-probs are computed the same way before training.
 
-Export (`prefopt.export`) writes the adapter with `save_pretrained` (adapter_config.json +
+Export (`prefopt.model.export`) writes the adapter with `save_pretrained` (adapter_config.json +
 adapter_model.safetensors, loadable with `peft.AutoPeftModelForCausalLM`), and with
 `model.lora.merge_on_export=true` also the base model with the adapter merged in.
 """
@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prefopt.logprobs import DEFAULT_CHUNK_SIZE
 from prefopt.losses.base import CompletionLogps
-from prefopt.packing import PairPacking
+from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE
+from prefopt.model.packing import PairPacking
 
 
 def require_peft():

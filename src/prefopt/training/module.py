@@ -18,13 +18,13 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from prefopt.config import OptimConfig
-from prefopt.distributed import MetricSums, mean_across_ranks, world_size
+from prefopt.config.schema import OptimConfig
 from prefopt.errors import PrefoptError
-from prefopt.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
-from prefopt.packing import PairPacking
-from prefopt.reference import CachedReference, FrozenReference
+from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
+from prefopt.model.packing import PairPacking
+from prefopt.reference.cached import CachedReference, FrozenReference
+from prefopt.training.strategies import MetricSums, mean_across_ranks, world_size
 
 
 class PreferenceModule(L.LightningModule):

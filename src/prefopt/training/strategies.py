@@ -110,7 +110,7 @@ def check_scaling_config(cfg: DictConfig) -> None:
     if _several_processes(cfg.trainer) and not _hydra_app() and not _started_externally():
         raise RuntimeError(_FROM_PYTHON)
     if cfg.model.lora.enabled:
-        from prefopt.lora import require_peft
+        from prefopt.model.lora import require_peft
 
         require_peft()
 

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from prefopt.data.collate import pad_sequences
 from prefopt.errors import PrefoptError
-from prefopt.logprobs import UnsupportedModel, completion_logps
 from prefopt.losses.base import CompletionLogps
+from prefopt.model.logprobs import UnsupportedModel, completion_logps
 
 log = logging.getLogger("prefopt.packing")
 

@@ -8,7 +8,7 @@ the sweep:
   PREFOPT_SWEEP, which every job inherits (in-process jobs and launcher worker processes);
 - `on_job_end` (wherever the job runs) tags the parent when a job failed, also one that failed
   before its own run existed;
-- `on_multirun_end` writes the summary (`prefopt.sweep_report`) and ends the parent FINISHED,
+- `on_multirun_end` writes the summary (`prefopt.tracking.report`) and ends the parent FINISHED,
   or FAILED when a job failed. Hydra skips `on_multirun_end` once a job raised, so an exit
   hook does the same then.
 
@@ -34,7 +34,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.tracking import ensure_experiment, format_number, resolve_tracking_uri
+from prefopt.tracking.runs import ensure_experiment, format_number, resolve_tracking_uri
 
 log = logging.getLogger("prefopt.sweep")
 
@@ -124,7 +124,7 @@ def sweep_job(cfg: DictConfig) -> SweepJob | None:
     parent = find_parent(hydra_cfg, cfg.logger)
     if parent is None:
         log.warning(
-            "no MLflow parent run found for sweep %s (is prefopt.sweep.SweepCallback in "
+            "no MLflow parent run found for sweep %s (is prefopt.tracking.sweep.SweepCallback in "
             "hydra.callbacks?): this run is tagged with the sweep but not grouped under it",
             sweep_id(hydra_cfg),
         )
@@ -229,7 +229,7 @@ class SweepCallback(Callback):
         atexit.unregister(self._finish)
         if os.environ.get(ENV_VAR) == json.dumps(self.parent):
             del os.environ[ENV_VAR]
-        from prefopt.sweep_report import report_sweep
+        from prefopt.tracking.report import report_sweep
 
         client = MlflowClient(tracking_uri=self.parent["tracking_uri"])
         run_id = self.parent["run_id"]

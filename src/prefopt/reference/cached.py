@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prefopt.files import atomic_write, file_lock, hash_file
-from prefopt.logprobs import DEFAULT_CHUNK_SIZE
 from prefopt.losses.base import CompletionLogps
-from prefopt.packing import PairPacking
+from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE
+from prefopt.model.packing import PairPacking
 
 log = logging.getLogger("prefopt.reference")
 
