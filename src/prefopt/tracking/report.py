@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from prefopt.tracking.sweep import PARENT_TAG, TAG_FAILED_JOB, TAG_JOB
+from prefopt.tracking.tags import PARENT_TAG, TAG_FAILED_JOB, TAG_JOB
 
 log = logging.getLogger("prefopt.sweep")
 

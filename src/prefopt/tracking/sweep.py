@@ -35,16 +35,18 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.tracking.runs import ensure_experiment, format_number, resolve_tracking_uri
+from prefopt.tracking.tags import (
+    PARENT_TAG,
+    TAG_FAILED_JOB,
+    TAG_JOB,
+    TAG_ROLE,
+    TAG_SWEEP_ID,
+    TAG_SWEPT_KEYS,
+)
 
 log = logging.getLogger("prefopt.sweep")
 
 ENV_VAR = "PREFOPT_SWEEP"
-PARENT_TAG = "mlflow.parentRunId"
-TAG_SWEEP_ID = "prefopt.sweep_id"
-TAG_ROLE = "prefopt.sweep_role"
-TAG_JOB = "prefopt.sweep_job"
-TAG_SWEPT_KEYS = "prefopt.swept_keys"
-TAG_FAILED_JOB = "prefopt.failed_job."
 """Prefix; the parent gets `prefopt.failed_job.<job number>` = {overrides, error} as JSON."""
 
 # Keys the default run name shows already: the loss with its β, and the learning rate.

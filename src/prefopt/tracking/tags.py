@@ -1,0 +1,8 @@
+"""The MLflow tag names of a sweep, shared by the sweep callback and its summary report."""
+
+PARENT_TAG = "mlflow.parentRunId"
+TAG_SWEEP_ID = "prefopt.sweep_id"
+TAG_ROLE = "prefopt.sweep_role"
+TAG_JOB = "prefopt.sweep_job"
+TAG_SWEPT_KEYS = "prefopt.swept_keys"
+TAG_FAILED_JOB = "prefopt.failed_job."
