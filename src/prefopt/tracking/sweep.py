@@ -47,7 +47,6 @@ from prefopt.tracking.tags import (
 log = logging.getLogger("prefopt.sweep")
 
 ENV_VAR = "PREFOPT_SWEEP"
-"""Prefix; the parent gets `prefopt.failed_job.<job number>` = {overrides, error} as JSON."""
 
 # Keys the default run name shows already: the loss with its β, and the learning rate.
 _NAMED_KEYS = {"loss", "loss.beta", "optim.lr", "model.lr"}
