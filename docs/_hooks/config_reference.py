@@ -131,7 +131,10 @@ def parse_classes(path: Path) -> tuple[dict[str, Schema], dict[str, list[str]], 
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    # The tables extension skips pipes inside code spans; an escaped one there would show its
+    # backslash, so only pipes outside backticks are escaped.
+    parts = text.replace("\n", " ").split("`")
+    return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
 def _type_text(annotation: str, enums: dict[str, list[str]]) -> str:
@@ -160,8 +163,8 @@ def _table(prefix: str, schema: Schema, schemas: dict[str, Schema], enums) -> li
     return rows
 
 
-def _options(group: str) -> str:
-    folder = CONF / group
+def _options(group: str, conf: Path) -> str:
+    folder = conf / group
     if not folder.is_dir():
         return ""
     names = sorted(p.stem for p in folder.glob("*.yaml"))
@@ -171,8 +174,9 @@ def _options(group: str) -> str:
 HEADER = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
 
 
-def render() -> str:
-    schemas, enums, _ = parse_classes(SCHEMA)
+def render(schema_file: Path = SCHEMA, losses_dir: Path = LOSSES, conf: Path = CONF) -> str:
+    """The reference as markdown: top-level keys, one section per group, one per loss."""
+    schemas, enums, _ = parse_classes(schema_file)
     out: list[str] = []
     root = schemas[ROOT_CLASS]
     # `loss` is typed Any at the top: its schema is each loss dataclass, listed at the end.
@@ -189,13 +193,13 @@ def render() -> str:
         out += [f"## `{f.name}`", ""]
         if schema.doc:
             out += [schema.doc, ""]
-        options = _options(f.name)
+        options = _options(f.name, conf)
         if options:
             out += [options, ""]
         out += HEADER + _table(f"{f.name}.", schema, schemas, enums) + [""]
 
-    out += ["## `loss`", "", _options("loss"), ""]
-    for path in sorted(LOSSES.glob("*.py")):
+    out += ["## `loss`", "", _options("loss", conf), ""]
+    for path in sorted(losses_dir.glob("*.py")):
         loss_schemas, loss_enums, constants = parse_classes(path)
         for name, schema in loss_schemas.items():
             loss_name = constants[name].get("name")
