@@ -57,7 +57,9 @@ def _enum_members(node: ast.ClassDef) -> list[str]:
         elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
             if stmt.value is not None and not stmt.target.id.startswith("_"):
                 value = stmt.value
-                members.append(str(value.value) if isinstance(value, ast.Constant) else stmt.target.id)
+                members.append(
+                    str(value.value) if isinstance(value, ast.Constant) else stmt.target.id
+                )
     return members
 
 
