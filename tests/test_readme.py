@@ -1,4 +1,4 @@
-"""Every `python -m prefopt.train ...` command the README shows composes with the real configs.
+"""Every `python -m prefopt.train ...` command the README (and docs/) shows composes with the configs.
 
 The commands are read from the README's fenced code blocks, their overrides parsed with Hydra's
 own parser; a sweep (`loss.beta=0.05,0.1,0.5`) is composed at its first value, as the sweeper's
@@ -7,7 +7,6 @@ first job would be. A renamed key, group option or preset then fails here, not f
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 
@@ -23,18 +22,29 @@ CONF_DIR = str(ROOT / "conf")
 ENTRY = "python -m prefopt.train"
 # Hydra's command-line flags that take no part in composing; the value says whether a flag
 # consumes the next word.
+SHELL_FENCES = {"bash", "sh", "console", ""}
 HYDRA_FLAGS = {"--multirun": False, "-m": False, "--cfg": True, "-c": True, "--resolve": False}
 
 
 def readme_commands(text: str) -> list[str]:
-    """The `python -m prefopt.train` lines inside fenced code blocks, comments stripped."""
-    commands = []
-    for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.S | re.M):
-        for line in block.splitlines():
-            # `pip install ... && python -m prefopt.train` counts too: each part of a chain.
-            for part in line.split(" #", 1)[0].split("&&"):
-                if part.strip().startswith(ENTRY):
-                    commands.append(part.strip())
+    """The `python -m prefopt.train` commands inside shell code blocks, comments stripped."""
+    commands, fence, shell_lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if fence is None:
+                fence, shell_lines = line[3:].strip(), []
+                continue
+            if fence in SHELL_FENCES:
+                # a command continued over several lines with a trailing backslash
+                block = "\n".join(shell_lines).replace("\\\n", " ")
+                for shell_line in block.splitlines():
+                    # `pip install ... && python -m prefopt.train` counts too: each part of a chain
+                    for part in shell_line.split(" #", 1)[0].split("&&"):
+                        if part.strip().startswith(ENTRY):
+                            commands.append(" ".join(part.split()))
+            fence = None
+        elif fence is not None:
+            shell_lines.append(line)
     return commands
 
 
@@ -62,6 +72,16 @@ def first_job_overrides(command: str) -> list[str]:
 
 
 COMMANDS = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
+# The documentation's commands too, except those with a placeholder for the reader's own
+# overrides (`<same overrides> resume=true`).
+DOCS_COMMANDS = list(
+    dict.fromkeys(
+        command
+        for page in sorted((ROOT / "docs").glob("*.md"))
+        for command in readme_commands(page.read_text(encoding="utf-8"))
+        if "<" not in command and command not in COMMANDS
+    )
+)
 
 
 def test_the_readme_shows_the_main_job_and_a_sweep():
@@ -71,7 +91,7 @@ def test_the_readme_shows_the_main_job_and_a_sweep():
     assert len(COMMANDS) >= 8
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + DOCS_COMMANDS)
 def test_readme_command_composes(command, tmp_path):
     register_configs()
     overrides = first_job_overrides(command)
