@@ -91,12 +91,18 @@ def test_the_readme_shows_the_main_job_and_a_sweep():
     assert len(COMMANDS) >= 8
 
 
-@pytest.mark.parametrize("command", COMMANDS + DOCS_COMMANDS)
-def test_readme_command_composes(command, tmp_path):
+@pytest.fixture(scope="module")
+def hydra_conf():
+    """Hydra initialised once on conf/ for all the commands (a fraction of a second each)."""
     register_configs()
-    overrides = first_job_overrides(command)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"output_dir={tmp_path}"])
+        yield
+
+
+@pytest.mark.parametrize("command", COMMANDS + DOCS_COMMANDS)
+def test_readme_command_composes(command, hydra_conf, tmp_path):
+    overrides = first_job_overrides(command)
+    cfg = compose("config", overrides=[*overrides, f"output_dir={tmp_path}"])
     OmegaConf.resolve(cfg)  # every interpolation (optim.lr=${model.lr}, ...) resolves
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
