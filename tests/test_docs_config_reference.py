@@ -56,14 +56,27 @@ def test_every_schema_field_and_loss_hyperparameter_is_on_the_page():
 
 def test_enums_targets_and_docstrings_as_written(tmp_path):
     schema = tmp_path / "schema.py"
-    schema.write_text(
-        '''
+    # An Enum through a base class defined in a sibling module, as a choices module would hold.
+    (tmp_path / "choices.py").write_text(
+        """
 from enum import Enum
-from dataclasses import dataclass, field
 
-class Scheduler(str, Enum):
+class Choice(str, Enum):
+    def __str__(self):
+        return self.value
+
+class Scheduler(Choice):
     constant = "constant"
     cosine = "cosine"
+"""
+    )
+    schema.write_text(
+        '''
+from dataclasses import dataclass, field
+from choices import Scheduler
+
+def default_optimizer():
+    return {"_target_": "torch.optim.AdamW", "lr": "${..lr}"}
 
 @dataclass
 class OptimConfig:
@@ -72,6 +85,7 @@ class OptimConfig:
     """After warm-up | the schedule."""
     betas: tuple[float, float] = (0.9, 0.999)
     extra: dict[str, str] = field(default_factory=dict)
+    optimizer: dict = field(default_factory=default_optimizer)
 
 @dataclass
 class Config:
@@ -90,7 +104,8 @@ class Config:
     assert "| `optim._target_` | `str` | `'torch.optim.AdamW'` |  |" in lines
     assert (
         "| `optim.scheduler` | `Scheduler` (one of `constant`, `cosine`) "
-        "| `Scheduler.cosine` | After warm-up \\| the schedule. |"
+        "| `cosine` | After warm-up \\| the schedule. |"
     ) in lines
     assert "| `optim.extra` | `dict[str, str]` | `{}` |  |" in lines
+    assert "| `optim.optimizer` | `dict` | `{_target_: torch.optim.AdamW, …}` |  |" in lines
     assert "Options (`conf/optim/`): `optim=adamw`." in lines

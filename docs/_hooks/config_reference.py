@@ -2,9 +2,10 @@
 
 A page containing the marker `<!-- config-reference -->` gets it replaced by one table per
 config group (key, type, default, description), read from `src/prefopt/config/schema.py` and the
-loss dataclasses in `src/prefopt/losses/`. The files are parsed with `ast`, never imported, so
+loss dataclasses in `src/prefopt/losses/` (every module of the config package is read, in case
+the schemas are split over several). The files are parsed with `ast`, never imported, so
 the docs build needs none of prefopt's dependencies and shows annotations exactly as written.
-An annotation naming an Enum class of the same module lists that Enum's members.
+An annotation naming an Enum class of the config package lists that Enum's members.
 """
 
 from __future__ import annotations
@@ -38,32 +39,49 @@ class Schema:
     fields: list[Field]
 
 
-def _is_enum(node: ast.ClassDef) -> bool:
+ENUM_BASES = {"Enum", "StrEnum", "IntEnum", "Flag", "IntFlag"}
+
+
+def _is_enum(node: ast.ClassDef, known_enums) -> bool:
+    """An Enum, directly or through an Enum class seen before (`class Scheduler(Choice)`)."""
     names = {ast.unparse(base).rsplit(".", 1)[-1] for base in node.bases}
-    return bool(names & {"Enum", "StrEnum", "IntEnum", "Flag", "IntFlag"})
+    return bool(names & (ENUM_BASES | set(known_enums)))
 
 
-def _enum_members(node: ast.ClassDef) -> list[str]:
-    members = []
+def _enum_members(node: ast.ClassDef) -> dict[str, str]:
+    """Member name -> value as written (methods and private names are not members)."""
+    members = {}
     for stmt in node.body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
             target = stmt.targets[0]
             if isinstance(target, ast.Name) and not target.id.startswith("_"):
                 value = stmt.value
-                if isinstance(value, ast.Constant):
-                    members.append(str(value.value))
-                else:
-                    members.append(target.id)
+                members[target.id] = (
+                    str(value.value) if isinstance(value, ast.Constant) else target.id
+                )
         elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
             if stmt.value is not None and not stmt.target.id.startswith("_"):
                 value = stmt.value
-                members.append(
+                members[stmt.target.id] = (
                     str(value.value) if isinstance(value, ast.Constant) else stmt.target.id
                 )
     return members
 
 
-def _default_text(value: ast.expr | None) -> str:
+def _factory_text(function: ast.FunctionDef) -> str | None:
+    """What a `default_factory` function returns, in short, when it returns a dict literal."""
+    returns = [stmt for stmt in function.body if isinstance(stmt, ast.Return)]
+    if len(returns) != 1 or not isinstance(returns[0].value, ast.Dict):
+        return None
+    entries = dict(zip(returns[0].value.keys, returns[0].value.values))
+    keys = [k.value for k in entries if isinstance(k, ast.Constant)]
+    if "_target_" in keys:
+        target = next(v for k, v in entries.items() if getattr(k, "value", None) == "_target_")
+        return "{_target_: " + ast.unparse(target).strip("'\"") + ", …}"
+    return "{" + ", ".join(f"{k}: …" for k in keys) + "}"
+
+
+def _default_text(value: ast.expr | None, enums, factories) -> str:
     if value is None:
         return "required"
     if isinstance(value, ast.Name) and value.id == "MISSING":
@@ -71,11 +89,16 @@ def _default_text(value: ast.expr | None) -> str:
     if isinstance(value, ast.Call) and ast.unparse(value.func).rsplit(".", 1)[-1] == "field":
         for keyword in value.keywords:
             if keyword.arg == "default":
-                return _default_text(keyword.value)
+                return _default_text(keyword.value, enums, factories)
             if keyword.arg == "default_factory":
                 factory = ast.unparse(keyword.value)
-                return {"dict": "{}", "list": "[]"}.get(factory, f"{factory}()")
+                known = {"dict": "{}", "list": "[]", **factories}
+                return known.get(factory) or f"{factory}()"
         return "required"
+    if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name):
+        members = enums.get(value.value.id)
+        if members and value.attr in members:  # an Enum member: shown as its value
+            return members[value.attr]
     if isinstance(value, ast.Constant) and value.value is None:
         return "null"
     if isinstance(value, ast.Constant) and isinstance(value.value, bool):
@@ -97,16 +120,27 @@ def _is_classvar(annotation: ast.expr) -> bool:
     return text.startswith(("ClassVar", "typing.ClassVar"))
 
 
-def parse_classes(path: Path) -> tuple[dict[str, Schema], dict[str, list[str]], dict[str, dict]]:
-    """Dataclass schemas, Enum members and each class's ClassVar constants found in `path`."""
+def parse_classes(
+    path: Path, enums: dict[str, dict[str, str]] | None = None
+) -> tuple[dict[str, Schema], dict[str, dict[str, str]], dict[str, dict]]:
+    """Dataclass schemas, Enum members and each class's ClassVar constants found in `path`.
+
+    `enums` holds the Enums already known from other modules (extended in place), so a field
+    typed with an Enum defined elsewhere still lists its members.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    enums = {} if enums is None else enums
+    factories = {
+        node.name: text
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and (text := _factory_text(node)) is not None
+    }
     schemas: dict[str, Schema] = {}
-    enums: dict[str, list[str]] = {}
     constants: dict[str, dict] = {}
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
             continue
-        if _is_enum(node):
+        if _is_enum(node, enums):
             enums[node.name] = _enum_members(node)
             continue
         fields: list[Field] = []
@@ -122,7 +156,7 @@ def parse_classes(path: Path) -> tuple[dict[str, Schema], dict[str, list[str]], 
                 Field(
                     name=stmt.target.id,
                     annotation=ast.unparse(stmt.annotation),
-                    default=_default_text(stmt.value),
+                    default=_default_text(stmt.value, enums, factories),
                     doc=_docstring_after(node.body, i),
                 )
             )
@@ -139,13 +173,13 @@ def _cell(text: str) -> str:
     return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
-def _type_text(annotation: str, enums: dict[str, list[str]]) -> str:
+def _type_text(annotation: str, enums: dict[str, dict[str, str]]) -> str:
     words = annotation.replace("|", " ").replace("[", " ").replace("]", " ").replace(",", " ")
     text = f"`{annotation}`"
     for word in words.split():
         name = word.rsplit(".", 1)[-1]
         if name in enums:
-            text += " (one of " + ", ".join(f"`{m}`" for m in enums[name]) + ")"
+            text += " (one of " + ", ".join(f"`{m}`" for m in enums[name].values()) + ")"
     return text
 
 
@@ -176,22 +210,55 @@ def _options(group: str, conf: Path) -> str:
 HEADER = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
 
 
+def _registered_groups(paths: list[Path], schemas: dict[str, Schema]) -> dict[str, str]:
+    """Group name -> schema class, from `("optim", OptimConfig)` pairs as registration lists
+    them, else by name (`optim` -> `OptimConfig`)."""
+    groups = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Tuple) and len(node.elts) == 2:
+                group, cls = node.elts
+                if isinstance(group, ast.Constant) and isinstance(group.value, str):
+                    if isinstance(cls, ast.Name) and cls.id in schemas:
+                        groups[group.value] = cls.id
+    for name in schemas:
+        if name.endswith("Config"):
+            groups.setdefault(name[: -len("Config")].lower(), name)
+    return groups
+
+
 def render(schema_file: Path = SCHEMA, losses_dir: Path = LOSSES, conf: Path = CONF) -> str:
     """The reference as markdown: top-level keys, one section per group, one per loss."""
-    schemas, enums, _ = parse_classes(schema_file)
+    # The schemas may be split over several modules of the config package (Enums of choices in
+    # one, groups in others): read them all, the named schema file last so its names win.
+    schemas: dict[str, Schema] = {}
+    enums: dict[str, dict[str, str]] = {}
+    paths = [*sorted(schema_file.parent.glob("*.py")), schema_file]
+    for path in paths:  # first pass: every Enum, wherever it is defined
+        parse_classes(path, enums)
+    for path in paths:
+        schemas.update(parse_classes(path, enums)[0])
+    group_schemas = _registered_groups(paths, schemas)
     out: list[str] = []
     root = schemas[ROOT_CLASS]
-    # `loss` is typed Any at the top: its schema is each loss dataclass, listed at the end.
-    top_level = [
-        f for f in root.fields if f.annotation.strip("'\"") not in schemas and f.name != "loss"
-    ]
-    groups = [f for f in root.fields if f.annotation.strip("'\"") in schemas]
+
+    def schema_of(f: Field) -> Schema | None:
+        # A group field typed `Any` at the top (so that one option's keys never mix with
+        # another's) gets its schema from the ConfigStore registration instead.
+        name = f.annotation.strip("'\"")
+        if name in schemas:
+            return schemas[name]
+        return schemas.get(group_schemas.get(f.name, ""))
+
+    # `loss` has one schema per loss dataclass, listed at the end.
+    top_level = [f for f in root.fields if schema_of(f) is None and f.name != "loss"]
+    groups = [f for f in root.fields if schema_of(f) is not None and f.name != "loss"]
 
     out += ["## Top-level keys", "", *HEADER]
     out += _table("", Schema(ROOT_CLASS, "", top_level), schemas, enums)
     out.append("")
     for f in groups:
-        schema = schemas[f.annotation.strip("'\"")]
+        schema = schema_of(f)
         out += [f"## `{f.name}`", ""]
         if schema.doc:
             out += [schema.doc, ""]
@@ -202,13 +269,13 @@ def render(schema_file: Path = SCHEMA, losses_dir: Path = LOSSES, conf: Path = C
 
     out += ["## `loss`", "", _options("loss", conf), ""]
     for path in sorted(losses_dir.glob("*.py")):
-        loss_schemas, loss_enums, constants = parse_classes(path)
+        loss_schemas, _, constants = parse_classes(path, dict(enums))
         for name, schema in loss_schemas.items():
             loss_name = constants[name].get("name")
             if not loss_name or not schema.fields:
                 continue
             out += [f"### `loss={loss_name}` (`{name}`)", "", *HEADER]
-            out += _table("loss.", schema, loss_schemas, {**enums, **loss_enums}) + [""]
+            out += _table("loss.", schema, loss_schemas, enums) + [""]
     return "\n".join(out)
 
 
