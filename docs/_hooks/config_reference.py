@@ -279,7 +279,8 @@ def render(schema_file: Path = SCHEMA, losses_dir: Path = LOSSES, conf: Path = C
     return "\n".join(out)
 
 
-def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 - MkDocs' signature
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """MkDocs calls this for every page; only the page holding the marker changes."""
     if MARKER not in markdown:
         return markdown
     return markdown.replace(MARKER, render())
