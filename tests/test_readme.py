@@ -109,3 +109,17 @@ def test_readme_command_composes(command, hydra_conf, tmp_path):
         # A dotted key outside hydra.* is a config value: it must have landed in the config.
         if "." in key and not key.startswith("hydra.") and not override.is_delete():
             assert OmegaConf.select(cfg, key) is not None, f"{key} is missing after {command}"
+
+
+def test_the_readme_stays_a_first_page():
+    """The README gets a newcomer going; everything else belongs in docs/ (issue: 52k -> 15k)."""
+    assert len((ROOT / "README.md").read_bytes()) <= 15_000
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+)
+def test_pages_speak_of_the_product_not_of_how_it_was_made(page):
+    text = (ROOT / page).read_text(encoding="utf-8").lower()
+    for phrase in ("session", "earlier machine", "previous machine", "the seed's"):
+        assert phrase not in text, f"{page} mentions {phrase!r}"
