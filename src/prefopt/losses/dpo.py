@@ -4,9 +4,9 @@ With h = log π(y_w|x)/π_ref(y_w|x) − log π(y_l|x)/π_ref(y_l|x) (summed ove
 
     L = −(1 − ε) log σ(β h) − ε log σ(−β h)
 
-ε = 0 is the seed's loss. ε > 0 assumes each label is flipped with probability ε, which bounds
+ε = 0 is the paper's loss. ε > 0 assumes each label is flipped with probability ε, which bounds
 the loss from below and stops the margin from growing without end. The implicit rewards are
-r̂ = β log π/π_ref; σ(r̂_l − r̂_w) is the per-pair gradient weight of the seed's analysis:
+r̂ = β log π/π_ref; σ(r̂_l − r̂_w) is the per-pair gradient weight of the paper's analysis:
 large when the pair is ranked wrongly.
 """
 

@@ -7,7 +7,7 @@ Unlike DPO's sigmoid, the square keeps pulling the margin back once it passes th
 the policy cannot drift without bound on pairs it already ranks correctly.
 
 By default the log-probs are LENGTH-NORMALISED (mean over completion tokens), as the IPO
-authors and TRL use them; `length_normalize=false` gives the seed's summed form. Rewards are
+authors and TRL use them; `length_normalize=false` gives the summed form. Rewards are
 β times the (normalised) log-ratios.
 """
 
@@ -31,7 +31,7 @@ class IPOLoss(PreferenceLoss):
     """Regularisation τ of the paper: the target margin is 1/(2β). With length-normalised
     log-probs the margin is per token, so β = 0.5 asks for 1 nat per token (β = 0.1 for 5)."""
     length_normalize: bool = True
-    """Use mean per-token log-probs (true) or sums (false, the seed's form)."""
+    """Use mean per-token log-probs (true) or sums (false, the summed form of the paper's derivation)."""
 
     name: ClassVar[str] = "ipo"
     recommended_beta: ClassVar[tuple[float, float]] = (0.01, 1.0)
