@@ -140,19 +140,19 @@ def test_tags_and_tables_reach_the_run_and_skip_other_loggers(store, tmp_path):
     logger = start_run(LoggerConfig(tracking_uri=store), "run")
     set_tags(logger, {"diagnostics.margin_stalled": "true", "prefopt.step": 3})
     table = {"step": [1, 1], "prompt": ["a", "b"], "policy": ["c", "d"]}
-    log_table(logger, table, "eval/samples.json")
-    log_table(logger, {"step": [2], "prompt": ["e"], "policy": ["f"]}, "eval/samples.json")
+    log_table(logger, table, "eval/generations.json")
+    log_table(logger, {"step": [2], "prompt": ["e"], "policy": ["f"]}, "eval/generations.json")
     client = MlflowClient(store)
     tags = client.get_run(logger.run_id).data.tags
     assert tags["diagnostics.margin_stalled"] == "true" and tags["prefopt.step"] == "3"
     loaded = client.load_table(
         client.get_experiment_by_name("prefopt").experiment_id,
-        "eval/samples.json",
+        "eval/generations.json",
         run_ids=[logger.run_id],
     )
     assert loaded["prompt"].tolist() == ["a", "b", "e"]
 
     for other in (None, CSVLogger(tmp_path)):  # no MLflow run: nothing to do, no error
         set_tags(other, {"a": "b"})
-        log_table(other, table, "eval/samples.json")
+        log_table(other, table, "eval/generations.json")
     assert not (tmp_path / "lightning_logs").exists()
