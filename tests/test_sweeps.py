@@ -321,13 +321,34 @@ def test_a_run_name_adds_every_swept_key_the_default_name_lacks(compose_config):
         choices={"loss": "dpo"},
     )
     name = "dpo β=0.1 label_smoothing=0.1 lr=5e-4"  # what `default_run_name` gives
-    assert job.run_name(name, cfg) == f"{name} optim.scheduler=cosine"
+    swept_values = {key: OmegaConf.select(cfg, key) for key in job.swept_keys}
+    assert job.run_name(name, swept_values) == f"{name} optim.scheduler=cosine"
     assert job.tags == {
         "prefopt.sweep_id": "/sweeps/a",
         "prefopt.sweep_job": "3",
         "mlflow.parentRunId": "abc",
     }
     assert job.params == {"loss": "dpo"}
+
+
+def test_the_error_of_a_failed_job_is_read_from_hydra_s_job_return():
+    """Hydra's public `return_value` re-raises a failed job's error, so `job_error` reads the
+    private field behind it: this fails loudly when Hydra renames or moves that field."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from prefopt.tracking.sweep import job_error
+
+    error = ValueError("loss.beta=-1: must be > 0")
+    failed = JobReturn(status=JobStatus.FAILED)
+    failed.return_value = error  # Hydra's own setter, as its run_job does
+    assert job_error(failed) is error
+    with pytest.raises(ValueError) as raised:
+        _ = failed.return_value  # why the public property cannot be used
+    assert raised.value is error
+
+    completed = JobReturn(status=JobStatus.COMPLETED)
+    completed.return_value = 0.7
+    assert job_error(completed) is None
 
 
 def test_a_job_without_the_environment_finds_its_parent_by_sweep_id(tmp_path, monkeypatch):

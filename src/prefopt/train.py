@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import checks
 from prefopt.config.schema import register_configs
@@ -28,15 +28,13 @@ from prefopt.model.lora import AdapterDisabledReference
 from prefopt.model.packing import PairPacking
 from prefopt.reference.cached import prepare_reference
 from prefopt.toy import ToyWorld, build_toy_world
-from prefopt.tracking.runs import (
+from prefopt.tracking import (
     default_run_name,
-    finish_run,
-    log_config,
     resolve_tracking_uri,
     set_tags,
-    start_run,
+    sweep_job,
+    tracked_run,
 )
-from prefopt.tracking.sweep import sweep_job
 from prefopt.training import strategies as distributed
 from prefopt.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -84,41 +82,33 @@ def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
     resume = find_resume_point(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    sweep = sweep_job(cfg)  # None unless this is a job of a --multirun
+    sweep = sweep_job(cfg.logger)  # None unless this is a job of a --multirun
     run_name = cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
     if sweep and not cfg.logger.run_name:
-        run_name = sweep.run_name(run_name, cfg)
+        swept_values = {key: OmegaConf.select(cfg, key) for key in sweep.swept_keys}
+        run_name = sweep.run_name(run_name, swept_values)
     run_id = resume.run_id_for(resolve_tracking_uri(cfg.logger.tracking_uri)) if resume else None
-    logger = start_run(
-        cfg.logger,
-        run_name,
-        extra_tags=sweep.tags if sweep else None,
-        run_id=run_id,
-        offline_dir=cfg.output_dir,
-    )
-    status = "FAILED"
-    try:
-        with sigterm_as_interrupt():
-            log_config(logger, cfg, resumed=run_id is not None)
-            if sweep:
-                logger.log_hyperparams(sweep.params)
-            if resume:
-                set_tags(logger, {"prefopt.resumed_from": resume.checkpoint.resolve()})
-                mark_resumed(resume, cfg.output_dir)
-            if cfg.checkpoint.enabled:
-                write_run_file(
-                    cfg.output_dir, run_id=logger.run_id, tracking_uri=logger._tracking_uri
-                )
-            result = _fit_and_export(cfg, loss, logger, resume)
-            if cfg.checkpoint.enabled:
-                write_run_file(cfg.output_dir, finished=True)
-        status = "FINISHED"
-        return result
-    except (KeyboardInterrupt, SystemExit):
-        status = "KILLED"
-        raise
-    finally:
-        finish_run(logger, status)
+    with (
+        sigterm_as_interrupt(),
+        tracked_run(
+            cfg.logger,
+            run_name,
+            cfg,
+            tags=sweep.tags if sweep else None,
+            params=sweep.params if sweep else None,
+            run_id=run_id,
+            resumed_from=resume.checkpoint if resume else None,
+            offline_dir=cfg.output_dir,
+        ) as logger,
+    ):
+        if resume:
+            mark_resumed(resume, cfg.output_dir)
+        if cfg.checkpoint.enabled:
+            write_run_file(cfg.output_dir, run_id=logger.run_id, tracking_uri=logger.tracking_uri)
+        result = _fit_and_export(cfg, loss, logger, resume)
+        if cfg.checkpoint.enabled:
+            write_run_file(cfg.output_dir, finished=True)
+    return result
 
 
 def _fit_and_export(
@@ -218,7 +208,7 @@ def _print_summary(metrics: dict[str, float], export_dir: Path | None, logger) -
     log.info(
         "MLflow run %s — open with: mlflow ui --backend-store-uri %s",
         logger.run_id,
-        logger._tracking_uri,
+        logger.tracking_uri,
     )
 
 

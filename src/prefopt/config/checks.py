@@ -22,7 +22,7 @@ from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.loading import check_model_config
-from prefopt.tracking.runs import check_tracking_uri
+from prefopt.tracking import check_tracking_uri
 
 log = logging.getLogger("prefopt")
 

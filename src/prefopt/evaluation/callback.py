@@ -23,10 +23,8 @@ Evaluation runs on global rank 0 only.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from prefopt.evaluation.generation import (
 )
 from prefopt.evaluation.judges import Judge
 from prefopt.evaluation.metrics import mean, sequence_kl, win_rate
+from prefopt.tracking import log_table
 
 log = logging.getLogger("prefopt.evaluation")
 
@@ -210,9 +209,7 @@ class GenerationEvalCallback(L.Callback):
         if policy_rewards is not None:
             table["reward_policy"] = policy_rewards[:n]
             table["reward_ref"] = self.reference_rewards[:n]
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "log_table"):
-            with _quiet_artifact_transfers():  # appending re-downloads the table: no progress bar
-                logger.experiment.log_table(logger.run_id, data=table, artifact_file=TABLE_FILE)
+        log_table(logger, table, TABLE_FILE)
 
 
 def select_prompts(examples: list[dict], count: int, seed: int) -> list[list[int]]:
@@ -225,17 +222,3 @@ def select_prompts(examples: list[dict], count: int, seed: int) -> list[list[int
         chosen = sorted(random.Random(seed).sample(range(len(prompts)), count))
         prompts = [prompts[i] for i in chosen]
     return [list(p) for p in prompts] if count > 0 else []
-
-
-@contextlib.contextmanager
-def _quiet_artifact_transfers():
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous

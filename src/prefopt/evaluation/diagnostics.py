@@ -29,6 +29,7 @@ from prefopt.data.collate import collate_pairs
 from prefopt.data.unpaired import collate_unpaired
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.logprobs import completion_logps
+from prefopt.tracking import set_tags
 
 log = logging.getLogger("prefopt.diagnostics")
 
@@ -164,6 +165,4 @@ def _chosen_reference_logps(reference, sample, paired, trainer, pl_module, batch
 
 
 def _tag(trainer: L.Trainer, key: str, value: str) -> None:
-    logger = trainer.logger
-    if logger is not None and hasattr(logger, "experiment") and hasattr(logger, "run_id"):
-        logger.experiment.set_tag(logger.run_id, key, value)
+    set_tags(trainer.logger, {key: value})

@@ -1,43 +1,35 @@
-"""MLflow: one tracking URI for every run, a readable run name, the config as params and YAML.
+"""One training run in MLflow: its name, its config as params and YAML, its tags, its status.
 
-The run is created as soon as the config is valid, so a failure while loading models or data
-is recorded too: `finish_run` marks it FAILED whenever the run did not reach the end.
-
-A tracking server is checked at start (`check_tracking_uri`: a few seconds, before anything
-loads). One that goes away during training does not stop it: the logger's client
-(`OfflineBuffer`) writes every later call to `<output_dir>/mlflow_offline.jsonl` and says once
-how to upload them when the server is back (`python -m prefopt.sync <output_dir>`).
+`tracked_run` is the whole life of a run: created as soon as the config is valid (so a failure
+while loading models or data is recorded too), the config logged, then the block runs, and the
+run ends FINISHED, KILLED (Ctrl-C, SIGTERM turned into KeyboardInterrupt, SystemExit) or FAILED
+(any other exception). Code outside `prefopt.tracking` logs through Lightning's logger or
+through `set_tags` and `log_table` here, never through MLflow's client.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
-import random
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config.schema import LoggerConfig
-from prefopt.errors import PrefoptError
+from prefopt.tracking.offline import ResilientMLFlowLogger
+from prefopt.tracking.store import ensure_experiment, resolve_tracking_uri
+from prefopt.tracking.tags import TAG_RESUMED_FROM
 
 log = logging.getLogger("prefopt.tracking")
 
-
-def resolve_tracking_uri(uri: str) -> str:
-    """Make a relative sqlite path absolute, so every process of a sweep writes one database."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
+PARAM_VALUE_LIMIT = 250
+"""Characters of a param's value that Lightning's `MLFlowLogger.log_hyperparams` keeps."""
 
 
 def format_number(value: float) -> str:
@@ -53,172 +45,40 @@ def default_run_name(loss_description: str, lr: float) -> str:
     return f"{loss_description} lr={format_number(lr)}"
 
 
-def ensure_experiment(tracking_uri: str, name: str, attempts: int = 6) -> str:
-    """The id of experiment `name`, created if missing.
+@contextlib.contextmanager
+def tracked_run(
+    logger_cfg: LoggerConfig,
+    run_name: str,
+    config: DictConfig,
+    *,
+    tags: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    run_id: str | None = None,
+    resumed_from: str | Path | None = None,
+    offline_dir: str | Path | None = None,
+) -> Iterator[ResilientMLFlowLogger]:
+    """The run, from creation to its end status, around the block; yields its logger.
 
-    Processes starting at the same moment (the jobs of a parallel sweep, a team on one server)
-    race to create the experiment, and on a fresh SQLite file to create the tables: the loser
-    sees an error, waits and finds the winner's experiment.
+    `config`: logged whole (flattened as params, and as YAML). `tags`: set at creation (a sweep
+    job's grouping). `params`: logged beside the config's (a sweep job's group choices).
+    `run_id`: continue that run (a resumed training); `resumed_from`: the checkpoint it resumes,
+    as a tag. `offline_dir`: where calls go while the tracking server is unreachable.
     """
-    for attempt in range(attempts):
-        try:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            experiment = client.get_experiment_by_name(name)
-            if experiment is not None:
-                return experiment.experiment_id
-            return client.create_experiment(name)
-        except Exception as error:  # lock, integrity and migration errors differ by store
-            if attempt == attempts - 1:
-                raise
-            delay = 0.2 * 2**attempt * (1 + random.random())
-            log.debug("creating experiment %r failed (%s); retrying in %.1fs", name, error, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
-    """Fail at start, within `timeout` seconds, when an http(s) tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
+    logger = start_run(logger_cfg, run_name, tags, run_id=run_id, offline_dir=offline_dir)
+    status = "FAILED"
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        pass  # something answers (an auth proxy, an older server without /health): go on
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise PrefoptError(
-            f"logger.tracking_uri={uri}: no MLflow server answers ({reason}); start it "
-            "(mlflow server --host 127.0.0.1 --port 5000), fix the address, or log locally "
-            "with logger.tracking_uri=sqlite:///mlflow.db"
-        ) from None
-    # Fail fast later too: MLflow's default retries would stall training for minutes per call.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-OFFLINE_FILE = "mlflow_offline.jsonl"
-_WRITES = {
-    "log_batch",
-    "log_metric",
-    "log_param",
-    "set_tag",
-    "set_terminated",
-    "log_text",
-    "log_dict",
-    "log_table",
-    "update_run",
-}
-
-
-class OfflineBuffer:
-    """Wraps an MlflowClient: on the first failing call the tracking store counts as gone, and
-    that call and every later write go to a local JSON-lines file instead (reads return None).
-    `prefopt.sync` replays the file into the store."""
-
-    def __init__(self, client: MlflowClient, path: Path, tracking_uri: str):
-        self._client = client
-        self.path = path
-        self.tracking_uri = tracking_uri
-        self.offline = False
-
-    def __getattr__(self, name: str):
-        method = getattr(self._client, name)
-        if not callable(method):
-            return method
-
-        def call(*args, **kwargs):
-            if not self.offline:
-                try:
-                    return method(*args, **kwargs)
-                except Exception as error:
-                    if not unreachable(error):
-                        raise  # a real error (a changed param, a bad name): not ours to hide
-                    self._go_offline(error)
-            if name in _WRITES:
-                self._record(name, args, kwargs)
-            return None
-
-        return call
-
-    def _go_offline(self, error: Exception) -> None:
-        self.offline = True
-        reason = " ".join(str(error).split())[:200]
-        log.warning(
-            "MLflow at %s is unreachable (%s). Training goes on; metrics, params and tags are "
-            "written to %s. When the server is back, upload them with: python -m prefopt.sync %s",
-            self.tracking_uri,
-            reason,
-            self.path,
-            self.path.parent,
-        )
-
-    def _record(self, name: str, args: tuple, kwargs: dict) -> None:
-        entry = {
-            "method": name,
-            "args": [_plain(a) for a in args],
-            "kwargs": {k: _plain(v) for k, v in kwargs.items()},
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            if handle.tell() == 0:
-                handle.write(json.dumps({"tracking_uri": self.tracking_uri}) + "\n")
-            handle.write(json.dumps(entry, default=repr) + "\n")
-
-
-_UNREACHABLE_SIGNS = (
-    "API request to",  # how MLflow's REST client reports connection errors and 5xx retries
-    "Max retries exceeded",
-    "Connection refused",
-    "Connection aborted",
-    "timed out",
-    "Name or service not known",
-)
-
-
-def unreachable(error: Exception) -> bool:
-    """Whether `error` says the tracking store cannot be reached (not that a call was wrong)."""
-    if isinstance(error, (OSError, TimeoutError)):
-        return True
-    if type(error).__module__.startswith(("requests", "urllib3")):
-        return True
-    return any(sign in str(error) for sign in _UNREACHABLE_SIGNS)
-
-
-def _plain(value: Any) -> Any:
-    """MLflow entities (Metric, Param, RunTag) and tables as JSON-able values."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "to_dict") and hasattr(value, "columns"):  # a pandas DataFrame
-        return value.to_dict(orient="list")
-    if hasattr(value, "key") and hasattr(value, "value"):
-        return {
-            k: getattr(value, k) for k in ("key", "value", "timestamp", "step") if hasattr(value, k)
-        }
-    return value
-
-
-class ResilientMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger whose client turns into an `OfflineBuffer` once created."""
-
-    def __init__(self, *args, offline_dir: str | Path | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._offline_path = Path(offline_dir or ".") / OFFLINE_FILE
-        self._buffer: OfflineBuffer | None = None
-
-    @property
-    def experiment(self):
-        client = MLFlowLogger.experiment.fget(self)
-        if not isinstance(client, MlflowClient):
-            return client  # a rank other than 0 gets a dummy
-        if self._buffer is None:
-            self._buffer = OfflineBuffer(client, self._offline_path, self._tracking_uri)
-        return self._buffer
-
-    @property
-    def offline(self) -> bool:
-        return self._buffer is not None and self._buffer.offline
+        log_config(logger, config, resumed=run_id is not None)
+        if params:
+            logger.log_hyperparams(params)
+        if resumed_from is not None:
+            set_tags(logger, {TAG_RESUMED_FROM: Path(resumed_from).resolve()})
+        yield logger
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        finish_run(logger, status)
 
 
 def start_run(
@@ -227,7 +87,7 @@ def start_run(
     extra_tags: dict[str, str] | None = None,
     run_id: str | None = None,
     offline_dir: str | Path | None = None,
-) -> MLFlowLogger:
+) -> ResilientMLFlowLogger:
     """Create the run now (not at the first metric). `extra_tags`: a sweep job's grouping tags.
     `run_id`: continue that run (a resumed training) instead of creating one."""
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
@@ -245,7 +105,7 @@ def start_run(
     )
     _ = logger.run_id
     verb = "continues" if run_id else "started"
-    log.info("MLflow run '%s' (%s) %s at %s", run_name, logger.run_id, verb, logger._tracking_uri)
+    log.info("MLflow run '%s' (%s) %s at %s", run_name, logger.run_id, verb, logger.tracking_uri)
     return logger
 
 
@@ -261,11 +121,9 @@ def log_config(logger: MLFlowLogger, cfg: DictConfig, resumed: bool = False) -> 
         logger.log_hyperparams(container)
         logger.experiment.log_text(logger.run_id, yaml, "config.yaml")
         return
-    from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-
     run = logger.experiment.get_run(logger.run_id)
     old = run.data.params if run is not None else {}
-    new = {k: str(v)[:6000] for k, v in _flatten_dict(_convert_params(container), "/").items()}
+    new = {k: str(v)[:PARAM_VALUE_LIMIT] for k, v in flatten_params(container).items()}
     changed = sorted(k for k, v in new.items() if k in old and old[k] != v)
     changed = [k for k in changed if k not in ("output_dir", "resume", "ckpt_path")]
     if changed:
@@ -276,9 +134,52 @@ def log_config(logger: MLFlowLogger, cfg: DictConfig, resumed: bool = False) -> 
     logger.experiment.log_text(logger.run_id, yaml, "config_resumed.yaml")
 
 
-def set_tags(logger: MLFlowLogger, tags: dict[str, str]) -> None:
+def flatten_params(params: Mapping[Any, Any], parent_key: str = "") -> dict[str, Any]:
+    """The params `MLFlowLogger.log_hyperparams(params)` logs, before its values become strings:
+    nested keys joined with "/", a list of mappings (an empty list too) flattened by index, any
+    other value kept whole."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{parent_key}/{key}" if parent_key else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name))
+        elif isinstance(value, list) and all(isinstance(item, Mapping) for item in value):
+            for index, item in enumerate(value):
+                flat.update(flatten_params(item, f"{name}/{index}"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def set_tags(logger: Logger | None, tags: Mapping[str, Any]) -> None:
+    """Tag the logger's MLflow run (values as strings); nothing for another kind of logger."""
+    if not isinstance(logger, MLFlowLogger):
+        return
     for key, value in tags.items():
         logger.experiment.set_tag(logger.run_id, key, str(value))
+
+
+def log_table(logger: Logger | None, table: Mapping[str, list], artifact_file: str) -> None:
+    """Append `table` (column -> values) to the run's table artifact `artifact_file`, which the
+    MLflow UI shows in its evaluation view; nothing for another kind of logger."""
+    if not isinstance(logger, MLFlowLogger):
+        return
+    with _quiet_artifact_transfers():  # appending re-downloads the table: no progress bar
+        logger.experiment.log_table(logger.run_id, data=dict(table), artifact_file=artifact_file)
+
+
+@contextlib.contextmanager
+def _quiet_artifact_transfers():
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
 
 
 def finish_run(logger: MLFlowLogger, status: str) -> None:
@@ -293,5 +194,5 @@ def finish_run(logger: MLFlowLogger, status: str) -> None:
         log.warning(
             "MLflow was unreachable during this run: upload what it missed with "
             "python -m prefopt.sync %s",
-            logger._offline_path.parent,
+            logger.offline_path.parent,
         )

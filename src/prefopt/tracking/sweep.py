@@ -12,9 +12,9 @@ the sweep:
   or FAILED when a job failed. Hydra skips `on_multirun_end` once a job raised, so an exit
   hook does the same then.
 
-A job (`sweep_job`, called by `train`) finds its parent in PREFOPT_SWEEP or, where a launcher
-starts jobs in a fresh environment, by searching its experiment for the parent run tagged with
-its sweep id. Outside `--multirun` there is no sweep job and nothing here runs.
+A job (`sweep_job(cfg.logger)`, called by `train`) finds its parent in PREFOPT_SWEEP or, where
+a launcher starts jobs in a fresh environment, by searching its experiment for the parent run
+tagged with its sweep id. Outside `--multirun` there is no sweep job and nothing here runs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import atexit
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,8 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.tracking.runs import ensure_experiment, format_number, resolve_tracking_uri
+from prefopt.tracking.runs import format_number
+from prefopt.tracking.store import ensure_experiment, resolve_tracking_uri
 from prefopt.tracking.tags import (
     PARENT_TAG,
     TAG_FAILED_JOB,
@@ -99,8 +101,11 @@ class SweepJob:
         flattened config), but a group's choice is not."""
         return {key: self.choices[key] for key in self.swept_keys if key in self.choices}
 
-    def run_name(self, base_name: str, cfg: DictConfig) -> str:
-        """The default name (loss, β, lr) plus every other swept key with its value."""
+    def run_name(self, base_name: str, swept_values: Mapping[str, Any]) -> str:
+        """The default name (loss, β, lr) plus every other swept key with its value.
+
+        `swept_values`: {swept key: its value in this job's config}; a config-group choice
+        (`loss=ipo`) is read from `choices` instead."""
         parts = [base_name]
         for key in self.swept_keys:
             if key in _NAMED_KEYS:
@@ -108,21 +113,22 @@ class SweepJob:
             label = key.removeprefix("loss.")  # a loss hyperparameter reads like `describe()`
             if f" {label}=" in base_name:
                 continue
-            value = self.choices[key] if key in self.choices else OmegaConf.select(cfg, key)
+            value = self.choices[key] if key in self.choices else swept_values.get(key)
             if isinstance(value, float):
                 value = format_number(value)
             parts.append(f"{label}={value}")
         return " ".join(parts)
 
 
-def sweep_job(cfg: DictConfig) -> SweepJob | None:
-    """This job's place in its sweep; None for a single run (or a config composed in code)."""
+def sweep_job(logger_cfg: DictConfig) -> SweepJob | None:
+    """This job's place in its sweep, read from Hydra's runtime config; None for a single run
+    (or a config composed in code). `logger_cfg`: where to look for the parent run."""
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    parent = find_parent(hydra_cfg, cfg.logger)
+    parent = find_parent(hydra_cfg, logger_cfg)
     if parent is None:
         log.warning(
             "no MLflow parent run found for sweep %s (is prefopt.tracking.sweep.SweepCallback in "
@@ -163,6 +169,16 @@ def find_parent(hydra_cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]
         "tracking_uri": tracking_uri,
         "swept_keys": json.loads(runs[0].data.tags.get(TAG_SWEPT_KEYS, "[]")),
     }
+
+
+def job_error(job_return: JobReturn) -> BaseException | None:
+    """The exception a failed job raised; None for a job that did not fail.
+
+    Hydra keeps it in the private `_return_value`: its public `return_value` re-raises it (and
+    writes to stderr). tests/test_sweeps.py fails loudly when Hydra renames the field."""
+    if job_return.status != JobStatus.FAILED:
+        return None
+    return job_return._return_value
 
 
 class SweepCallback(Callback):
@@ -208,7 +224,7 @@ class SweepCallback(Callback):
             parent = find_parent(config.hydra, config.logger)
             if parent is None:
                 return
-            error = job_return._return_value
+            error = job_error(job_return)
             record = {
                 "overrides": list(config.hydra.overrides.task),
                 "error": f"{type(error).__name__}: {error}"[:1000],

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from prefopt.tracking.runs import OFFLINE_FILE
+from prefopt.tracking.offline import OFFLINE_FILE
 
 
 def _entities(kwargs: dict) -> dict:

@@ -1,0 +1,75 @@
+"""The tracking store: one URI for every process, checked at start, and its experiments.
+
+A relative sqlite path is made absolute (`resolve_tracking_uri`) so that every job of a sweep,
+whatever its working directory, writes one database. An http(s) server is asked for its health
+before anything loads (`check_tracking_uri`), so a wrong address fails in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from prefopt.errors import PrefoptError
+
+log = logging.getLogger("prefopt.tracking")
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative sqlite path absolute, so every process of a sweep writes one database."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
+    """Fail at start, within `timeout` seconds, when an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # something answers (an auth proxy, an older server without /health): go on
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise PrefoptError(
+            f"logger.tracking_uri={uri}: no MLflow server answers ({reason}); start it "
+            "(mlflow server --host 127.0.0.1 --port 5000), fix the address, or log locally "
+            "with logger.tracking_uri=sqlite:///mlflow.db"
+        ) from None
+    # Fail fast later too: MLflow's default retries would stall training for minutes per call.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def ensure_experiment(tracking_uri: str, name: str, attempts: int = 6) -> str:
+    """The id of experiment `name`, created if missing.
+
+    Processes starting at the same moment (the jobs of a parallel sweep, a team on one server)
+    race to create the experiment, and on a fresh SQLite file to create the tables: the loser
+    sees an error, waits and finds the winner's experiment.
+    """
+    for attempt in range(attempts):
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            return client.create_experiment(name)
+        except Exception as error:  # lock, integrity and migration errors differ by store
+            if attempt == attempts - 1:
+                raise
+            delay = 0.2 * 2**attempt * (1 + random.random())
+            log.debug("creating experiment %r failed (%s); retrying in %.1fs", name, error, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
