@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefopt.config.schema import DataConfig
-from prefopt.data.sources import hold_out, load_rows, read_dataset, read_file
+from prefopt.data.local_files import read_file
+from prefopt.data.sources import hold_out, load_rows, read_dataset
 
 RECORDS = [{"prompt": f"Q{i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)]
 
@@ -211,7 +212,7 @@ def test_config_errors(tmp_path):
 def test_scratch_folders_of_dead_processes_on_this_host_are_removed(tmp_path, monkeypatch):
     import socket
 
-    from prefopt.data.sources import scratch_dir
+    from prefopt.data.rows import scratch_dir
 
     monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
     mine = scratch_dir()
