@@ -298,3 +298,22 @@ def test_rows_and_prepared_examples_stay_in_arrow_files_on_disk(tmp_path, tokeni
     for examples in (dm.train_examples, dm.val_examples):
         files = [f["filename"] for f in examples.dataset.cache_files]
         assert files and all(f.startswith(str(tmp_path / "c")) for f in files)
+
+
+def test_the_dataset_fingerprint_is_read_where_datasets_keeps_it(tmp_path):
+    """`datasets` has no public accessor for a dataset's fingerprint; `dataset_fingerprint`
+    reads the private one. Should `datasets` rename it, this fails loudly (and so does the
+    function, rather than keying the cache on nothing)."""
+    from prefopt.data.cache import dataset_fingerprint
+    from prefopt.errors import PrefoptError
+
+    first = datasets.Dataset.from_list([{"a": 1}, {"a": 2}])
+    second = first.map(lambda row: {"a": row["a"] + 1})
+    assert isinstance(dataset_fingerprint(first), str) and dataset_fingerprint(first)
+    assert dataset_fingerprint(first) != dataset_fingerprint(second)
+
+    class Renamed:
+        pass
+
+    with pytest.raises(PrefoptError, match="dataset_fingerprint must be updated"):
+        dataset_fingerprint(Renamed())

@@ -223,3 +223,19 @@ def test_scratch_folders_of_dead_processes_on_this_host_are_removed(tmp_path, mo
     elsewhere.mkdir()
     scratch_dir()
     assert mine.exists() and elsewhere.exists() and not dead.exists()
+
+
+def test_one_cache_root_for_everything_prefopt_keeps(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from prefopt.data.cache import prepared_root
+    from prefopt.files import cache_root
+    from prefopt.reference.cached import default_cache_dir
+
+    monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    assert default_cache_dir() == tmp_path / "reference"
+    assert prepared_root(DataConfig()) == tmp_path / "data" / "prepared"
+    assert prepared_root(DataConfig(cache_dir=str(tmp_path / "mine"))) == tmp_path / "mine"
+    monkeypatch.delenv("PREFOPT_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "prefopt"
