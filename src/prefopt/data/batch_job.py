@@ -62,7 +62,6 @@ def mapped_features(paired: bool):
     return Features(columns)
 
 
-
 class BatchJob:
     """The function `Dataset.map` runs on each batch of rows (picklable for worker processes)."""
 

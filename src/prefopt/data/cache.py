@@ -52,7 +52,6 @@ class PreparedData:
     """The cache key: a fingerprint of everything that decides these token ids."""
 
 
-
 def load_prepared(folder: Path) -> PreparedData | None:
     """The prepared data in `folder`, memory-mapped; None if there is none (yet)."""
     if not (folder / "meta.json").is_file():

@@ -120,7 +120,8 @@ def detect_format(rows: Rows, probe: int = 8, tolerant: bool = False) -> str:
 def _layout_of(row: dict[str, Any], where: str) -> str:
     if "chosen" not in row or "rejected" not in row:
         raise RowError(
-            f"{where}: found columns {sorted(row)}; expected {EXPECTED_LAYOUTS}", reason="missing_column"
+            f"{where}: found columns {sorted(row)}; expected {EXPECTED_LAYOUTS}",
+            reason="missing_column",
         )
     values = [row["chosen"], row["rejected"], row.get("prompt")]
     if any(isinstance(v, list) for v in values):

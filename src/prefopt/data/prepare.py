@@ -118,7 +118,6 @@ def _prepare_into(folder: Path, cfg, tokenizer, toy_world, paired: bool, key: st
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # One split: a parallel batched map, then the problems in file order
 
@@ -166,8 +165,6 @@ def _column(mapped, name: str) -> np.ndarray:
     return mapped.data.column(name).to_numpy()
 
 
-
-
 def _map(rows: Rows, job: BatchJob, split: str, cfg: DataConfig, key: str, folder: Path):
     import datasets
 
@@ -206,7 +203,6 @@ def _map(rows: Rows, job: BatchJob, split: str, cfg: DataConfig, key: str, folde
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
-
 
 
 def _handle_problems(mapped, order: np.ndarray, invalid: InvalidRows) -> list[int]:

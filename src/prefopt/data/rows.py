@@ -161,7 +161,6 @@ def _rename(row: dict[str, Any], spec: RowSpec, number: int) -> dict[str, Any]:
     return new
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Arrow tables in a scratch folder
 

@@ -25,7 +25,6 @@ class ToyWorldFiles(Protocol):
     val_path: str | Path
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Hugging Face datasets
 
@@ -63,7 +62,6 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and (
         (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
     )
-
 
 
 # ---------------------------------------------------------------------------------------------
