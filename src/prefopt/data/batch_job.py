@@ -95,11 +95,9 @@ class BatchJob:
     def _items(self, row: dict[str, Any], where: str, index: int) -> list[tuple]:
         """(pair index, side, Pair or Example) for each example this row gives."""
         item = read_row(row, where, self.layout)
-        if not LAYOUTS[self.layout].paired:
+        if self.paired or not LAYOUTS[self.layout].paired:
             return [(index, -1, item)]
-        pair = item
-        if self.paired:
-            return [(index, -1, pair)]
+        pair = item  # KTO on paired rows: a desirable and an undesirable example
         return [
             (index, 0, Example(pair.prompt, pair.chosen, True, where)),
             (index, 1, Example(pair.prompt, pair.rejected, False, where)),

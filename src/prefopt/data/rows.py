@@ -73,10 +73,6 @@ class Rows:
         """The rows as dicts, decoded on access (for probing a few rows, and for small data)."""
         return RowView(self)
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every row as a dict, in a list: for small data and tests only."""
-        return list(self.rows)
-
     def decode(self, batch: dict[str, list], first: int) -> list[dict[str, Any]]:
         """The rows of a batch of `table` (as `datasets` hands it out) that starts at row `first`."""
         return decode_rows(batch, self.numbers[first : first + _batch_length(batch)], self.spec())
