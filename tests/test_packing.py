@@ -10,11 +10,12 @@ from transformers import BloomConfig, BloomForCausalLM
 
 from prefopt.config.schema import ModelConfig, OptimConfig
 from prefopt.data.collate import collate_pairs
+from prefopt.data.packing import pack_pairs
 from prefopt.errors import PrefoptError
 from prefopt.losses import DPOLoss, KTOLoss
 from prefopt.model.loading import check_model_config
 from prefopt.model.logprobs import completion_logps
-from prefopt.model.packing import PairPacking, pack_pairs, prefix_sharing_mode
+from prefopt.model.packing import PairPacking, prefix_sharing_mode
 from prefopt.reference.cached import FrozenReference, compute_table
 from prefopt.training.module import PreferenceModule
 

@@ -1,5 +1,5 @@
-"""Files that many processes write and read: atomic replacement, an exclusive lock, and
-content hashes for cache keys."""
+"""Files that many processes write and read: the cache root, atomic replacement, an exclusive
+lock, and content hashes for cache keys."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where prefopt keeps what it builds once (toy world, prepared data, reference log-probs):
+    `$PREFOPT_CACHE`, else `~/.cache/prefopt`. Each user of it adds its own subfolder."""
+    root = os.environ.get("PREFOPT_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "prefopt"
 
 
 def atomic_write(path: Path, write) -> None:

@@ -258,8 +258,8 @@ def test_paired_batches_can_carry_their_packed_layout(tmp_path, tokenizer):
     some) lays each batch out; the training step only builds the mask on its device."""
     import torch
 
+    from prefopt.data.packing import layout_pairs, packed_part, with_mask
     from prefopt.model.logprobs import completion_logps
-    from prefopt.model.packing import layout_pairs, packed_part, with_mask
 
     from ..conftest import tiny_llama
 

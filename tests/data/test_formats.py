@@ -1,11 +1,20 @@
-"""Layouts normalised to (prompt, chosen, rejected), their detection, and their error messages."""
+"""Layouts read as (prompt, chosen, rejected), their detection, the registry, and their errors.
+
+Rows go through the production pipeline (`prepare_rows`); where the prompt ends shows in the
+ids: `prompt_input_ids` is the prompt alone (after BOS) and each side's ids are the prompt and
+its completion tokenized together, which the tests work out from hand-written strings (and, for
+conversations, the chat template's rendering).
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from prefopt.data.formats import Pair, detect_format, normalise, split_shared_prefix
-from prefopt.data.sources import Rows
+from prefopt.data.formats import FORMATS, LAYOUTS, detect_format
+from prefopt.data.layouts import split_shared_prefix
+from prefopt.data.rows import Rows
+
+from .conftest import prepare_rows
 
 
 def rows(*records) -> Rows:
@@ -20,22 +29,56 @@ def assistant(text):
     return {"role": "assistant", "content": text}
 
 
+def enc(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def expect_plain(example, tokenizer, prompt: str, chosen: str, rejected: str) -> None:
+    """`example` is the plain-text pair (prompt, chosen, rejected), split where the test says
+    (each boundary here is clean: the prompt's own tokens come first)."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    prompt_ids = [bos, *enc(tokenizer, prompt)]
+    assert example["prompt_input_ids"] == prompt_ids
+    for side, completion in (("chosen", chosen), ("rejected", rejected)):
+        assert example[f"{side}_input_ids"] == [bos, *enc(tokenizer, prompt + completion), eos]
+        assert example[f"{side}_prompt_length"] == len(prompt_ids)
+
+
+def expect_chat(example, tokenizer, prompt: list, chosen: list, rejected: list) -> None:
+    """`example` is the conversation pair, rendered by the chat template (no EOS added)."""
+    render = tokenizer.apply_chat_template
+    prompt_ids = enc(tokenizer, render(prompt, tokenize=False, add_generation_prompt=True))
+    assert example["prompt_input_ids"] == prompt_ids
+    for side, completion in (("chosen", chosen), ("rejected", rejected)):
+        full = render(prompt + completion, tokenize=False, add_generation_prompt=False)
+        assert example[f"{side}_input_ids"] == enc(tokenizer, full)
+        assert example[f"{side}_prompt_length"] == len(prompt_ids)
+
+
 HH_CHOSEN = "\n\nHuman: hi\n\nAssistant: Hello there"
 HH_REJECTED = "\n\nHuman: hi\n\nAssistant: Go away"
 
 
-def test_explicit():
-    data = rows({"prompt": "Q?", "chosen": " yes", "rejected": " no", "extra": 1})
-    assert detect_format(data) == "explicit"
-    assert normalise(data) == [Pair("Q?", " yes", " no", "prefs.jsonl line 1")]
+def test_one_registry_of_formats():
+    from prefopt.config.checks import DATA_FORMATS
+
+    assert FORMATS == ("auto", "explicit", "conversational", "implicit", "unpaired")
+    assert DATA_FORMATS == FORMATS
+    assert [name for name, layout in LAYOUTS.items() if not layout.paired] == ["unpaired"]
 
 
-def test_implicit_hh_prompt_ends_after_the_assistant_marker():
-    data = rows({"chosen": HH_CHOSEN, "rejected": HH_REJECTED})
-    assert detect_format(data) == "implicit"
-    [pair] = normalise(data)
-    assert pair.prompt == "\n\nHuman: hi\n\nAssistant:"
-    assert (pair.chosen, pair.rejected) == (" Hello there", " Go away")
+def test_explicit(tmp_path, tokenizer):
+    record = {"prompt": "Q?", "chosen": " yes", "rejected": " no", "extra": 1}
+    assert detect_format(rows(record)) == "explicit"
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record])
+    expect_plain(example, tokenizer, "Q?", " yes", " no")
+
+
+def test_implicit_hh_prompt_ends_after_the_assistant_marker(tmp_path, tokenizer):
+    record = {"chosen": HH_CHOSEN, "rejected": HH_REJECTED}
+    assert detect_format(rows(record)) == "implicit"
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record])
+    expect_plain(example, tokenizer, "\n\nHuman: hi\n\nAssistant:", " Hello there", " Go away")
 
 
 @pytest.mark.parametrize(
@@ -61,87 +104,82 @@ def test_implicit_prompt_is_cut_at_a_clean_boundary(chosen, rejected, expected):
     assert prompt + chosen_completion == chosen and prompt + rejected_completion == rejected
 
 
-def test_conversational_without_prompt_uses_the_shared_leading_messages():
+def test_conversational_without_prompt_uses_the_shared_leading_messages(tmp_path, tokenizer):
     chosen = [user("hi"), assistant("hello"), user("weather?"), assistant("sunny")]
     rejected = [user("hi"), assistant("hello"), user("weather?"), assistant("no idea")]
-    data = rows({"chosen": chosen, "rejected": rejected})
-    assert detect_format(data) == "conversational"
-    [pair] = normalise(data)
-    assert pair.conversational
-    assert pair.prompt == chosen[:3]
-    assert (pair.chosen, pair.rejected) == ([assistant("sunny")], [assistant("no idea")])
+    record = {"chosen": chosen, "rejected": rejected}
+    assert detect_format(rows(record)) == "conversational"
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record])
+    expect_chat(example, tokenizer, chosen[:3], [assistant("sunny")], [assistant("no idea")])
 
 
-def test_conversational_with_message_prompt():
-    data = rows({"prompt": [user("hi")], "chosen": [assistant("a")], "rejected": [assistant("b")]})
-    assert detect_format(data) == "conversational"
-    [pair] = normalise(data)
-    assert (pair.prompt, pair.chosen, pair.rejected) == (
-        [user("hi")],
-        [assistant("a")],
-        [assistant("b")],
-    )
+def test_conversational_with_message_prompt(tmp_path, tokenizer):
+    record = {"prompt": [user("hi")], "chosen": [assistant("a")], "rejected": [assistant("b")]}
+    assert detect_format(rows(record)) == "conversational"
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record])
+    expect_chat(example, tokenizer, [user("hi")], [assistant("a")], [assistant("b")])
 
 
-def test_conversational_string_prompt_repeated_in_completions_is_stripped():
+def test_conversational_string_prompt_repeated_in_completions_is_stripped(tmp_path, tokenizer):
     # UltraFeedback-binarized style: prompt string, full conversations as completions.
-    data = rows(
-        {
-            "prompt": "hi",
-            "chosen": [user("hi"), assistant("a")],
-            "rejected": [user("hi"), assistant("b")],
-        }
+    record = {
+        "prompt": "hi",
+        "chosen": [user("hi"), assistant("a")],
+        "rejected": [user("hi"), assistant("b")],
+    }
+    assert detect_format(rows(record)) == "conversational"
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record])
+    expect_chat(example, tokenizer, [user("hi")], [assistant("a")], [assistant("b")])
+    # Not stripped, the prompt would be rendered twice.
+    twice = tokenizer.apply_chat_template([user("hi"), user("hi"), assistant("a")], tokenize=False)
+    assert example["chosen_input_ids"] != enc(tokenizer, twice)
+
+
+def test_format_can_be_forced(tmp_path, tokenizer):
+    record = {"prompt": "Q: hi", "chosen": "Q: hi yes", "rejected": "Q: hi no"}
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record], format="implicit")
+    expect_plain(example, tokenizer, "Q: hi", " yes", " no")
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record], format="conversational")
+    expect_chat(
+        example, tokenizer, [user("Q: hi")], [assistant("Q: hi yes")], [assistant("Q: hi no")]
     )
-    assert detect_format(data) == "conversational"
-    [pair] = normalise(data)
-    assert (pair.prompt, pair.chosen, pair.rejected) == (
-        [user("hi")],
-        [assistant("a")],
-        [assistant("b")],
-    )
 
 
-def test_format_can_be_forced():
-    data = rows({"prompt": "Q: hi", "chosen": "Q: hi yes", "rejected": "Q: hi no"})
-    [pair] = normalise(data, "implicit")
-    assert (pair.prompt, pair.chosen, pair.rejected) == ("Q: hi", " yes", " no")
-    [pair] = normalise(data, "conversational")
-    assert pair.prompt == [user("Q: hi")] and pair.chosen == [assistant("Q: hi yes")]
-
-
-def test_missing_columns_error_lists_the_columns_and_layouts():
-    data = rows({"question": "Q", "good": "a", "bad": "b"})
+def test_missing_columns_error_lists_the_columns_and_layouts(tmp_path, tokenizer):
     with pytest.raises(ValueError) as error:
-        normalise(data)
+        prepare_rows(tmp_path, tokenizer, [{"question": "Q", "good": "a", "bad": "b"}])
     message = str(error.value)
     assert "\n" not in message
-    assert "prefs.jsonl line 1" in message
+    assert "data.jsonl line 1" in message
     assert "['bad', 'good', 'question']" in message
     assert "explicit" in message and "conversational" in message and "implicit" in message
     assert "data.columns" in message
 
 
-def test_wrong_type_names_row_and_field():
-    data = rows(
+def test_wrong_type_names_row_and_field(tmp_path, tokenizer):
+    records = [
         {"prompt": "Q", "chosen": "a", "rejected": "b"},
         {"prompt": "Q", "chosen": "a", "rejected": 3},
-    )
-    with pytest.raises(ValueError, match=r"prefs.jsonl line 2: field 'rejected' is a int"):
-        normalise(data, "explicit")
+    ]
+    with pytest.raises(ValueError, match=r"data.jsonl line 2: field 'rejected' is a int"):
+        prepare_rows(tmp_path, tokenizer, records, format="explicit")
 
 
-def test_bad_message_names_row_field_and_index():
-    data = rows({"chosen": [user("hi"), {"text": "x"}], "rejected": [user("hi"), assistant("b")]})
-    with pytest.raises(ValueError, match=r"line 1: field 'chosen' message 1"):
-        normalise(data)
+def test_bad_message_names_row_field_and_index(tmp_path, tokenizer):
+    record = {"chosen": [user("hi"), {"text": "x"}], "rejected": [user("hi"), assistant("b")]}
+    with pytest.raises(ValueError, match=r"data.jsonl line 1: field 'chosen' message 1"):
+        prepare_rows(tmp_path, tokenizer, [record])
 
 
-def test_mixed_layouts_are_reported():
-    data = rows({"prompt": "Q", "chosen": "a", "rejected": "b"}, {"chosen": "a", "rejected": "b"})
+def test_mixed_layouts_are_reported(tmp_path, tokenizer):
+    records = [{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"chosen": "a", "rejected": "b"}]
     with pytest.raises(ValueError, match="different layouts"):
-        detect_format(data)
+        detect_format(rows(*records))
+    with pytest.raises(ValueError, match="different layouts"):
+        prepare_rows(tmp_path, tokenizer, records)
 
 
-def test_unknown_format_name():
-    with pytest.raises(ValueError, match="data.format='sharegpt'"):
-        normalise(rows({"prompt": "Q", "chosen": "a", "rejected": "b"}), "sharegpt")
+def test_unknown_format_name(tmp_path, tokenizer):
+    record = {"prompt": "Q", "chosen": "a", "rejected": "b"}
+    with pytest.raises(ValueError, match="data.format='sharegpt' is not one of: auto, explicit"):
+        prepare_rows(tmp_path, tokenizer, [record], format="sharegpt")

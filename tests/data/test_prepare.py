@@ -1,5 +1,6 @@
-"""Prepared data: the batched, parallel, cached pipeline gives the ids of the row-by-row rules;
-its cache hits on the same inputs and misses on any change that could change an id."""
+"""Prepared data: the batched, parallel, cached pipeline gives the ids each row gets alone (whose
+rules the tokenization and format tests check against hand-worked ids); its cache hits on the
+same inputs and misses on any change that could change an id."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import datasets
@@ -18,10 +20,9 @@ from transformers import AutoTokenizer
 from prefopt.config.schema import DataConfig
 from prefopt.data import PreferenceDataModule
 from prefopt.data import prepare as prepare_module
-from prefopt.data.formats import normalise
+from prefopt.data.examples import ExampleTable
 from prefopt.data.sources import load_rows
-from prefopt.data.tokenize import PairTokenizer, tokenize_pairs
-from prefopt.data.unpaired import ExampleTokenizer, split_pairs
+from prefopt.data.tokenize import PairTokenizer
 
 from .test_datamodule import write_jsonl
 
@@ -60,21 +61,13 @@ def hh_records(n: int, seed: int = 0, explicit: bool = False) -> list[dict]:
 
 
 def row_by_row(cfg: DataConfig, tokenizer, split: str, paired: bool = True) -> list[dict]:
-    """The reference: every row normalised, then tokenized on its own (the tokenization tests'
-    rules), problems dropped."""
-    train_rows, val_rows = load_rows(cfg)
-    rows = train_rows if split == "train" else val_rows
-    pairs = normalise(rows, cfg.format)
-    if paired:
-        encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length)
-        examples, _ = tokenize_pairs(pairs, encoder)
-        if split == "train":
-            for example in examples:
-                example["prompt_input_ids"] = []  # not kept for training examples
-        return examples
-    encoder = ExampleTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length)
-    examples, _ = tokenize_pairs(split_pairs(pairs, seed=cfg.seed), encoder)
-    return examples
+    """The reference: the same rows prepared one row per batch, in one process, without the
+    cache, so that each row meets the rules alone; problems dropped."""
+    alone = replace(cfg, num_proc=1, cache=False, on_invalid="skip")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prepare_module, "MAP_BATCH", 1)
+        prepared = prepare_module.prepare_data(alone, tokenizer, paired=paired)
+    return without_index(ExampleTable(prepared.train if split == "train" else prepared.val))
 
 
 def without_index(examples) -> list[dict]:
@@ -264,7 +257,9 @@ def test_a_saved_dataset_is_prepared_from_its_arrow_files(tmp_path, tokenizer):
         val_fraction=0,
     )
     dm = prepare(cfg, tokenizer)
-    assert without_index(dm.train_examples) == row_by_row(cfg, tokenizer, "train")
+    # The same rows read from a jsonl file instead: the same ids.
+    as_file = replace(cfg, source="local", path=write_jsonl(tmp_path / "saved.jsonl", records))
+    assert without_index(dm.train_examples) == row_by_row(as_file, tokenizer, "train")
 
 
 @pytest.mark.parametrize(
@@ -303,3 +298,22 @@ def test_rows_and_prepared_examples_stay_in_arrow_files_on_disk(tmp_path, tokeni
     for examples in (dm.train_examples, dm.val_examples):
         files = [f["filename"] for f in examples.dataset.cache_files]
         assert files and all(f.startswith(str(tmp_path / "c")) for f in files)
+
+
+def test_the_dataset_fingerprint_is_read_where_datasets_keeps_it(tmp_path):
+    """`datasets` has no public accessor for a dataset's fingerprint; `dataset_fingerprint`
+    reads the private one. Should `datasets` rename it, this fails loudly (and so does the
+    function, rather than keying the cache on nothing)."""
+    from prefopt.data.cache import dataset_fingerprint
+    from prefopt.errors import PrefoptError
+
+    first = datasets.Dataset.from_list([{"a": 1}, {"a": 2}])
+    second = first.map(lambda row: {"a": row["a"] + 1})
+    assert isinstance(dataset_fingerprint(first), str) and dataset_fingerprint(first)
+    assert dataset_fingerprint(first) != dataset_fingerprint(second)
+
+    class Renamed:
+        pass
+
+    with pytest.raises(PrefoptError, match="dataset_fingerprint must be updated"):
+        dataset_fingerprint(Renamed())

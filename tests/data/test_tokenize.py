@@ -1,16 +1,18 @@
 """Tokenization rules: joint tokenization, exact boundary, BOS/EOS once, chat template, truncation.
 
-Expected ids are built from the tokenizer's plain encoding of hand-written strings; expected
-boundaries from decoding token prefixes (the largest k whose decoded text is still a prefix of
-the prompt), which is independent of the offsets the implementation uses.
+Every case goes through the production pipeline (`prepare_rows`: a jsonl file, prepared in
+batches). Expected ids are built from the tokenizer's plain encoding of hand-written strings;
+expected boundaries from decoding token prefixes (the largest k whose decoded text is still a
+prefix of the prompt), which is independent of the offsets the implementation uses.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from prefopt.data.formats import Pair
-from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG, PairTokenizer, tokenize_pairs
+from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
+
+from .conftest import WithoutOffsets, prepare_rows
 
 
 def enc(tokenizer, text: str) -> list[int]:
@@ -19,16 +21,22 @@ def enc(tokenizer, text: str) -> list[int]:
 
 
 def plain(prompt, chosen, rejected):
-    return Pair(prompt, chosen, rejected, where="test row")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def chat(prompt, chosen, rejected):
-    return Pair(
-        [{"role": "user", "content": prompt}],
-        [{"role": "assistant", "content": chosen}],
-        [{"role": "assistant", "content": rejected}],
-        where="test row",
-    )
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def prepare_one(tmp_path, tokenizer, record, **settings) -> dict:
+    """The one example `record` gives (plain text read as explicit, messages as conversational)."""
+    layout = "conversational" if isinstance(record["prompt"], list) else "explicit"
+    [example], _ = prepare_rows(tmp_path, tokenizer, [record], format=layout, **settings)
+    return example
 
 
 def prompt_tokens_by_decoding(tokenizer, ids: list[int], prompt: str) -> int:
@@ -48,11 +56,12 @@ def prompt_tokens_by_decoding(tokenizer, ids: list[int], prompt: str) -> int:
     ],
 )
 @pytest.mark.parametrize("use_offsets", [True, False], ids=["offsets", "common-prefix"])
-def test_prompt_and_completion_are_tokenized_together(tokenizer, prompt, completion, use_offsets):
-    pair_tokenizer = PairTokenizer(tokenizer, max_length=64, max_prompt_length=32)
-    pair_tokenizer.use_offsets = use_offsets  # the slow-tokenizer path, on the same tokenizer
-    example, reason = pair_tokenizer(plain(prompt, completion, "you"))
-    assert reason is None
+def test_prompt_and_completion_are_tokenized_together(
+    tmp_path, tokenizer, prompt, completion, use_offsets
+):
+    # Without offsets: the slow-tokenizer path, on the same tokenizer.
+    seen_as = tokenizer if use_offsets else WithoutOffsets(tokenizer)
+    example = prepare_one(tmp_path, seen_as, plain(prompt, completion, "you"))
 
     body = enc(tokenizer, prompt + completion)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -71,36 +80,36 @@ def test_boundary_merge_is_real(tokenizer):
     assert tokenizer.convert_ids_to_tokens(enc(tokenizer, "Question: hi there"))[-1] == "Ġthere"
 
 
-def test_merged_token_starts_the_completion(tokenizer):
-    example, _ = PairTokenizer(tokenizer, 64, 32)(plain("Question: hi ", "there", "you"))
+def test_merged_token_starts_the_completion(tmp_path, tokenizer):
+    example = prepare_one(tmp_path, tokenizer, plain("Question: hi ", "there", "you"))
     ids, start = example["chosen_input_ids"], example["chosen_prompt_length"]
     assert tokenizer.convert_ids_to_tokens(ids[start]) == "Ġthere"
     assert tokenizer.decode(ids[1:start]) == "Question: hi"
 
 
-def test_prompt_input_ids_are_the_prompt_alone_with_bos(tokenizer):
-    example, _ = PairTokenizer(tokenizer, 64, 32)(plain("Question: hi", " there", " you"))
+def test_prompt_input_ids_are_the_prompt_alone_with_bos(tmp_path, tokenizer):
+    example = prepare_one(tmp_path, tokenizer, plain("Question: hi", " there", " you"))
     assert example["prompt_input_ids"] == [tokenizer.bos_token_id, *enc(tokenizer, "Question: hi")]
 
 
-def test_bos_is_not_doubled_when_the_text_starts_with_it(tokenizer):
-    example, _ = PairTokenizer(tokenizer, 64, 32)(plain("<s>Question: hi", " there", " you"))
+def test_bos_is_not_doubled_when_the_text_starts_with_it(tmp_path, tokenizer):
+    example = prepare_one(tmp_path, tokenizer, plain("<s>Question: hi", " there", " you"))
     bos = tokenizer.bos_token_id
     for key in ("chosen_input_ids", "rejected_input_ids", "prompt_input_ids"):
         assert example[key][0] == bos
         assert example[key].count(bos) == 1
 
 
-def test_no_bos_for_a_tokenizer_that_adds_none(tokenizer_without_bos):
+def test_no_bos_for_a_tokenizer_that_adds_none(tmp_path, tokenizer_without_bos):
     tok = tokenizer_without_bos
-    example, _ = PairTokenizer(tok, 64, 32)(plain("Question: hi", " there", " you"))
+    example = prepare_one(tmp_path, tok, plain("Question: hi", " there", " you"))
     assert example["chosen_input_ids"] == [*enc(tok, "Question: hi there"), tok.eos_token_id]
     assert tok.bos_token_id not in example["chosen_input_ids"]
 
 
 @pytest.mark.parametrize("chosen", [" there", " there</s>"])
-def test_eos_exactly_once_at_the_end(tokenizer, chosen):
-    example, _ = PairTokenizer(tokenizer, 64, 32)(plain("Question: hi", chosen, " you</s>"))
+def test_eos_exactly_once_at_the_end(tmp_path, tokenizer, chosen):
+    example = prepare_one(tmp_path, tokenizer, plain("Question: hi", chosen, " you</s>"))
     eos = tokenizer.eos_token_id
     for key in ("chosen_input_ids", "rejected_input_ids"):
         assert example[key][-1] == eos
@@ -112,9 +121,25 @@ def test_eos_exactly_once_at_the_end(tokenizer, chosen):
     ]
 
 
-def test_chat_template_rendering(tokenizer):
-    example, reason = PairTokenizer(tokenizer, 64, 32)(chat("hi there", "hello friend", "go away"))
-    assert reason is None
+def test_an_empty_completion_is_eos_alone(tmp_path, tokenizer):
+    """Preferring an empty answer is a real preference: it is trained as EOS right after the
+    prompt, and counted."""
+    [example], report = prepare_rows(
+        tmp_path, tokenizer, [plain("Question: hi", "", " Go away")], format="explicit"
+    )
+    prompt_ids = [tokenizer.bos_token_id, *enc(tokenizer, "Question: hi")]
+    assert example["chosen_input_ids"] == [*prompt_ids, tokenizer.eos_token_id]
+    assert example["chosen_prompt_length"] == len(prompt_ids)
+    assert example["rejected_input_ids"] == [
+        *prompt_ids,
+        *enc(tokenizer, " Go away"),
+        tokenizer.eos_token_id,
+    ]
+    assert report.empty_completions == 1
+
+
+def test_chat_template_rendering(tmp_path, tokenizer):
+    example = prepare_one(tmp_path, tokenizer, chat("hi there", "hello friend", "go away"))
     # The test's template, written out by hand: BOS text, turns closed by <|end|>.
     prompt_text = "<s><|user|>hi there<|end|><|assistant|>"
     prompt_ids = enc(tokenizer, prompt_text)
@@ -131,38 +156,41 @@ def test_chat_template_rendering(tokenizer):
         assert ids[-1] == end_of_turn and eos not in ids  # no EOS after the end of turn
 
 
-def test_chat_template_that_does_not_extend_the_prompt_is_a_clear_error(tokenizer):
-    pair = Pair(
-        [{"role": "user", "content": "hi"}],
-        [{"role": "user", "content": "again"}],  # not an assistant turn: no generation header
-        [{"role": "assistant", "content": "no"}],
-        where="data.jsonl line 3",
-    )
+def test_chat_template_that_does_not_extend_the_prompt_is_a_clear_error(tmp_path, tokenizer):
+    bad = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "user", "content": "again"}],  # not an assistant turn: no header
+        "rejected": [{"role": "assistant", "content": "no"}],
+    }
+    records = [chat("hi", "a", "b"), chat("hello", "c", "d"), bad]
     with pytest.raises(ValueError, match=r"data.jsonl line 3: .*does not start with"):
-        PairTokenizer(tokenizer, 64, 32)(pair)
+        prepare_rows(tmp_path, tokenizer, records, format="conversational")
 
 
-def test_conversational_data_needs_a_chat_template(tokenizer_without_bos):
+def test_conversational_data_needs_a_chat_template(tmp_path, tokenizer_without_bos):
     tok = tokenizer_without_bos
     saved, tok.chat_template = tok.chat_template, None
     try:
         with pytest.raises(ValueError, match="needs a chat template"):
-            PairTokenizer(tok, 64, 32)(chat("hi", "a", "b"))
+            prepare_one(tmp_path, tok, chat("hi", "a", "b"))
     finally:
         tok.chat_template = saved
 
 
-def test_truncation_keeps_the_prompt_end_and_the_completion_start(tokenizer):
+def test_truncation_keeps_the_prompt_end_and_the_completion_start(tmp_path, tokenizer):
     # Newlines end pre-tokens, so here separate encodings equal the joint one.
     prompt = "the quick brown fox jumps over the lazy dog\n"
     chosen = "hello there friend, the weather is nice there."
     rejected = "Go away, I am busy with other things."
     assert enc(tokenizer, prompt) + enc(tokenizer, chosen) == enc(tokenizer, prompt + chosen)
     max_length, max_prompt_length = 12, 5
-    example, reason = PairTokenizer(tokenizer, max_length, max_prompt_length)(
-        plain(prompt, chosen, rejected)
+    example = prepare_one(
+        tmp_path,
+        tokenizer,
+        plain(prompt, chosen, rejected),
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
     )
-    assert reason is None
 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     prompt_kept = [bos, *enc(tokenizer, prompt)[-(max_prompt_length - 1) :]]
@@ -177,9 +205,11 @@ def test_truncation_keeps_the_prompt_end_and_the_completion_start(tokenizer):
     assert example["prompt_input_ids"] == prompt_kept
 
 
-def test_short_prompt_is_not_cut_when_only_the_completion_is_long(tokenizer):
+def test_short_prompt_is_not_cut_when_only_the_completion_is_long(tmp_path, tokenizer):
     prompt, chosen = "Question: hi\n", "hello there friend, the weather is nice there."
-    example, _ = PairTokenizer(tokenizer, 10, 8)(plain(prompt, chosen, "Go away"))
+    example = prepare_one(
+        tmp_path, tokenizer, plain(prompt, chosen, "Go away"), max_length=10, max_prompt_length=8
+    )
     prompt_ids = [tokenizer.bos_token_id, *enc(tokenizer, prompt)]
     assert example["chosen_input_ids"][: len(prompt_ids)] == prompt_ids
     assert example["chosen_prompt_length"] == len(prompt_ids)
@@ -191,7 +221,7 @@ def test_short_prompt_is_not_cut_when_only_the_completion_is_long(tokenizer):
     ]
 
 
-def test_pairs_without_a_preference_are_dropped_and_counted(tokenizer):
+def test_pairs_without_a_preference_are_dropped_and_counted(tmp_path, tokenizer):
     prompt = "Question: hi\n"
     shared = "hello there friend, the weather is nice"  # > 6 completion tokens
     pairs = [
@@ -199,12 +229,33 @@ def test_pairs_without_a_preference_are_dropped_and_counted(tokenizer):
         plain(prompt, "same answer", "same answer"),  # identical from the start
         plain(prompt, "Paris", "London"),  # fits
     ]
-    examples, dropped = tokenize_pairs(pairs, PairTokenizer(tokenizer, 12, 6))
+    examples, report = prepare_rows(
+        tmp_path,
+        tokenizer,
+        pairs,
+        format="explicit",
+        max_length=12,
+        max_prompt_length=6,
+        on_invalid="skip",
+    )
     assert len(examples) == 1
-    assert dropped == {DROPPED_TOO_LONG: 1, DROPPED_IDENTICAL: 1}
+    assert report.dropped == {DROPPED_TOO_LONG: 1, DROPPED_IDENTICAL: 1}
     assert examples[0]["chosen_input_ids"][-2] == enc(tokenizer, "Paris")[-1]
 
 
-def test_lengths_must_leave_room_for_a_completion(tokenizer):
+@pytest.mark.parametrize(
+    ("rejected", "message"),
+    [
+        ("same answer", r"data.jsonl line 2: 'chosen' and 'rejected' are identical"),
+        (3, r"data.jsonl line 2: field 'rejected' is a int"),
+    ],
+)
+def test_a_bad_row_is_named_by_file_line_and_field(tmp_path, tokenizer, rejected, message):
+    records = [plain("Q: ", "Paris", "London"), plain("Q: ", "same answer", rejected)]
+    with pytest.raises(ValueError, match=message):
+        prepare_rows(tmp_path, tokenizer, records, format="explicit")
+
+
+def test_lengths_must_leave_room_for_a_completion(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="max_prompt_length"):
-        PairTokenizer(tokenizer, max_length=8, max_prompt_length=8)
+        prepare_one(tmp_path, tokenizer, plain("Q", " a", " b"), max_length=8, max_prompt_length=8)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
 
 from prefopt.config.schema import DataConfig
 from prefopt.data import PreferenceDataModule
-from prefopt.data.formats import Pair
-from prefopt.data.unpaired import (
-    Example,
-    ExampleTokenizer,
-    collate_unpaired,
-    split_pairs,
-)
+from prefopt.data.unpaired import collate_unpaired
+
+from .conftest import prepare_rows
 
 
 def write_jsonl(path, records):
@@ -23,10 +20,10 @@ def write_jsonl(path, records):
     return str(path)
 
 
-def test_example_tokenized_together_with_bos_and_eos_once(tokenizer):
-    tok = ExampleTokenizer(tokenizer, max_length=64, max_prompt_length=32)
-    out, reason = tok(Example("Question: hi ", "there friend", True, "row 0"))
-    assert reason is None
+def test_example_tokenized_together_with_bos_and_eos_once(tmp_path, tokenizer):
+    record = {"prompt": "Question: hi ", "completion": "there friend", "label": True}
+    [out], report = prepare_rows(tmp_path, tokenizer, [record], paired=False)
+    assert report.desirable == 1
     full = tokenizer("Question: hi there friend", add_special_tokens=False)["input_ids"]
     assert out["input_ids"] == [tokenizer.bos_token_id, *full, tokenizer.eos_token_id]
     assert out["input_ids"].count(tokenizer.bos_token_id) == 1
@@ -37,19 +34,29 @@ def test_example_tokenized_together_with_bos_and_eos_once(tokenizer):
     assert out["desirable"] is True
 
 
-def test_split_pairs_gives_both_labels_and_mixes_them():
-    pairs = [Pair(f"p{i}", f"good{i}", f"bad{i}", f"row {i}") for i in range(200)]
-    examples = split_pairs(pairs, seed=0)
-    assert len(examples) == 400
-    assert sum(e.desirable for e in examples) == 200
-    assert {e.completion for e in examples if e.desirable} == {f"good{i}" for i in range(200)}
+def test_paired_rows_give_both_labels_mixed_in_seeded_order(tmp_path, tokenizer):
+    """Each pair gives its chosen completion as desirable and its rejected one as undesirable:
+    all chosen ones (in file order), then all rejected ones, shuffled with data.seed."""
+    records = [{"prompt": f"p{i}:", "chosen": f" good{i}", "rejected": f" bad{i}"} for i in range(200)]
+
+    def completions(seed: int) -> list[tuple[str, bool]]:
+        examples, _ = prepare_rows(tmp_path, tokenizer, records, paired=False, seed=seed)
+        return [
+            (tokenizer.decode(e["input_ids"][e["prompt_length"] : -1]), e["desirable"])
+            for e in examples
+        ]
+
+    examples = completions(seed=0)
+    expected = [(f" good{i}", True) for i in range(200)] + [(f" bad{i}", False) for i in range(200)]
+    random.Random(0).shuffle(expected)
+    assert examples == expected
+    assert sum(desirable for _, desirable in examples) == 200
     # Batches of 8 drawn in order: not one of them may hold a single label.
-    labels = [e.desirable for e in examples]
+    labels = [desirable for _, desirable in examples]
     batches = [labels[i : i + 8] for i in range(0, 400, 8)]
     one_class = sum(len(set(b)) == 1 for b in batches)
     assert one_class <= 2  # chance of an 8-long single-label run is 2·2^-8 per batch
-    assert split_pairs(pairs, seed=0) == examples
-    assert split_pairs(pairs, seed=1) != examples
+    assert completions(seed=1) != examples
 
 
 def test_collate_builds_mismatched_rows_from_the_batch_own_completions():

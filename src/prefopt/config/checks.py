@@ -17,6 +17,7 @@ from pathlib import Path
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.data.formats import FORMATS as DATA_FORMATS
 from prefopt.data.validate import ON_INVALID
 from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
@@ -28,7 +29,6 @@ log = logging.getLogger("prefopt")
 
 GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "sweep")
 DATA_SOURCES = ("toy", "local", "hub")
-DATA_FORMATS = ("auto", "explicit", "conversational", "implicit", "unpaired")
 SCHEDULERS = ("constant", "linear", "cosine")
 
 

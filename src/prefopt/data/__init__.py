@@ -1,6 +1,8 @@
-"""Paired-preference data: load rows, normalise their layout, tokenize, batch.
-
-sources -> formats -> tokenize -> collate, assembled by `PreferenceDataModule`.
+"""Preference data, from raw rows to batches: `sources` finds the rows (`local_files`, hub
+datasets, the toy world) as Arrow tables (`rows`); `formats` is the registry of row layouts
+(`layouts` reads each one); `prepare` maps the rows in batches (`batch_job`) through `tokenize`
+(pairs) or `unpaired` (KTO examples) and keeps the result in a cache (`cache`); `datamodule`
+serves it (`examples`, `order`) as batches for one concatenated forward (`collate`, `packing`).
 """
 
 from prefopt.data.collate import collate_pairs

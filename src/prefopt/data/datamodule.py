@@ -12,10 +12,12 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from prefopt.config.schema import DataConfig
+from prefopt.data.cache import SplitReport
 from prefopt.data.collate import collate_pairs, longest_first_batches
 from prefopt.data.examples import ExampleTable
 from prefopt.data.order import ResumableBatches, ResumableLoader, ShuffledBatches
-from prefopt.data.prepare import SplitReport, prepare_data
+from prefopt.data.packing import collate_packed_pairs
+from prefopt.data.prepare import prepare_data
 from prefopt.data.sources import ToyWorldFiles
 from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
 from prefopt.data.unpaired import collate_unpaired
@@ -118,9 +120,6 @@ class PreferenceDataModule(L.LightningDataModule):
         if not self.paired:
             return functools.partial(collate_unpaired, pad_token_id=self.pad_token_id)
         if self.packed_layout:
-            # Imported here: packing imports the data package (collate), which imports this.
-            from prefopt.model.packing import collate_packed_pairs
-
             return functools.partial(
                 collate_packed_pairs, pad_token_id=self.pad_token_id, **self.packed_layout
             )

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 _ITER_BATCH = 1024
+_LENGTHS_BATCH = 16384
 
 
 class ExampleTable(Sequence):
@@ -49,20 +50,20 @@ class ExampleTable(Sequence):
 
     def lengths(self) -> np.ndarray:
         """Per example, its longest sequence (a pair's longer side), from the Arrow columns'
-        list lengths: no token id is read."""
+        list lengths, read batch by batch as Arrow (never as Python lists)."""
         import pyarrow.compute as pc
 
-        table = self.dataset.data  # every prepared row, before the selection of kept ones
         names = [
             n
             for n in ("chosen_input_ids", "rejected_input_ids", "input_ids")
-            if n in table.column_names
+            if n in self.dataset.column_names
         ]
-        lengths = np.maximum.reduce(
-            [pc.list_value_length(table.column(n)).to_numpy() for n in names]
-        )
-        kept = self.dataset._indices  # `datasets` keeps a selection as an indices table
-        return lengths if kept is None else lengths[kept.column(0).to_numpy()]
+        columns = self.dataset.select_columns(names).with_format("arrow")
+        parts = [
+            np.maximum.reduce([pc.list_value_length(batch[n]).to_numpy() for n in names])
+            for batch in columns.iter(batch_size=_LENGTHS_BATCH)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _as_rows(columns: dict[str, list], indices) -> list[dict[str, Any]]:

@@ -26,19 +26,14 @@ The rules, each guarding a known way to corrupt DPO's log-probabilities:
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-from tqdm.auto import tqdm
-
-from prefopt.data.formats import Message, Pair
-from prefopt.data.validate import InvalidRows
+from prefopt.data.layouts import Message, Pair
 from prefopt.errors import PrefoptError, RowError
 
 DROPPED_TOO_LONG = "too_long"
 DROPPED_IDENTICAL = "identical"
-_PROGRESS_MIN_PAIRS = 2000  # below this, tokenizing takes a blink and a bar is noise
 
 
 class TokenizedPair(TypedDict):
@@ -51,8 +46,8 @@ class TokenizedPair(TypedDict):
 
 
 class PairTokenizer:
-    """Tokenizes `Pair`s under one tokenizer and length budget, one at a time or in batches
-    (one call of the fast tokenizer for a whole batch, with the same result)."""
+    """Tokenizes `Pair`s under one tokenizer and length budget, in batches: `texts` renders a
+    pair, `tokenize_texts` encodes a batch of them in one call of the fast tokenizer."""
 
     def __init__(
         self,
@@ -76,11 +71,6 @@ class PairTokenizer:
         self.eos_id = tokenizer.eos_token_id
         self.use_offsets = bool(getattr(tokenizer, "is_fast", False))
         self.backend = _plain_backend(tokenizer) if self.use_offsets else None
-
-    def __call__(self, pair: Pair) -> tuple[TokenizedPair | None, str | None]:
-        """The tokenized pair, or None and the reason it was dropped (a batch of one; a chat
-        template that fails raises `RowError`, see `texts`)."""
-        return self.tokenize_texts([self.texts(pair)], [not pair.conversational])[0]
 
     def tokenize_texts(
         self, texts: Sequence[tuple[str, str, str]], add_eos: Sequence[bool]
@@ -312,47 +302,6 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-def tokenize_pairs(
-    pairs: Sequence[Any],
-    pair_tokenizer: PairTokenizer,
-    desc: str = "tokenizing",
-    invalid: InvalidRows | None = None,
-) -> tuple[list[Any], Counter[str]]:
-    """Tokenize every pair (or unpaired example, with an `ExampleTokenizer`); returns the kept
-    ones and the number dropped per reason.
-
-    Given `invalid` (the data.on_invalid policy), a pair that cannot be used — identical sides,
-    too long, or one the tokenizer or chat template fails on — is a bad row: an error naming it
-    (`error`), or dropped and counted (`skip`). Without it such pairs are dropped and counted.
-    """
-    examples: list[Any] = []
-    dropped: Counter[str] = Counter()
-    for pair in tqdm(pairs, desc=desc, disable=len(pairs) < _PROGRESS_MIN_PAIRS):
-        try:
-            example, reason = pair_tokenizer(pair)
-        except RowError as error:
-            if invalid is None:
-                raise
-            invalid.record(error)
-            dropped[error.reason] += 1
-            continue
-        except PrefoptError:
-            raise
-        except Exception as error:  # never a traceback from deep inside a tokenizer
-            if invalid is None:
-                raise
-            invalid.record(untokenizable_error(pair.where, error))
-            dropped["untokenizable"] += 1
-            continue
-        if example is None:
-            if invalid is not None:
-                invalid.record(dropped_row_error(pair.where, reason, pair_tokenizer))
-            dropped[reason] += 1
-        else:
-            examples.append(example)
-    return examples, dropped
 
 
 def untokenizable_error(where: str, error: Exception) -> RowError:

@@ -1,13 +1,10 @@
-"""Unpaired preference data for KTO: (prompt, completion, label) examples.
+"""Unpaired preference data for KTO: (prompt, completion, label) examples, tokenized and batched.
 
-Two ways in:
-
-- unpaired rows: `prompt`, `completion` (strings, or message lists for chat data) and a boolean
-  `label` (true = desirable);
-- paired rows of any layout (`split_pairs`): each pair gives a desirable example (chosen) and an
-  undesirable one (rejected). They are shuffled with a seed so batches mix both labels; left in
-  order, each pair's two examples would sit side by side and the label pattern would repeat in
-  every batch.
+Two ways in (reading rows is `formats.py`'s): unpaired rows, one example each; paired rows of
+any layout, each pair giving a desirable example (chosen) and an undesirable one (rejected),
+shuffled with a seed when prepared (`prepare.py`) so batches mix both labels; left in order,
+each pair's two examples would sit side by side and the label pattern would repeat in every
+batch.
 
 Examples are tokenized with the same rules as pairs (`tokenize.PairTokenizer`), each on its own.
 A batch holds 2N rows: rows 0..N-1 are the examples, rows N..2N-1 pair prompt i with the
@@ -19,34 +16,14 @@ combination together would cost a tokenizer call per batch row.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import torch
 
 from prefopt.data.collate import pad_sequences, with_index
-from prefopt.data.formats import Message, Pair, check_not_empty
-from prefopt.data.sources import Rows
+from prefopt.data.layouts import Example
 from prefopt.data.tokenize import DROPPED_TOO_LONG, PairTokenizer
-from prefopt.data.validate import InvalidRows
-from prefopt.errors import RowError
-
-UNPAIRED_COLUMNS = ("prompt", "completion", "label")
-_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str | list[Message]
-    completion: str | list[Message]
-    desirable: bool
-    where: str
-
-    @property
-    def conversational(self) -> bool:
-        return isinstance(self.prompt, list)
 
 
 class TokenizedExample(TypedDict):
@@ -54,75 +31,6 @@ class TokenizedExample(TypedDict):
     prompt_length: int
     prompt_input_ids: list[int]
     desirable: bool
-
-
-def is_unpaired(row: dict[str, Any]) -> bool:
-    return "completion" in row and "label" in row and "chosen" not in row
-
-
-def normalise_unpaired(rows: Rows, invalid: InvalidRows | None = None) -> list[Example]:
-    """Every row as an `Example`; a bad row raises `RowError` or goes to `invalid` (skip mode)."""
-    examples = []
-    for i, row in enumerate(rows.rows):
-        try:
-            examples.append(example_from_row(row, rows.where(i)))
-        except RowError as error:
-            if invalid is None:
-                raise
-            invalid.record(error)
-    return examples
-
-
-def example_from_row(row: dict[str, Any], where: str) -> Example:
-    """One unpaired row as an `Example` (a bad row raises `RowError`)."""
-    missing = [c for c in UNPAIRED_COLUMNS if c not in row]
-    if missing:
-        raise RowError(
-            f"{where}: missing column(s) {missing}; found {sorted(row)}; unpaired data needs "
-            "prompt, completion and a boolean label (rename with data.columns)",
-            reason="missing_column",
-            field=missing[0],
-        )
-    prompt, completion = row["prompt"], row["completion"]
-    for key, value in (("prompt", prompt), ("completion", completion)):
-        if not isinstance(value, (str, list)):
-            raise RowError(
-                f"{where}: field {key!r} is a {type(value).__name__}, expected a string or a "
-                "list of messages",
-                reason="wrong_type",
-                field=key,
-            )
-    if isinstance(prompt, str) != isinstance(completion, str):
-        if isinstance(prompt, list) and isinstance(completion, str):
-            completion = [{"role": "assistant", "content": completion}]
-        else:
-            raise RowError(
-                f"{where}: 'prompt' and 'completion' must both be strings or both messages",
-                reason="wrong_type",
-                field="completion",
-            )
-    check_not_empty(where, prompt)
-    return Example(prompt, completion, _label(row["label"], where), where)
-
-
-def _label(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE  # csv cells are text
-    raise RowError(
-        f"{where}: field 'label' is {value!r}; it must be a boolean (true = desirable, false = undesirable)",
-        reason="bad_label",
-        field="label",
-    )
-
-
-def split_pairs(pairs: Sequence[Pair], seed: int) -> list[Example]:
-    """One desirable and one undesirable example per pair, shuffled so batches mix labels."""
-    examples = [Example(p.prompt, p.chosen, True, p.where) for p in pairs]
-    examples += [Example(p.prompt, p.rejected, False, p.where) for p in pairs]
-    random.Random(seed).shuffle(examples)
-    return examples
 
 
 class ExampleTokenizer(PairTokenizer):

@@ -39,7 +39,7 @@ def completion_logps(
     """Per-sequence summed log-probs of the completion tokens of `batch` under `model`.
 
     `batch` is a standard one (`collate_pairs`: one sequence per row) or a packed one
-    (`prefopt.model.packing.pack_pairs`: several sequences per row, with explicit scoring tensors);
+    (`prefopt.data.packing.pack_pairs`: several sequences per row, with explicit scoring tensors);
     the result has one entry per logical sequence either way. `chunk_size=None` computes the
     full [rows, seq, vocab] logits (the reference path the chunked one is tested against).
     """

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from prefopt.files import atomic_write, file_lock, hash_file
+from prefopt.files import atomic_write, cache_root, file_lock, hash_file
 from prefopt.losses.base import CompletionLogps
 from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE
 from prefopt.model.packing import PairPacking
@@ -203,8 +203,7 @@ def cache_key(fingerprint: str, data_fingerprint: str, settings: dict) -> str:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("PREFOPT_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "prefopt") / "reference"
+    return cache_root() / "reference"
 
 
 def load_cache(path: Path) -> CachedReference | None:

@@ -39,6 +39,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from prefopt.config.schema import ToyWorldConfig
+from prefopt.files import cache_root as prefopt_cache_root
 from prefopt.toy.language import all_prompts, reward
 from prefopt.toy.sft import build_model, sft_examples, train_sft
 from prefopt.toy.tokenizer import build_tokenizer
@@ -82,9 +83,7 @@ def cache_key(cfg: ToyWorldConfig) -> str:
 def cache_root(cfg: ToyWorldConfig) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()
-    if os.environ.get("PREFOPT_CACHE"):
-        return Path(os.environ["PREFOPT_CACHE"]).expanduser() / "toy"
-    return Path.home() / ".cache" / "prefopt" / "toy"
+    return prefopt_cache_root() / "toy"
 
 
 def build_toy_world(cfg: ToyWorldConfig, progress: bool = True) -> ToyWorld:
