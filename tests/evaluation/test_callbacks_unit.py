@@ -73,7 +73,8 @@ def test_the_reference_is_a_frozen_copy_that_later_updates_do_not_touch(tokenize
     assert callback.reference_samples.texts == reference_texts
     assert metrics["eval/kl_seq"] > 0.1
     assert not all(
-        p is q for p, q in zip(module.policy.parameters(), callback._own_reference.parameters())
+        p is q
+        for p, q in zip(module.policy.parameters(), callback.reference_model.model.parameters())
     )
     assert [h["step"] for h in callback.history] == [0.0, 10.0]
 
