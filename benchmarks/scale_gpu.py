@@ -24,7 +24,9 @@ from step_benchmark import SHAPES  # benchmarks/ is on sys.path when this script
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from prefopt.losses.dpo import DPOLoss
-from prefopt.model.lora import AdapterDisabledReference, apply_lora
+from prefopt.model.lora import apply_lora
+from prefopt.reference.adapter import AdapterDisabledReference
+from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule
 
 
@@ -91,7 +93,7 @@ def run(lora: bool, args) -> dict[str, float]:
     else:
         policy, reference = (
             base,
-            copy.deepcopy(base).to(torch.bfloat16 if args.gpu else torch.float32),
+            OnlineReference(copy.deepcopy(base).to(torch.bfloat16 if args.gpu else torch.float32)),
         )
     module = PreferenceModule(
         policy,

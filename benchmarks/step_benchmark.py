@@ -146,7 +146,8 @@ def run_worker(args) -> dict:
     from prefopt.losses import DPOLoss
     from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
     from prefopt.model.packing import PairPacking
-    from prefopt.reference.cached import CachedReference, FrozenReference
+    from prefopt.reference.cached import CachedReference
+    from prefopt.reference.online import OnlineReference
     from prefopt.training.module import PreferenceModule
 
     if args.threads:
@@ -185,7 +186,7 @@ def run_worker(args) -> dict:
             )
             del reference_model  # as on a cache hit: no reference model in memory
         else:
-            reference = FrozenReference(reference_model, chunk, packing)
+            reference = OnlineReference(reference_model, chunk, packing)
         module = PreferenceModule(
             policy,
             DPOLoss(beta=0.1),

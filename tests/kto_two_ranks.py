@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from conftest import tiny_llama  # tests/ is on sys.path: this script runs from there
 from prefopt.losses.kto import KTOLoss
 from prefopt.model.logprobs import completion_logps
+from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule
 from prefopt.training.strategies import MetricSums
 
@@ -37,7 +38,7 @@ def main(rank: int, port: int) -> None:
         tiny_llama(seed=1 + rank),  # each rank's policy differs: different local KLs
         KTOLoss(beta=0.1),
         OmegaConf.create({"lr": 1e-3}),
-        reference=tiny_llama(seed=0),
+        reference=OnlineReference(tiny_llama(seed=0), chunk_size=None),
         chunk_size=None,
     )
     out = module.compute_loss(batch)

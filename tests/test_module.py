@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from prefopt.config.schema import OptimConfig
 from prefopt.losses import DPOLoss
+from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule, lr_schedule
 
 from .conftest import hand_batch
@@ -16,7 +17,7 @@ from .conftest import hand_batch
 
 def make_module(tiny_model_factory, reference_seed=0):
     policy = tiny_model_factory(seed=0)
-    reference = tiny_model_factory(seed=reference_seed)
+    reference = OnlineReference(tiny_model_factory(seed=reference_seed))
     return PreferenceModule(policy, DPOLoss(beta=0.1), OptimConfig(lr=1e-2), reference=reference)
 
 
@@ -73,6 +74,14 @@ def test_reference_logps_are_really_used(tiny_model_factory):
 def test_missing_reference_is_an_error(tiny_model_factory):
     with pytest.raises(ValueError, match="needs a reference"):
         PreferenceModule(tiny_model_factory(), DPOLoss(), OptimConfig(lr=1e-3), reference=None)
+
+
+def test_a_bare_model_as_reference_is_an_error(tiny_model_factory):
+    """The module never wraps models itself: the reference comes built (`build_reference`)."""
+    with pytest.raises(TypeError, match="OnlineReference"):
+        PreferenceModule(
+            tiny_model_factory(), DPOLoss(), OptimConfig(lr=1e-3), reference=tiny_model_factory()
+        )
 
 
 def test_lr_schedule_warms_up_then_decays():

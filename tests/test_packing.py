@@ -2,13 +2,14 @@
 
 import logging
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 from transformers import BloomConfig, BloomForCausalLM
 
-from prefopt.config.schema import ModelConfig, OptimConfig
+from prefopt.config.schema import ModelConfig, OptimConfig, ReferenceConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.packing import pack_pairs
 from prefopt.errors import PrefoptError
@@ -16,7 +17,8 @@ from prefopt.losses import DPOLoss, KTOLoss
 from prefopt.model.loading import check_model_config
 from prefopt.model.logprobs import completion_logps
 from prefopt.model.packing import PairPacking, prefix_sharing_mode
-from prefopt.reference.cached import FrozenReference, compute_table
+from prefopt.reference import build_reference
+from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule
 
 from .conftest import tiny_llama
@@ -185,13 +187,17 @@ def test_a_model_with_a_sliding_window_is_not_packed(caplog):
 
 
 def make_module(packing, loss=None, reference_seed=1):
-    return PreferenceModule(
-        tiny_llama(seed=0),
-        loss or DPOLoss(beta=0.1),
-        OptimConfig(lr=1e-2),
-        reference=tiny_llama(seed=reference_seed),
-        chunk_size=4,
+    loss = loss or DPOLoss(beta=0.1)
+    reference = build_reference(  # an online reference, as with reference.cache=false
+        ReferenceConfig(cache=False),
+        ModelConfig(path="tiny", logits_chunk_size=4),
+        reference_path="tiny",
+        datamodule=SimpleNamespace(paired=loss.paired),
+        load_model=lambda path: tiny_llama(seed=reference_seed),
         packing=packing,
+    )
+    return PreferenceModule(
+        tiny_llama(seed=0), loss, OptimConfig(lr=1e-2), reference, chunk_size=4, packing=packing
     )
 
 
@@ -222,11 +228,9 @@ def test_the_precomputed_reference_table_is_the_same_packed():
     pairs = random_pairs(9, seed=3)
     loader = DataLoader(pairs, batch_size=4, collate_fn=lambda e: collate_pairs(e, 0))
     reference = tiny_llama(seed=2)
-    plain = compute_table(FrozenReference(reference, 4), {"train": loader}, torch.device("cpu"))
-    packed = compute_table(
-        FrozenReference(reference, 4, PairPacking("auto", padding_free=True)),
-        {"train": loader},
-        torch.device("cpu"),
+    plain = OnlineReference(reference, 4).logps_table({"train": loader}, torch.device("cpu"))
+    packed = OnlineReference(reference, 4, PairPacking("auto", padding_free=True)).logps_table(
+        {"train": loader}, torch.device("cpu")
     )
     torch.testing.assert_close(packed["train"], plain["train"], atol=1e-5, rtol=0)
 

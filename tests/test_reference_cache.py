@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from prefopt import train as train_module
 from prefopt.data import PreferenceDataModule
 from prefopt.model.loading import load_causal_lm, load_tokenizer
-from prefopt.reference.cached import CachedReference, local_checkpoint, prepare_reference
+from prefopt.reference import build_reference
+from prefopt.reference.cached import CachedReference, local_checkpoint
 from prefopt.toy import build_toy_world
 from prefopt.train import train
 
@@ -61,7 +62,16 @@ def _prepare(cfg, tokenizer, world, reference_path):
         loads.append(path)
         return load_causal_lm(path, cfg.model)
 
-    return prepare_reference(cfg, str(reference_path), dm, load), loads
+    reference = build_reference(
+        cfg.reference,
+        cfg.model,
+        reference_path=str(reference_path),
+        datamodule=dm,
+        load_model=load,
+        batch_size=cfg.data.batch_size,
+        data_seed=cfg.data.seed,
+    )
+    return reference, loads
 
 
 def test_a_stale_cache_is_never_used(compose_config, tmp_path):

@@ -25,7 +25,7 @@ from prefopt.data.datamodule import FixedBatches
 from prefopt.data.order import ShuffledBatches
 from prefopt.model.loading import load_causal_lm, prepare_policy
 from prefopt.model.logprobs import completion_logps
-from prefopt.model.lora import AdapterDisabledReference
+from prefopt.reference.adapter import AdapterDisabled, AdapterDisabledReference
 from prefopt.toy import build_toy_world
 from prefopt.train import train
 from prefopt.training.strategies import (
@@ -214,7 +214,9 @@ def test_lora_trains_only_adapters_and_its_reference_is_the_base_model(compose_c
     with torch.no_grad():
         moved = completion_logps(policy.eval(), batch, chunk_size=8).summed
     assert not torch.allclose(moved, expected.summed, atol=1e-4)
-    assert result.module.reference.model is not None  # evaluation samples π_ref from the base
+    sampling_model = result.module.reference.sampling_model.model
+    assert isinstance(sampling_model, AdapterDisabled) and sampling_model.peft_model is policy
+    # evaluation samples π_ref from the base, the policy's own weights
 
     # export: the adapter, and the merged model scoring as the trained policy
     assert (result.export_dir / "adapter_config.json").is_file()

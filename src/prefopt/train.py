@@ -24,9 +24,8 @@ from prefopt.evaluation import build_callbacks
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.export import export_policy
 from prefopt.model.loading import load_causal_lm, load_tokenizer, prepare_policy
-from prefopt.model.lora import AdapterDisabledReference
 from prefopt.model.packing import PairPacking
-from prefopt.reference.cached import prepare_reference
+from prefopt.reference import build_reference, build_sampling_model
 from prefopt.toy import ToyWorld, build_toy_world
 from prefopt.tracking import (
     default_run_name,
@@ -129,20 +128,22 @@ def _fit_and_export(
     # One verdict per model on shared prompts / padding-free rows, for the policy and the
     # reference alike (its cached log-probs included); KTO scores its rows as they are.
     packing = PairPacking(cfg.model.prefix_sharing, cfg.data.packing) if loss.paired else None
-    policy, online = None, None
+    policy = None
     if cfg.model.lora.enabled and not cfg.model.reference_path:
         # LoRA: π_ref is the policy with its adapter disabled, not a second model.
         policy = prepare_policy(load_causal_lm(policy_path, cfg.model), cfg.model)
-        online = AdapterDisabledReference(policy, cfg.model.logits_chunk_size or None, packing)
     reference = None
     if loss.needs_reference:
-        reference = prepare_reference(
-            cfg,
-            reference_path,
-            datamodule,
-            lambda path: load_causal_lm(path, cfg.model),
-            online,
-            packing,
+        reference = build_reference(
+            cfg.reference,
+            cfg.model,
+            reference_path=reference_path,
+            datamodule=datamodule,
+            load_model=lambda path: load_causal_lm(path, cfg.model),
+            packing=packing,
+            policy=policy,
+            batch_size=cfg.data.batch_size,
+            data_seed=cfg.data.seed,
         )
     if policy is None:
         policy = prepare_policy(load_causal_lm(policy_path, cfg.model), cfg.model)
@@ -159,8 +160,14 @@ def _fit_and_export(
         datamodule.pack_batches(packing.prefix_sharing != "false", packing.padding_free)
 
     output_dir = Path(cfg.output_dir)
+    if reference is not None:
+        reference_model = reference.sampling_model
+    else:  # a reference-free loss: evaluation still compares with π_ref
+        reference_model = build_sampling_model(
+            cfg.model, reference_path, lambda path: load_causal_lm(path, cfg.model)
+        )
     callbacks = build_callbacks(
-        cfg, loss, tokenizer, lambda: load_causal_lm(reference_path, cfg.model)
+        cfg.eval, cfg.model, cfg.data.source == "toy", loss, tokenizer, reference_model
     )
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     if cfg.checkpoint.enabled:

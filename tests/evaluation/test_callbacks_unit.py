@@ -1,6 +1,7 @@
 """GenerationEvalCallback on a tiny model, without Lightning: the numbers at the start of
 training, where the policy IS the reference, are known exactly."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 from prefopt.config.schema import EvalConfig
 from prefopt.evaluation.callback import GenerationEvalCallback
+from prefopt.reference import SamplingModel
+from prefopt.reference.online import OnlineReference
 
 from ..conftest import tiny_llama
 
@@ -36,9 +39,9 @@ def fake_run(tokenizer, n_prompts=6):
     return trainer, module
 
 
-def make_callback(tokenizer, **cfg):
+def make_callback(tokenizer, reference_model=None, **cfg):
     cfg = EvalConfig(**{"num_prompts": 6, "max_new_tokens": 8, "batch_size": 4, **cfg})
-    return GenerationEvalCallback(cfg, tokenizer, LengthJudge())
+    return GenerationEvalCallback(cfg, tokenizer, LengthJudge(), reference_model)
 
 
 def test_before_any_step_the_policy_ties_the_reference_and_kl_is_zero(tokenizer):
@@ -73,7 +76,8 @@ def test_the_reference_is_a_frozen_copy_that_later_updates_do_not_touch(tokenize
     assert callback.reference_samples.texts == reference_texts
     assert metrics["eval/kl_seq"] > 0.1
     assert not all(
-        p is q for p, q in zip(module.policy.parameters(), callback._own_reference.parameters())
+        p is q
+        for p, q in zip(module.policy.parameters(), callback.reference_model.model.parameters())
     )
     assert [h["step"] for h in callback.history] == [0.0, 10.0]
 
@@ -90,3 +94,35 @@ def test_validation_end_respects_every_n_steps_and_training_end_evaluates_once_m
     callback.on_train_end(trainer, module)
     callback.on_train_end(trainer, module)  # nothing new since: no second evaluation
     assert [h["step"] for h in callback.history] == [4.0, 16.0, 26.0, 30.0]
+
+
+def test_evaluation_samples_the_model_training_runs_as_its_reference(tokenizer):
+    """An online reference: evaluation uses its very model through the protocol (no copy in
+    `setup`, none loaded); here a copy of the policy, so the numbers are those of a tie."""
+    trainer, module = fake_run(tokenizer)
+    module.reference = OnlineReference(copy.deepcopy(module.policy))
+    callback = make_callback(tokenizer, module.reference.sampling_model)
+    callback.setup(trainer, module, "fit")
+    assert callback.reference_model.model is module.reference.model
+    callback.on_fit_start(trainer, module)
+    metrics = callback.evaluate(trainer, module)
+    assert metrics["eval/win_rate_vs_ref"] == 0.5
+    assert metrics["eval/kl_seq"] == pytest.approx(0.0, abs=1e-6)
+    assert callback.reference_model.model is module.reference.model
+
+
+def test_a_reference_checkpoint_is_loaded_at_the_first_evaluation_only(tokenizer):
+    """A cached reference other than the initial policy: nothing copied in `setup`, the
+    checkpoint loaded at the first evaluation, then reused."""
+    trainer, module = fake_run(tokenizer)
+    loads = []
+    reference_model = SamplingModel(load=lambda: loads.append(1) or tiny_llama(seed=7))
+    callback = make_callback(tokenizer, reference_model)
+    callback.setup(trainer, module, "fit")
+    callback.on_fit_start(trainer, module)
+    assert loads == [] and reference_model.model is None
+    first = callback.evaluate(trainer, module)
+    trainer.global_step = 10
+    callback.evaluate(trainer, module)
+    assert loads == [1]
+    assert first["eval/kl_seq"] != pytest.approx(0.0, abs=1e-3)  # another model than the policy

@@ -3,17 +3,16 @@ and the seed's diagnostics, as Lightning callbacks configured by the `eval` conf
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import lightning as L
-from torch import nn
 
+from prefopt.config.schema import EvalConfig, ModelConfig
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.evaluation.diagnostics import DiagnosticsCallback
 from prefopt.evaluation.judges import JUDGES, Judge, RewardModelJudge, ToyJudge, build_judge
 from prefopt.evaluation.metrics import sequence_kl, win_rate
 from prefopt.losses.base import PreferenceLoss
+from prefopt.reference import SamplingModel
 
 
 def check_eval_config(cfg) -> None:
@@ -38,31 +37,27 @@ def check_eval_config(cfg) -> None:
 
 
 def build_callbacks(
-    cfg,
+    eval_cfg: EvalConfig,
+    model_cfg: ModelConfig,
+    toy_data: bool,
     loss: PreferenceLoss,
     tokenizer,
-    load_reference: Callable[[], nn.Module],
+    reference_model: SamplingModel,
 ) -> list[L.Callback]:
-    """The evaluation and diagnostics callbacks `cfg.eval` asks for.
+    """The evaluation and diagnostics callbacks the `eval` section (`eval_cfg`) asks for.
 
-    `load_reference` loads the reference model. Evaluation calls it only when training holds no
-    reference model and `model.reference_path` names one other than the initial policy; else it
-    uses training's reference or a copy of the initial policy (see `GenerationEvalCallback`).
+    `toy_data`: whether the run's data is the toy world (the toy judge needs it).
+    `reference_model`: π_ref as a model, the training reference's `sampling_model`, or for a
+    reference-free loss `prefopt.reference.build_sampling_model`'s (see `GenerationEvalCallback`).
     """
     callbacks: list[L.Callback] = []
-    if cfg.eval.diagnostics.enabled:
-        callbacks.append(DiagnosticsCallback(cfg.eval.diagnostics, loss, seed=cfg.eval.seed))
-    if cfg.eval.num_prompts > 0:
-        judge = build_judge(cfg.eval, cfg.data.source == "toy", cfg.model)
-        chunk_size = cfg.model.get("logits_chunk_size", None) or None
+    if eval_cfg.diagnostics.enabled:
+        callbacks.append(DiagnosticsCallback(eval_cfg.diagnostics, loss, seed=eval_cfg.seed))
+    if eval_cfg.num_prompts > 0:
+        judge = build_judge(eval_cfg, toy_data, model_cfg)
+        chunk_size = model_cfg.logits_chunk_size or None
         callbacks.append(
-            GenerationEvalCallback(
-                cfg.eval,
-                tokenizer,
-                judge,
-                load_reference if cfg.model.reference_path else None,
-                chunk_size,
-            )
+            GenerationEvalCallback(eval_cfg, tokenizer, judge, reference_model, chunk_size)
         )
     return callbacks
 

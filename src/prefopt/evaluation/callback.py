@@ -11,10 +11,11 @@ gets
 - `eval/generations.json`: a table (prompt, policy, reference, their rewards) per evaluation.
 
 The reference never changes, so its samples and rewards are computed at the first evaluation
-and reused. π_ref for evaluation is, in this order: the model training runs online as its
-reference; else, when `model.reference_path` is unset (the reference IS the initial policy), a
-frozen copy of the policy taken in `setup`, before the first step and before Lightning moves it
-to the accelerator; else the `model.reference_path` checkpoint, loaded at the first evaluation.
+and reused. π_ref for evaluation comes from the reference's `SamplingModel`
+(`prefopt.reference.base`): the model training runs online as its reference; else, when
+`model.reference_path` is unset (the reference IS the initial policy), a frozen copy of the
+policy taken in `setup`, before the first step and before Lightning moves it to the
+accelerator; else the `model.reference_path` checkpoint, loaded at the first evaluation.
 A copy or a loaded model stays on the CPU between evaluations. So cached reference log-probs
 still spare training the reference's load and forwards, and reference-free losses (SimPO)
 are measured against the same baseline as the others: runs of a sweep across losses compare.
@@ -23,11 +24,9 @@ Evaluation runs on global rank 0 only.
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
-from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -43,6 +42,7 @@ from prefopt.evaluation.generation import (
 )
 from prefopt.evaluation.judges import Judge
 from prefopt.evaluation.metrics import mean, sequence_kl, win_rate
+from prefopt.reference import SamplingModel
 from prefopt.tracking import log_table
 
 log = logging.getLogger("prefopt.evaluation")
@@ -56,15 +56,16 @@ class GenerationEvalCallback(L.Callback):
         cfg: EvalConfig,
         tokenizer,
         judge: Judge | None,
-        load_reference: Callable[[], nn.Module] | None = None,
+        reference_model: SamplingModel | None = None,
         chunk_size: int | None = None,
     ):
-        """`load_reference` loads a reference checkpoint other than the initial policy; None =
-        the reference is the initial policy (copied in `setup` when training holds no reference)."""
+        """`reference_model`: π_ref as a model, the training reference's `sampling_model` (or,
+        for a reference-free loss, `build_sampling_model`'s); None = the reference is the
+        initial policy, copied in `setup`."""
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.judge = judge
-        self.load_reference = load_reference
+        self.reference_model = reference_model or SamplingModel()
         self.chunk_size = chunk_size
         self.prompts: list[list[int]] = []
         self.prompt_texts: list[str] = []
@@ -74,19 +75,17 @@ class GenerationEvalCallback(L.Callback):
         self.last_step: int | None = None
         self.history: list[dict[str, float]] = []
         """The metrics of each evaluation, in order."""
-        self._own_reference: nn.Module | None = None
 
     # --- Lightning hooks -------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        online = getattr(getattr(pl_module, "reference", None), "model", None)
-        if stage != "fit" or online is not None or self.load_reference is not None:
+        if stage != "fit" or not self.reference_model.is_initial_policy:
             return
         if not trainer.is_global_zero:
             return  # evaluation runs on rank 0 only
-        if self._own_reference is None and self.cfg.num_prompts > 0:
+        if self.cfg.num_prompts > 0:
             # Still on the CPU here: the copy never takes accelerator memory outside evaluation.
-            self._own_reference = copy.deepcopy(pl_module.policy).eval().requires_grad_(False)
+            self.reference_model.keep_initial_policy(pl_module.policy)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         examples = trainer.datamodule.val_examples if trainer.datamodule else None
@@ -118,17 +117,13 @@ class GenerationEvalCallback(L.Callback):
             return {}
         start = time.perf_counter()
         device = pl_module.device
-        reference = self._reference_model(pl_module, device)
-        try:
+        with self.reference_model.on(device) as reference:
             if self.reference_samples is None:
                 self.reference_samples = self._sample(reference, device)
                 self.reference_rewards = self._judge(self.reference_samples, device)
             policy_samples = self._sample(pl_module.policy, device)
             policy_rewards = self._judge(policy_samples, device)
             kl = self._kl(pl_module.policy, reference, policy_samples, device)
-        finally:
-            if self._own_reference is not None and device.type != "cpu":
-                self._own_reference.to("cpu")
 
         metrics = {
             "eval/kl_seq": kl,
@@ -149,17 +144,6 @@ class GenerationEvalCallback(L.Callback):
             ", ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items()),
         )
         return metrics
-
-    def _reference_model(self, pl_module: L.LightningModule, device: torch.device) -> nn.Module:
-        online = getattr(getattr(pl_module, "reference", None), "model", None)
-        if online is not None:  # training runs the reference itself: share it
-            return online.to(device)
-        if self._own_reference is None:
-            if self.load_reference is None:
-                raise RuntimeError("eval: no reference model (setup() did not run for fit)")
-            log.info("eval: loading the reference model (kept on the CPU between evaluations)")
-            self._own_reference = self.load_reference().eval().requires_grad_(False)
-        return self._own_reference.to(device)
 
     def _sample(self, model: nn.Module, device: torch.device) -> Samples:
         ids = generate(

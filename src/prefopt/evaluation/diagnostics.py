@@ -28,7 +28,7 @@ from prefopt.config.schema import DiagnosticsConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.unpaired import collate_unpaired
 from prefopt.losses.base import PreferenceLoss
-from prefopt.model.logprobs import completion_logps
+from prefopt.reference import Reference
 from prefopt.tracking import set_tags
 
 log = logging.getLogger("prefopt.diagnostics")
@@ -111,7 +111,7 @@ class DiagnosticsCallback(L.Callback):
         self.stalled = self.stalled or stalled
 
     def _check_reference_collapse(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        reference = getattr(pl_module, "reference", None)
+        reference: Reference | None = pl_module.reference
         examples = trainer.datamodule.train_examples if trainer.datamodule else None
         if reference is None or not examples or self.cfg.collapse_sample <= 0:
             return  # reference-free losses: the failure mode does not apply
@@ -141,9 +141,11 @@ class DiagnosticsCallback(L.Callback):
 
 
 @torch.no_grad()
-def _chosen_reference_logps(reference, sample, paired, trainer, pl_module, batch_size=32):
+def _chosen_reference_logps(
+    reference: Reference, sample, paired, trainer, pl_module, batch_size=32
+) -> tuple[Tensor, Tensor]:
     """Reference log-probs of each sampled example's chosen (or desirable) completion, through
-    the reference training uses — online model or cached table alike."""
+    the reference training uses (a model run online, or a cached table looked up)."""
     pad_id = trainer.datamodule.pad_token_id
     collate = collate_pairs if paired else collate_unpaired
     summed, counts = [], []
@@ -151,14 +153,7 @@ def _chosen_reference_logps(reference, sample, paired, trainer, pl_module, batch
         batch = collate(sample[start : start + batch_size], pad_token_id=pad_id)
         batch = {k: v.to(pl_module.device) for k, v in batch.items()}
         half = batch["input_ids"].shape[0] // 2
-        model = getattr(reference, "model", None)
-        if model is not None:  # online: score with the model itself, outside training's counts
-            logps = completion_logps(
-                model.to(pl_module.device), batch, getattr(reference, "chunk_size", None)
-            )
-        else:  # cached: a table look-up, no model involved
-            logps = reference.logps(batch, "train")
-        chosen, _ = logps.split(half)
+        chosen, _ = reference.logps(batch, "train").split(half)
         summed.append(chosen.summed.float().cpu())
         counts.append(chosen.token_counts.cpu())
     return torch.cat(summed), torch.cat(counts)

@@ -1,15 +1,11 @@
-"""The frozen reference policy π_ref: run online, or its log-probs computed once and cached.
-
-The online reference is held outside the LightningModule's submodules on purpose: it is then
-never in the optimizer, never in a checkpoint, never switched to train mode by Lightning, and
-never touched by gradient clipping. It runs in eval mode under `inference_mode`.
+"""`CachedReference`: the reference's log-probs computed once, stored on disk, looked up.
 
 The reference never changes, so its log-probs of every training and validation sequence can be
-computed once, before training, and stored on disk (`ReferenceCache`). The cache key hashes
-the reference checkpoint's files, the prepared data's key and the log-prob settings; a run whose key
-matches (the next job of a β or lr sweep, say) never loads the reference model at all.
-With several ranks, the first to take the cache's file lock computes it and the others wait
-and read it (on one machine the launching rank computes it before the others even start).
+computed once, before training, and stored on disk. The cache key hashes the reference
+checkpoint's files, the prepared data's key and the log-prob settings; a run whose key matches
+(the next job of a β or lr sweep, say) never loads the reference model at all. With several
+ranks, the first to take the cache's file lock computes it and the others wait and read it (on
+one machine the launching rank computes it before the others even start).
 """
 
 from __future__ import annotations
@@ -18,49 +14,20 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
 from prefopt.files import atomic_write, cache_root, file_lock, hash_file
 from prefopt.losses.base import CompletionLogps
-from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE
-from prefopt.model.packing import PairPacking
+from prefopt.reference.base import Reference, SamplingModel
 
 log = logging.getLogger("prefopt.reference")
 
 CACHE_FORMAT = 2
 """Bump when the way reference log-probs are computed changes: old caches then miss."""
-
-
-class FrozenReference:
-    def __init__(
-        self,
-        model: nn.Module,
-        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-        packing: PairPacking | None = None,
-    ):
-        model.eval()
-        model.requires_grad_(False)
-        self.model = model
-        self.chunk_size = chunk_size
-        self.packing = packing or PairPacking()
-        """Paired batches only (off for KTO): shared prompts / padding-free rows."""
-        self.forward_calls = 0
-        """How many batches the reference has scored (lets tests and benchmarks count them)."""
-
-    def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
-        device = batch["input_ids"].device
-        if next(self.model.parameters()).device != device:
-            self.model.to(device)
-        self.forward_calls += 1
-        # inference_mode skips autograd's bookkeeping (version counters, views) that no_grad
-        # keeps; the two small results are cloned out so the loss may use them under autograd.
-        with torch.inference_mode():
-            out = self.packing.logps(self.model, batch, self.chunk_size)
-        return CompletionLogps(summed=out.summed.clone(), token_counts=out.token_counts.clone())
 
 
 class CachedReference:
@@ -70,11 +37,16 @@ class CachedReference:
     KTO's own completion), column 1 the second half (rejected, or KTO's mismatched pair).
     """
 
-    def __init__(self, table: dict[str, Tensor], computed: int = 0):
+    def __init__(
+        self,
+        table: dict[str, Tensor],
+        sampling_model: SamplingModel | None = None,
+        computed: int = 0,
+    ):
         self.table = table
-        self.model: nn.Module | None = None
-        """A model that evaluation may sample π_ref from (LoRA: the policy with its adapter
-        off); never run in training. None = evaluation makes its own copy."""
+        self.sampling_model = sampling_model or SamplingModel()
+        """π_ref as a model, for evaluation only: never run in training (default: a copy of
+        the initial policy)."""
         self.forward_calls = 0
         """Reference forwards during training: always 0 here."""
         self.precompute_calls = computed
@@ -86,67 +58,41 @@ class CachedReference:
         summed = torch.cat([values[:, 0], values[:, 1]]).to(batch["input_ids"].device)
         return CompletionLogps(summed=summed, token_counts=batch["completion_mask"][:, 1:].sum(-1))
 
+    def logps_table(self, loaders: dict[str, object], device: torch.device) -> dict[str, Tensor]:
+        return {split: self.table[split] for split in loaders}
 
-def prepare_reference(
-    cfg, reference_path: str, datamodule, load_model, online=None, packing=None
-) -> FrozenReference | CachedReference:
-    """The reference for training: cached log-probs when `cfg.reference.cache` allows, else the
-    model itself. On a cache miss the model is loaded once, scores all data, and is dropped.
 
-    `online`: a reference already in memory, used instead of loading `reference_path` (LoRA:
-    the policy with its adapter disabled, which scores exactly as the base checkpoint does).
-    `packing`: how the reference model scores pairs (`PairPacking`), online and for the cache."""
-    chunk_size = cfg.model.logits_chunk_size or None
-    loaded = online
-
-    def run_online():
-        nonlocal loaded
-        if loaded is None:
-            loaded = FrozenReference(load_model(reference_path), chunk_size, packing)
-        return loaded
-
-    if not cfg.reference.cache:
-        return run_online()
-    checkpoint = local_checkpoint(reference_path)
-    if checkpoint is None:
-        # A hub id not downloaded yet: loading it fills the Hugging Face cache, whose snapshot
-        # the cache key then hashes (the next job finds it there and loads nothing).
-        run_online()
-        checkpoint = local_checkpoint(reference_path)
-    if checkpoint is None:
-        log.info(
-            "reference log-probs: %s has no local files to fingerprint; running it online",
-            reference_path,
-        )
-        return run_online()
-    settings = {
-        "dtype": cfg.model.dtype,
-        "paired": datamodule.paired,
-        # KTO's mismatched rows depend on how examples are grouped into batches.
-        "batching": None if datamodule.paired else [cfg.data.batch_size, cfg.data.seed],
-    }
-    key = cache_key(checkpoint_fingerprint(checkpoint), datamodule.fingerprint, settings)
-    path = Path(cfg.reference.cache_dir or default_cache_dir()) / f"{key}.pt"
-    cached = load_cache(path)
-    if cached is None:
+def load_or_compute(
+    path: Path,
+    reference_path: str,
+    scorer: Callable[[], Reference],
+    loaders: Callable[[], dict[str, object]],
+    sampling_model: SamplingModel,
+) -> CachedReference:
+    """The cache at `path`, computed first when missing: `scorer()` gives the reference (of
+    checkpoint `reference_path`) that scores every example of `loaders()`; both are called only
+    on a miss, so a hit loads no model."""
+    table = load_cache(path)
+    computed = 0
+    if table is None:
         with file_lock(path.with_suffix(".lock")):  # another rank may be computing it now
-            cached = load_cache(path)
-            if cached is None:
-                cached = _compute_cache(run_online(), datamodule, path, reference_path)
-    if online is not None:
-        cached.model = getattr(online, "model", None)
-    return cached
+            table = load_cache(path)
+            if table is None:
+                log.info(
+                    "reference log-probs: no cache yet, computing them once for %s",
+                    reference_path,
+                )
+                reference = scorer()
+                table = reference.logps_table(loaders(), _device())
+                save_cache(path, table)
+                computed = reference.forward_calls
+    return CachedReference(table, sampling_model, computed)
 
 
-def _compute_cache(reference, datamodule, path: Path, reference_path: str) -> CachedReference:
-    log.info("reference log-probs: no cache yet, computing them once for %s", reference_path)
+def _device() -> torch.device:
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    else:
-        device = torch.device("cpu")
-    table = compute_table(reference, datamodule.reference_loaders(), device)
-    save_cache(path, table)
-    return CachedReference(table, computed=reference.forward_calls)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def local_checkpoint(path: str) -> Path | None:
@@ -206,33 +152,12 @@ def default_cache_dir() -> Path:
     return cache_root() / "reference"
 
 
-def load_cache(path: Path) -> CachedReference | None:
+def load_cache(path: Path) -> dict[str, Tensor] | None:
+    """The cached table at `path`, or None when there is none yet."""
     if not path.is_file():
         return None
     table = torch.load(path, weights_only=True)
     log.info("reference log-probs: cache hit %s (the reference model is not loaded)", path)
-    return CachedReference(table)
-
-
-@torch.no_grad()
-def compute_table(
-    reference: FrozenReference, loaders: dict[str, object], device: torch.device
-) -> dict[str, Tensor]:
-    """Score every example of each split's (unshuffled) loader once, with a progress bar."""
-    table = {}
-    for split, loader in loaders.items():
-        n = len(loader.dataset) if hasattr(loader, "dataset") else 0
-        values = torch.full((n, 2), float("nan"))
-        for batch in tqdm(loader, desc=f"reference log-probs ({split})", leave=False):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            half = batch["input_ids"].shape[0] // 2
-            first, second = reference.logps(batch).split(half)
-            index = batch["example_index"].cpu()
-            values[index, 0] = first.summed.float().cpu()
-            values[index, 1] = second.summed.float().cpu()
-        if values.isnan().any():
-            raise RuntimeError(f"reference cache: some {split} examples were never scored")
-        table[split] = values
     return table
 
 

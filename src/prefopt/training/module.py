@@ -23,7 +23,7 @@ from prefopt.errors import PrefoptError
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
 from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.model.packing import PairPacking
-from prefopt.reference.cached import CachedReference, FrozenReference
+from prefopt.reference import Reference
 from prefopt.training.strategies import MetricSums, mean_across_ranks, world_size
 
 
@@ -33,7 +33,7 @@ class PreferenceModule(L.LightningModule):
         policy: nn.Module,
         loss: PreferenceLoss,
         optim: OptimConfig,
-        reference: nn.Module | FrozenReference | CachedReference | None = None,
+        reference: Reference | None = None,
         chunk_size: int | None = DEFAULT_CHUNK_SIZE,
         packing: PairPacking | None = None,
     ):
@@ -46,8 +46,11 @@ class PreferenceModule(L.LightningModule):
         self.chunk_size = chunk_size
         # Pairs only: KTO's rows are examples and mismatched completions, scored as today.
         self.packing = packing if packing is not None and loss.paired else PairPacking()
-        if isinstance(reference, nn.Module):
-            reference = FrozenReference(reference, chunk_size, self.packing)
+        if reference is not None and not isinstance(reference, Reference):
+            raise TypeError(
+                f"reference: expected a prefopt.reference.Reference, got {type(reference).__name__}"
+                " (wrap a model in OnlineReference, or use build_reference)"
+            )
         self.reference = reference
         self._val_sums = MetricSums()
 
