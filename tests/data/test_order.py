@@ -32,16 +32,16 @@ def test_a_resumed_loader_continues_where_the_checkpoint_was_taken():
         first = loader(make, progress=lambda: 2)
         seen = [[b.tolist() for b in first] for _ in range(2)]  # no set_epoch: epoch after epoch
         assert seen == expected[:2] and seen[0] != seen[1]
-        state = first.state_dict()
+        state = first.position()
         assert state == {"epoch": 1, "batches_done": 2}
 
         resumed = loader(make)
-        resumed.load_state_dict(state)
+        resumed.resume_from(state)
         assert [b.tolist() for b in resumed] == expected[1][2:]
         assert [b.tolist() for b in resumed] == expected[2]
 
         at_epoch_end = loader(make)
-        at_epoch_end.load_state_dict({"epoch": 1, "batches_done": 8})
+        at_epoch_end.resume_from({"epoch": 1, "batches_done": 8})
         assert [b.tolist() for b in at_epoch_end] == expected[2]
 
 
