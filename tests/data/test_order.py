@@ -51,3 +51,17 @@ def test_lightning_s_set_epoch_picks_the_epoch():
     resumable = loader(make)
     resumable.batch_sampler.sampler.set_epoch(2)
     assert [b.tolist() for b in resumable] == expected[2]
+
+
+def test_a_position_given_after_the_iterator_was_made_counts_until_the_first_batch():
+    """Lightning makes the loader's iterator before it restores the position with FSDP: the
+    batches (here drawn for a worker process) start only with the first one asked for."""
+    make = lambda: ShuffledBatches(37, 5, seed=3)  # noqa: E731
+    expected = epochs(make)
+    batches = ResumableBatches(make())
+    resumable = ResumableLoader(
+        list(range(37)), batch_sampler=batches, progress=lambda: 0, num_workers=1
+    )
+    iterator = iter(resumable)
+    resumable.resume_from({"epoch": 1, "batches_done": 3})
+    assert [b.tolist() for b in iterator] == expected[1][3:]
