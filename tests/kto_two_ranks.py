@@ -1,7 +1,8 @@
 """One rank of tests/test_scale.py's KTO check: `python kto_two_ranks.py RANK PORT`.
 
 A fresh interpreter per rank (forking a process whose OpenMP pool already ran can deadlock).
-Prints this rank's z_ref, local KL estimate, loss and cross-rank metric means as JSON.
+Prints this rank's z_ref, local KL estimate, loss and cross-rank metric means (validation's
+and a training step's) as JSON.
 """
 
 import json
@@ -15,8 +16,8 @@ from conftest import tiny_llama  # tests/ is on sys.path: this script runs from 
 from prefopt.losses.kto import KTOLoss
 from prefopt.model.logprobs import completion_logps
 from prefopt.reference.online import OnlineReference
+from prefopt.training.metrics import EpochMeans, StepMeans
 from prefopt.training.module import PreferenceModule
-from prefopt.training.strategies import MetricSums
 
 
 def main(rank: int, port: int) -> None:
@@ -42,9 +43,11 @@ def main(rank: int, port: int) -> None:
         chunk_size=None,
     )
     out = module.compute_loss(batch)
-    sums = MetricSums()
-    sums.add({"loss": out.loss, "rewards/rejected": out.metrics["rewards/rejected"]}, 2 + rank)
-    means = {k: [float(v[0]), float(v[1])] for k, v in sums.means().items()}
+    metrics = {"loss": out.loss, "rewards/rejected": out.metrics["rewards/rejected"]}
+    means = {}
+    for kind, metric in (("means", EpochMeans()), ("step_means", StepMeans())):
+        metric.update(metrics, 2 + rank)
+        means[kind] = {k: [float(v[0]), float(v[1])] for k, v in metric.compute().items()}
     mismatched = {k: batch[k][2:] for k in ("input_ids", "attention_mask", "completion_mask")}
     with torch.no_grad():
         local_kl = (
@@ -57,7 +60,7 @@ def main(rank: int, port: int) -> None:
                 "z_ref": float(out.metrics["kl"]),
                 "local_kl": float(local_kl),
                 "loss": float(out.loss),
-                "means": means,
+                **means,
             }
         )
     )

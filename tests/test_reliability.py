@@ -628,8 +628,6 @@ def test_real_errors_from_the_store_are_not_taken_for_an_outage(tmp_path):
 
 
 def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(tmp_path):
-    from types import SimpleNamespace
-
     from prefopt.training.checkpoint import find_resume_point, mark_resumed, write_run_file
 
     def run_folder(name, **fields):
@@ -644,14 +642,14 @@ def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(t
     killed = run_folder("2025-01-02/09-00-00")
     run_folder("2025-01-02/11-00-00", finished=True)
     new = tmp_path / "outputs" / "2025-01-03" / "08-00-00"
-    cfg = SimpleNamespace(ckpt_path=None, resume=True, output_dir=str(new))
-
-    point = find_resume_point(cfg)
+    point = find_resume_point(str(new), resume=True, ckpt_path=None)
     assert point.checkpoint == killed / CHECKPOINT_DIR / LAST
     assert point.run_id_for("sqlite:///x.db") == "2025-01-02/09-00-00"
     assert point.run_id_for("sqlite:///other.db") is None
 
     mark_resumed(point, new)  # the new run took over: the next resume=true must not pick it
-    assert find_resume_point(cfg).checkpoint.parent.parent.name == "10-00-00"
-    cfg.ckpt_path = str(killed)  # naming a run folder works whatever its state
-    assert find_resume_point(cfg).checkpoint == killed / CHECKPOINT_DIR / LAST
+    next_point = find_resume_point(str(new), resume=True, ckpt_path=None)
+    assert next_point.checkpoint.parent.parent.name == "10-00-00"
+    # naming a run folder works whatever its state
+    named = find_resume_point(str(new), resume=True, ckpt_path=str(killed))
+    assert named.checkpoint == killed / CHECKPOINT_DIR / LAST

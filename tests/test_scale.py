@@ -100,10 +100,12 @@ def test_kto_z_ref_and_metrics_are_means_across_two_ranks():
     assert r0["z_ref"] == pytest.approx(max(0.0, (r0["local_kl"] + r1["local_kl"]) / 2), abs=1e-5)
     assert r0["local_kl"] != pytest.approx(r1["local_kl"], abs=1e-3)  # else the test is vacuous
     # metrics: weighted by each rank's examples (2 and 3); a NaN-only metric adds nothing
-    assert r0["means"] == r1["means"]
-    assert r0["means"]["loss"][0] == pytest.approx((2 * r0["loss"] + 3 * r1["loss"]) / 5, abs=1e-6)
-    assert r0["means"]["loss"][1] == 5
-    assert r0["means"]["rewards/rejected"][1] == 3  # rank 0 has no undesirable example
+    for kind in ("means", "step_means"):  # validation's and a training step's
+        assert r0[kind] == r1[kind]
+        expected_loss = (2 * r0["loss"] + 3 * r1["loss"]) / 5
+        assert r0[kind]["loss"][0] == pytest.approx(expected_loss, abs=1e-6)
+        assert r0[kind]["loss"][1] == 5
+        assert r0[kind]["rewards/rejected"][1] == 3  # rank 0 has no undesirable example
 
 
 # --- 2-process DDP on the toy world, from the command line ---------------------------------
@@ -244,7 +246,8 @@ def test_strategies_are_lightnings_with_prefopts_launcher(compose_config):
     policy = fsdp["strategy"].kwargs["auto_wrap_policy"]
     assert set(policy._module_classes) == {type(model.model.layers[0])}
     with pytest.raises(ValueError, match="eval.num_prompts=0"):
-        check_scaling_config(compose_config("trainer=fsdp"))
+        cfg = compose_config("trainer=fsdp")
+        check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
 
 
 def test_gradient_checkpointing_and_compile_are_switched_on(compose_config):

@@ -73,13 +73,13 @@ class TrainResult:
 def check_config(cfg: DictConfig) -> PreferenceLoss:
     """Everything that can be checked before a model or dataset is touched."""
     loss = checks.check_config(cfg)
-    distributed.check_scaling_config(cfg)
+    distributed.check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
     return loss
 
 
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
-    resume = find_resume_point(cfg)
+    resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sweep = sweep_job(cfg.logger)  # None unless this is a job of a --multirun
     run_name = cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)

@@ -32,16 +32,16 @@ def test_a_resumed_loader_continues_where_the_checkpoint_was_taken():
         first = loader(make, progress=lambda: 2)
         seen = [[b.tolist() for b in first] for _ in range(2)]  # no set_epoch: epoch after epoch
         assert seen == expected[:2] and seen[0] != seen[1]
-        state = first.state_dict()
+        state = first.position()
         assert state == {"epoch": 1, "batches_done": 2}
 
         resumed = loader(make)
-        resumed.load_state_dict(state)
+        resumed.resume_from(state)
         assert [b.tolist() for b in resumed] == expected[1][2:]
         assert [b.tolist() for b in resumed] == expected[2]
 
         at_epoch_end = loader(make)
-        at_epoch_end.load_state_dict({"epoch": 1, "batches_done": 8})
+        at_epoch_end.resume_from({"epoch": 1, "batches_done": 8})
         assert [b.tolist() for b in at_epoch_end] == expected[2]
 
 
@@ -51,3 +51,17 @@ def test_lightning_s_set_epoch_picks_the_epoch():
     resumable = loader(make)
     resumable.batch_sampler.sampler.set_epoch(2)
     assert [b.tolist() for b in resumable] == expected[2]
+
+
+def test_a_position_given_after_the_iterator_was_made_counts_until_the_first_batch():
+    """Lightning makes the loader's iterator before it restores the position with FSDP: the
+    batches (here drawn for a worker process) start only with the first one asked for."""
+    make = lambda: ShuffledBatches(37, 5, seed=3)  # noqa: E731
+    expected = epochs(make)
+    batches = ResumableBatches(make())
+    resumable = ResumableLoader(
+        list(range(37)), batch_sampler=batches, progress=lambda: 0, num_workers=1
+    )
+    iterator = iter(resumable)
+    resumable.resume_from({"epoch": 1, "batches_done": 3})
+    assert [b.tolist() for b in iterator] == expected[1][3:]

@@ -66,6 +66,8 @@ class PreferenceDataModule(L.LightningDataModule):
         """Set by `pack_batches`: paired batches also carry their packed layout."""
         self.fingerprint: str | None = None
         """The prepared data's cache key: changes whenever any token id could."""
+        self._train_loader: ResumableLoader | None = None
+        self._resume_position: dict[str, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples is not None:
@@ -137,13 +139,31 @@ class PreferenceDataModule(L.LightningDataModule):
             batches = FixedBatches(n, size, seed, rank=rank, world=world)
         else:
             batches = ShuffledBatches(n, size, seed, rank, world)
-        return ResumableLoader(
+        self._train_loader = ResumableLoader(
             self.train_examples,
             batch_sampler=ResumableBatches(batches),
             collate_fn=self._collate(),
             num_workers=self.cfg.num_workers,
             progress=self._batches_done,
         )
+        if self._resume_position is not None:
+            self._train_loader.resume_from(self._resume_position)
+            self._resume_position = None
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position in its epoch; Lightning saves it with a checkpoint."""
+        if self._train_loader is None:
+            return {}
+        return {"train_position": self._train_loader.position()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The saved position, handed back by Lightning on resume before it asks for the
+        training loader (with FSDP after it, but before the loader's first batch)."""
+        self._resume_position = state_dict.get("train_position")
+        if self._train_loader is not None and self._resume_position is not None:
+            self._train_loader.resume_from(self._resume_position)
+            self._resume_position = None
 
     def _batches_done(self) -> int:
         """Training batches the trainer has finished in the current epoch."""
@@ -158,7 +178,7 @@ class PreferenceDataModule(L.LightningDataModule):
             return self._loader(self.val_examples, batch_size=self.cfg.eval_batch_size)
         # Whole single-process batches, dealt out to the ranks (KTO's mismatched rows, and so
         # its cached reference log-probs, depend on the batch); no padding, no duplicates:
-        # metrics are reduced as sums and counts (MetricSums).
+        # metrics are means over every rank's examples (training/metrics.py).
         n, size = len(self.val_examples), self.cfg.eval_batch_size
         batches = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
         if len(batches) < world:  # every rank needs a batch: split by example instead

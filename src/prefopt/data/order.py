@@ -3,14 +3,14 @@
 Batch samplers here draw each epoch's order from a generator seeded once, at the start of the
 epoch, so epoch e's batches depend only on the seed and e. `ResumableBatches` wraps such a
 sampler: to resume at (epoch e, batch k) it replays the orders of epochs 0..e-1 (permutations
-only, no data is loaded) and skips the first k batches of epoch e. Lightning saves the loader's
-`state_dict` (epoch, batches done) with each checkpoint and hands it back on resume
-(`ResumableLoader`). Any deterministic batch sampler can be wrapped, e.g. a rank's shard.
+only, no data is loaded) and skips the first k batches of epoch e. The data module saves the
+loader's position (epoch, batches done) in its `state_dict`, which Lightning writes with each
+checkpoint and hands back on resume (`ResumableLoader`). Any deterministic batch sampler can be wrapped, e.g. a rank's shard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -96,22 +96,43 @@ class ResumableBatches(Sampler[list[int]]):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader over `ResumableBatches` with Lightning's stateful-loader interface.
+    """A DataLoader over `ResumableBatches` that reports and takes a position in the epoch.
 
     `progress()` is the number of batches of the current epoch the trainer has finished
-    (prefetching means the loader itself has handed out more than that).
+    (prefetching means the loader itself has handed out more than that). The data module saves
+    `position()` with each checkpoint and gives it back to `resume_from` on resume.
     """
 
     def __init__(self, *args, progress: Callable[[], int], **kwargs):
         super().__init__(*args, **kwargs)
         self.progress = progress
 
-    def state_dict(self) -> dict[str, int]:
+    def position(self) -> dict[str, int]:
         epoch = max(self.batch_sampler.current_epoch, 0)
         return {"epoch": epoch, "batches_done": int(self.progress())}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, done = state["epoch"], state["batches_done"]
+    def resume_from(self, position: dict[str, int]) -> None:
+        """Start the next iteration at `position`; before the first batch is drawn."""
+        epoch, done = position["epoch"], position["batches_done"]
         if done >= len(self.batch_sampler):  # saved at the end of an epoch: the next one
             epoch, done = epoch + 1, 0
         self.batch_sampler.resume_at(epoch, done)
+
+    def __iter__(self):
+        # Lightning asks for the iterator as soon as it builds the loader, which with FSDP is
+        # before the checkpoint's position arrives, and worker processes would draw the first
+        # batches at once: the real iterator starts with the first batch asked for.
+        return _StartsOnFirstBatch(super().__iter__)
+
+
+class _StartsOnFirstBatch:
+    def __init__(self, start: Callable[[], Iterator]):
+        self._start, self._iterator = start, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._start()
+        return next(self._iterator)

@@ -2,10 +2,10 @@
 
 `<output_dir>/checkpoints/last.ckpt` holds everything a run needs to go on as if it had never
 stopped: the policy, the optimizer and scheduler states, Lightning's loop counters, the data
-position within the epoch (`data/order.py`) and the random number generators. It is written
-every `checkpoint.every_n_steps` optimizer steps and at the end of training, atomically (a
-temporary file in the same folder, fsynced, then renamed over the old one), so a kill -9 at any
-moment leaves the previous checkpoint intact. `run.json` beside it names the MLflow run, so that
+position within the epoch (the data module's `state_dict`, `data/order.py`) and the random
+number generators. It is written every `checkpoint.every_n_steps` optimizer steps and at the
+end of training, atomically (a temporary file in the same folder, fsynced, then renamed over the
+old one), so a kill -9 at any moment leaves the previous checkpoint intact. `run.json` beside it names the MLflow run, so that
 a resumed run logs into the same MLflow run; `finished` is set once the run has exported.
 
 Checkpoints load with `torch.load(weights_only=True)`: tensors and plain values only, so a
@@ -112,25 +112,13 @@ class ResumeCheckpoint(L.Callback):
     def state_key(self) -> str:
         return "ResumeCheckpoint"
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.ckpt_path is None:
-            return
-        # `estimated_stepping_batches` (the lr schedule's length) already built the training
-        # loader before Lightning restored the loops, so the loader never received its saved
-        # position; dropping it makes the fit loop build it again and hand the position over.
-        fit_loop = trainer.fit_loop
-        if getattr(fit_loop, "_data_fetcher", None) is not None:
-            fit_loop._data_fetcher.teardown()
-            fit_loop._data_fetcher = None
-        fit_loop._combined_loader = None
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not self.every_n_steps or step == 0 or step % self.every_n_steps:
             return
         if step == self._saved_step or self._pending:
             return
-        if _validation_follows(trainer):
+        if validation_follows(trainer):
             self._pending = True
         else:
             self.save(trainer)
@@ -158,12 +146,16 @@ class ResumeCheckpoint(L.Callback):
         self._saved_step = state_dict.get("step", -1)
 
 
-def _validation_follows(trainer) -> bool:
-    epoch_loop = trainer.fit_loop.epoch_loop
-    try:
-        return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
-    except Exception:  # a private Lightning API: when it changes, save at once instead
-        return False
+def validation_follows(trainer) -> bool:
+    """Whether Lightning validates after the training batch that just ended.
+
+    Lightning has no public way to ask; its training epoch loop decides with the private
+    `_should_check_val_fx(data_fetcher)`. This is the one place that calls it, so that a
+    checkpoint is not written between a step and its validation; tests/test_checkpoint.py fails
+    if Lightning renames it or changes what it takes.
+    """
+    fit_loop = trainer.fit_loop
+    return bool(fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,19 +189,22 @@ def read_run_file(checkpoint_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def find_resume_point(cfg) -> ResumePoint | None:
-    """The checkpoint `ckpt_path=` names, or with `resume=true` the latest unfinished run's."""
-    if cfg.ckpt_path:
-        checkpoint = _checkpoint_in(Path(cfg.ckpt_path).expanduser())
+def find_resume_point(
+    output_dir: str | Path, resume: bool, ckpt_path: str | None
+) -> ResumePoint | None:
+    """The checkpoint `ckpt_path=` names, or with `resume=true` the latest unfinished run's
+    (this run's `output_dir` first, then its sibling run folders)."""
+    if ckpt_path:
+        checkpoint = _checkpoint_in(Path(ckpt_path).expanduser())
         if checkpoint is None:
             raise PrefoptError(
-                f"ckpt_path={cfg.ckpt_path}: no checkpoint there; give a .ckpt file, or a run's "
+                f"ckpt_path={ckpt_path}: no checkpoint there; give a .ckpt file, or a run's "
                 f"output folder holding {CHECKPOINT_DIR}/{LAST}"
             )
         return ResumePoint(checkpoint, read_run_file(checkpoint.parent))
-    if not cfg.resume:
+    if not resume:
         return None
-    output_dir = Path(cfg.output_dir)
+    output_dir = Path(output_dir)
     own = output_dir / CHECKPOINT_DIR
     if (own / LAST).is_file():
         if read_run_file(own).get("finished"):

@@ -6,8 +6,8 @@ with shared prompts or without padding where `packing` says so and the model can
 the loss on the completion log-probs. Unpaired batches (KTO): the first half of the
 rows are the examples, the second half each prompt with another example's completion; the
 policy scores the second half without gradient, since KTO only uses it for a detached KL
-estimate. Metrics are sums over examples reduced across ranks (`MetricSums`): per step in
-training, once per validation, so every value is a true mean over all ranks' examples.
+estimate. Metrics are means over every rank's examples (torchmetrics, `metrics.py`): per step
+in training, once per validation.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedL
 from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.model.packing import PairPacking
 from prefopt.reference import Reference
-from prefopt.training.strategies import MetricSums, mean_across_ranks, world_size
+from prefopt.training.metrics import EpochMeans, StepMeans, mean_across_ranks
 
 
 class PreferenceModule(L.LightningModule):
@@ -52,7 +52,8 @@ class PreferenceModule(L.LightningModule):
                 " (wrap a model in OnlineReference, or use build_reference)"
             )
         self.reference = reference
-        self._val_sums = MetricSums()
+        self.step_means = StepMeans()
+        self.val_means = EpochMeans()
 
     def compute_loss(self, batch: dict[str, Tensor], split: str = "train") -> LossOutput:
         n_examples = examples_in(batch)
@@ -94,27 +95,22 @@ class PreferenceModule(L.LightningModule):
         self._log_metrics("val", out, batch)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = MetricSums()
+        self.val_means.reset()
 
     def on_validation_epoch_end(self) -> None:
-        for name, (mean, examples) in self._val_sums.means().items():
+        if not self.val_means.update_called:
+            return
+        for name, (mean, examples) in self.val_means.compute().items():
             self._log("val", name, mean, int(examples), per_step=False)
 
     def _log_metrics(self, stage: str, out: LossOutput, batch: dict[str, Tensor]) -> None:
         metrics = {"loss": out.loss.detach(), **out.metrics}
         if stage != "train":
-            self._val_sums.add(metrics, examples_in(batch))  # logged at the epoch's end
+            self.val_means.update(metrics, examples_in(batch))  # logged at the epoch's end
             return
-        if world_size() > 1:  # one collective per step: the step's mean over every rank
-            sums = MetricSums()
-            sums.add(metrics, examples_in(batch))
-            for name, (mean, examples) in sums.means().items():
-                self._log(stage, name, mean, int(examples), per_step=True)
-            return
-        for name, values in metrics.items():
-            if name != "loss" and values.isnan().all():
-                continue  # e.g. KTO's undesirable reward in a batch of desirable examples only
-            self._log(stage, name, values.float().nanmean(), examples_in(batch), per_step=True)
+        self.step_means.update(metrics, examples_in(batch))
+        for name, (mean, examples) in self.step_means.compute().items():
+            self._log(stage, name, mean, int(examples), per_step=True)
 
     def _log(self, stage: str, name: str, value: Tensor, examples: int, per_step: bool) -> None:
         # Values are reduced across ranks already: Lightning's sync_dist would average again.

@@ -1,4 +1,4 @@
-"""Several processes: Lightning's strategies, made to fit a Hydra app, and cross-rank helpers.
+"""Several processes: Lightning's strategies, made to fit a Hydra app.
 
 `trainer_arguments` turns `cfg.trainer` into `lightning.Trainer` arguments. `strategy: ddp`
 and `strategy: fsdp` become Lightning's own `DDPStrategy` / `FSDPStrategy` (FSDP wraps each
@@ -12,33 +12,27 @@ child rank as a single run (`hydra.mode=RUN`) of exactly this job: the job's own
 its config sources and its output directory. Where a cluster starts every rank itself
 (SLURM's srun, torchrun), nothing is launched and each rank runs the job as it was given.
 
-Only global rank 0 writes to MLflow (Lightning's MLFlowLogger is rank-zero-only; `is_rank_zero`
-guards the rest) and exports. Metrics are reduced as sums and counts (`MetricSums`), so their
-values are true means over every rank's examples.
+Only global rank 0 writes to MLflow (Lightning's MLFlowLogger is rank-zero-only) and exports.
+Metrics are means over every rank's examples (`metrics.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
-import warnings
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from lightning.pytorch.strategies.launchers import subprocess_script
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
 log = logging.getLogger("prefopt.distributed")
-
-# PreferenceModule logs values it has reduced across ranks itself (MetricSums).
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|train)/")
 
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Hydra overrides a child rank must not inherit: it runs one job, in the job's directory.
@@ -54,11 +48,6 @@ _JOB_ONLY = (
     "hydra.job.name",
     "hydra.callbacks",
 )
-
-
-def is_rank_zero() -> bool:
-    """True in the process that owns MLflow and the export (global rank 0, or no DDP at all)."""
-    return rank_zero_only.rank == 0
 
 
 # --- Trainer arguments ---------------------------------------------------------------------
@@ -94,22 +83,24 @@ def _started_externally() -> bool:
     )
 
 
-def check_scaling_config(cfg: DictConfig) -> None:
-    """Combinations that cannot work, caught before anything loads."""
-    if cfg.trainer.strategy == "fsdp" and cfg.eval.num_prompts > 0:
+def check_scaling_config(trainer_cfg, model_cfg, reference_cfg, eval_cfg) -> None:
+    """Combinations of `cfg.trainer` with the model, reference and evaluation sections that
+    cannot work, caught before anything loads."""
+    fsdp = trainer_cfg.strategy == "fsdp"
+    if fsdp and eval_cfg.num_prompts > 0:
         raise ValueError(
             "trainer.strategy=fsdp with eval.num_prompts>0: generation evaluation runs on rank 0 "
             "only, which a sharded model cannot do; set eval.num_prompts=0 (or use trainer=ddp)"
         )
-    adapter_reference = cfg.model.lora.enabled and not cfg.model.reference_path
-    if cfg.trainer.strategy == "fsdp" and not cfg.reference.cache and not adapter_reference:
+    adapter_reference = model_cfg.lora.enabled and not model_cfg.reference_path
+    if fsdp and not reference_cfg.cache and not adapter_reference:
         log.warning(
             "trainer.strategy=fsdp with reference.cache=false: every rank holds a whole, "
             "unsharded reference model; reference.cache=true computes its log-probs once instead"
         )
-    if _several_processes(cfg.trainer) and not _hydra_app() and not _started_externally():
+    if _several_processes(trainer_cfg) and not _hydra_app() and not _started_externally():
         raise RuntimeError(_FROM_PYTHON)
-    if cfg.model.lora.enabled:
+    if model_cfg.lora.enabled:
         from prefopt.model.lora import require_peft
 
         require_peft()
@@ -177,12 +168,8 @@ class HydraJobLauncher(subprocess_script._SubprocessScriptLauncher):
         if not HydraConfig.initialized():
             raise RuntimeError(_FROM_PYTHON)
         self._saved_env = {key: os.environ.get(key) for key in _LAUNCH_ENV}
-        original = subprocess_script._hydra_subprocess_cmd
-        subprocess_script._hydra_subprocess_cmd = child_rank_command
-        try:
+        with child_ranks_started_by(child_rank_command):
             super()._call_children_scripts()
-        finally:
-            subprocess_script._hydra_subprocess_cmd = original
 
     def finish(self, timeout: float = 120) -> None:
         """Wait for the child ranks and undo the launch's environment, so that the next job of
@@ -199,6 +186,23 @@ class HydraJobLauncher(subprocess_script._SubprocessScriptLauncher):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def child_ranks_started_by(command: Callable[[int], tuple[list[str], str]]):
+    """Within the block, Lightning's launcher starts child rank `i` with `command(i)` (the
+    argument list and the working directory).
+
+    Lightning has no public hook for the command of a child rank: its launcher calls the module
+    function `subprocess_script._hydra_subprocess_cmd` for Hydra apps. This is the one place that
+    swaps it, for the launch only; tests/test_scale.py fails if Lightning renames it.
+    """
+    original = subprocess_script._hydra_subprocess_cmd
+    subprocess_script._hydra_subprocess_cmd = command
+    try:
+        yield
+    finally:
+        subprocess_script._hydra_subprocess_cmd = original
 
 
 def child_rank_command(local_rank: int) -> tuple[list[str], str]:
@@ -241,57 +245,3 @@ def finish(trainer, completed: bool = True) -> None:
         dist.destroy_process_group()
     if isinstance(launcher, HydraJobLauncher):
         launcher.finish()
-
-
-# --- cross-rank reductions -----------------------------------------------------------------
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def sum_across_ranks(value: Tensor) -> Tensor:
-    """The sum over every rank (a copy; the input is left alone). Identity on one process."""
-    if world_size() == 1:
-        return value
-    value = value.clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
-
-
-def mean_across_ranks(value: Tensor) -> Tensor:
-    """The mean over ranks of a per-rank value (KTO's z_ref: every rank gets the same)."""
-    return sum_across_ranks(value.detach().float()) / world_size()
-
-
-class MetricSums:
-    """Per-metric sums and example counts, reduced across ranks in one collective.
-
-    Each batch adds `value × examples` (a metric that is NaN for the whole batch, like KTO's
-    undesirable reward in a batch of desirable examples only, adds nothing), so the result is
-    the mean over examples of every rank: uneven shards weigh what they hold.
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-
-    def add(self, metrics: dict[str, Tensor], examples: int) -> None:
-        for name, values in metrics.items():
-            value = values.detach().float().nanmean()
-            count = torch.tensor(0.0 if value.isnan() else float(examples), device=value.device)
-            pair = torch.stack([value.nan_to_num() * count, count])
-            self.sums[name] = self.sums[name] + pair if name in self.sums else pair
-
-    def means(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """{name: (mean, examples)} over every rank; names without any example are left out.
-        Every rank must call this with the same names (a loss always returns the same set)."""
-        if not self.sums:
-            return {}
-        names = list(self.sums)
-        total = sum_across_ranks(torch.stack([self.sums[n] for n in names]))
-        return {n: (t[0] / t[1], t[1]) for n, t in zip(names, total) if t[1] > 0}
-
-
-def shard(items: Iterable, rank: int, world: int) -> list:
-    """Every `world`-th item from `rank` on: disjoint shards that together hold everything."""
-    return list(items)[rank::world]
