@@ -11,20 +11,20 @@ from torch import nn
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.evaluation.diagnostics import DiagnosticsCallback
-from prefopt.evaluation.judges import JUDGES, Judge, RewardModelJudge, ToyJudge, build_judge
+from prefopt.evaluation.judges import (
+    Judge,
+    RewardModelJudge,
+    ToyJudge,
+    build_judge,
+    check_judge_choice,
+)
 from prefopt.evaluation.metrics import sequence_kl, win_rate
 from prefopt.losses.base import PreferenceLoss
 
 
 def check_eval_config(cfg) -> None:
     """Fail at start, before anything loads, on an `eval` section that cannot work."""
-    if cfg.judge not in JUDGES:
-        raise PrefoptError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
-    if cfg.judge == "reward_model" and not cfg.judge_path:
-        raise PrefoptError(
-            "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
-            "checkpoint with one output)"
-        )
+    check_judge_choice(cfg)
     for key, value, low in (
         ("num_prompts", cfg.num_prompts, 0),
         ("temperature", cfg.temperature, 0),
@@ -53,7 +53,7 @@ def build_callbacks(
     if cfg.eval.diagnostics.enabled:
         callbacks.append(DiagnosticsCallback(cfg.eval.diagnostics, loss, seed=cfg.eval.seed))
     if cfg.eval.num_prompts > 0:
-        judge = build_judge(cfg.eval, cfg.data.source == "toy", cfg.model)
+        judge = build_judge(cfg.eval, cfg.data.source == "toy")
         chunk_size = cfg.model.get("logits_chunk_size", None) or None
         callbacks.append(
             GenerationEvalCallback(
