@@ -96,3 +96,9 @@ def test_an_optimizer_target_that_cannot_be_imported_fails_at_start(compose_conf
     with pytest.raises(PrefoptError, match=r"^optim.optimizer._target_=torch.optim.Adamw: cannot"):
         checks.check_optim(cfg.optim)
     checks.check_optim(compose_config("optim=sgd").optim)
+
+
+def test_every_dtype_choice_loads():
+    from prefopt.model.loading import DTYPES
+
+    assert set(DTYPES) == set(ModelDtype.values())
