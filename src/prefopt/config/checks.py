@@ -19,10 +19,11 @@ import logging
 import sys
 from pathlib import Path
 
-from hydra.utils import get_class, get_object
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config.schema import choice_type
+from prefopt.config.targets import locate_target
 from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
 from prefopt.losses.base import PreferenceLoss
@@ -99,15 +100,7 @@ def check_optim(optim: DictConfig) -> None:
     if not 0 <= optim.warmup_ratio < 1:
         raise PrefoptError(f"optim.warmup_ratio={optim.warmup_ratio}: it must be in [0, 1)")
     for key in ("optimizer", "lr_scheduler"):
-        target = optim[key].get("_target_")
-        try:
-            if not callable(get_object(target)):
-                raise ImportError(f"{target} is not callable")
-        except Exception as error:
-            raise PrefoptError(
-                f"optim.{key}._target_={target}: cannot be imported ({error}); give the full "
-                "dotted path of a class or function, e.g. torch.optim.AdamW"
-            ) from None
+        locate_target(f"optim.{key}._target_", optim[key].get("_target_"))
 
 
 def check_data(data: DictConfig, loss: PreferenceLoss) -> None:

@@ -21,10 +21,11 @@ import logging
 from typing import Protocol
 
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from prefopt.config.targets import locate_target
 from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.evaluation")
@@ -133,7 +134,8 @@ def build_judge(cfg, uses_toy_data: bool) -> Judge | None:
     spec = cfg.judges[cfg.judge]
     if spec is None:
         return None
-    if getattr(get_object(spec._target_), "needs_toy_world", False) and not uses_toy_data:
+    judge_class = locate_target(f"eval.judges.{cfg.judge}._target_", spec._target_)
+    if getattr(judge_class, "needs_toy_world", False) and not uses_toy_data:
         log.warning(
             "eval.judge=%s scores the toy world's sentiment lexicon, but this run's data is "
             "not the toy world: evaluating without a judge (KL and lengths only). Judge with "
@@ -151,11 +153,8 @@ def check_judge_choice(cfg) -> None:
             f"eval.judge={cfg.judge!r}: choose one of {', '.join(sorted(cfg.judges))}"
         )
     spec = cfg.judges[cfg.judge]
-    if spec is not None and "_target_" not in spec:
-        raise PrefoptError(
-            f"eval.judges.{cfg.judge}: no _target_; name the judge's class, e.g. "
-            "_target_: prefopt.evaluation.judges.ToyJudge (or null for no judge)"
-        )
+    if spec is not None:
+        locate_target(f"eval.judges.{cfg.judge}._target_", spec.get("_target_"))
     if cfg.judge == "reward_model" and not cfg.judge_path:
         raise PrefoptError(
             "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
