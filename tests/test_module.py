@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from prefopt.config.schema import OptimConfig
 from prefopt.losses import DPOLoss
 from prefopt.reference.online import OnlineReference
-from prefopt.training.module import PreferenceModule, lr_schedule
+from prefopt.training.module import PreferenceModule
+from prefopt.training.optimizers import lr_schedule
 
 from .conftest import hand_batch
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 
 from prefopt.config import checks
@@ -89,7 +90,6 @@ def write_jsonl(path: Path, rows) -> Path:
             "data.max_prompt_length=64 must be positive and below data.max_length=64",
         ),
         (["data.path=pairs.jsonl"], "data.path=pairs.jsonl has no effect with data.source=toy"),
-        (["data.on_invalid=ignore"], "data.on_invalid='ignore': choose one of error, skip"),
         (["resume=true"], "resume=true: no unfinished run with a checkpoint"),
     ],
 )
@@ -110,6 +110,16 @@ def test_unknown_group_option_lists_the_valid_ones(capsys):
     checks.check_overrides(
         ["loss=ipo", "model=local", "--multirun", "loss.beta=0.1"], REPO / "conf"
     )
+
+
+def test_a_wrong_choice_is_one_line_listing_the_valid_ones(compose_config, capsys):
+    """Typed in the schema, a wrong choice cannot even compose; on the command line it is
+    caught just before, as one line."""
+    line = user_error(capsys, checks.check_overrides, ["data.on_invalid=ignore"], REPO / "conf")
+    assert line == "prefopt: error: data.on_invalid='ignore': choose one of error, skip"
+    with pytest.raises(ConfigCompositionException, match="data.on_invalid=ignore") as error:
+        compose_config("data.on_invalid=ignore")
+    assert "expected one of [error, skip]" in str(error.value.__cause__)
 
 
 def test_an_unreachable_tracking_server_is_reported_at_start(compose_config, capsys):
@@ -155,8 +165,9 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
 
 
 def test_cli_prints_one_line_without_traceback(tmp_path):
-    """Both paths through the real command: a bad group option (before Hydra composes) and a
-    bad value (after): exit status 2, one line, no traceback, no MLflow store created."""
+    """Every path through the real command: a bad group option or choice (before Hydra
+    composes) and a bad value (after): exit status 2, one line, no traceback, no MLflow store
+    created."""
     for args, expected in (
         (
             ["model=qwen"],
@@ -165,6 +176,10 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
         (
             ["loss=ipo", "loss.beta=-1"],
             "prefopt: error: loss.beta=-1.0 for loss 'ipo': it must be > 0",
+        ),
+        (
+            ["optim.scheduler=cosin"],
+            "prefopt: error: optim.scheduler='cosin': choose one of constant, linear, cosine",
         ),
     ):
         proc = cli(*args, cwd=tmp_path)

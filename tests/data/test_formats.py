@@ -60,10 +60,10 @@ HH_REJECTED = "\n\nHuman: hi\n\nAssistant: Go away"
 
 
 def test_one_registry_of_formats():
-    from prefopt.config.checks import DATA_FORMATS
+    from prefopt.config.schema import DataFormat
 
     assert FORMATS == ("auto", "explicit", "conversational", "implicit", "unpaired")
-    assert DATA_FORMATS == FORMATS
+    assert tuple(DataFormat.values()) == FORMATS  # the schema's choice lists the registry
     assert [name for name, layout in LAYOUTS.items() if not layout.paired] == ["unpaired"]
 
 

@@ -120,3 +120,25 @@ def test_bad_eval_settings_fail_at_start():
     with pytest.raises(ValueError, match="eval.temperature=-1"):
         check_eval_config(EvalConfig(temperature=-1.0))
     check_eval_config(EvalConfig())
+
+
+def test_a_new_judge_is_a_target_in_the_eval_config(compose_config):
+    """No Python in prefopt to touch: a judge is added under `eval.judges` and picked by name."""
+    cfg = compose_config(
+        "+eval.judges.lexicon={_target_: prefopt.evaluation.judges.ToyJudge}",
+        "eval.judge=lexicon",
+    )
+    check_eval_config(cfg.eval)
+    assert isinstance(build_judge(cfg.eval, uses_toy_data=True), ToyJudge)
+    assert build_judge(compose_config("eval.judge=none").eval, uses_toy_data=True) is None
+    misspelled = EvalConfig(judge="mine", judges={"mine": {"_target_": "prefopt.evaluation.Judg"}})
+    with pytest.raises(ValueError, match=r"^eval.judges.mine._target_=prefopt.evaluation.Judg: no"):
+        check_eval_config(misspelled)
+
+
+def test_the_reward_model_judge_reads_the_policy_dtype_from_the_config(compose_config, tmp_path):
+    path = save_reward_model(tmp_path / "rm")
+    cfg = compose_config("eval=reward_model", f"eval.judge_path={path}", "model.dtype=bfloat16")
+    judge = build_judge(cfg.eval, uses_toy_data=True)
+    assert isinstance(judge, RewardModelJudge) and judge.model.dtype == torch.bfloat16
+    assert judge.batch_size == 8  # conf/eval/reward_model.yaml's eval.batch_size

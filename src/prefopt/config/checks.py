@@ -1,10 +1,15 @@
 """Everything checked before a model or dataset is touched, and how user errors are reported.
 
-`check_config` runs in the first seconds of a run, before the MLflow run starts: a config that
-cannot work stops there with one line naming the key, the value and the fix. `check_overrides`
-runs even before Hydra composes the config, so that a misspelled group option (`loss=dpoo`)
-gets the same kind of line listing the valid options. `reported_errors` prints a
-`PrefoptError` as that one line on stderr and exits with status 2, without a traceback.
+The schemas (`schema.py`) already refuse unknown keys, wrong types and unknown choices when
+Hydra composes. What they cannot say is checked here, one function per config section
+(`check_loss`, `check_optim`, `check_data`, ...), in the first seconds of a run, before the
+MLflow run starts: a config that cannot work stops there with one line naming the key, the
+value and the fix. `check_config` is the entry point's call of them all.
+
+`check_overrides` runs even before Hydra composes the config, so that a misspelled group option
+(`loss=dpoo`) or choice (`optim.scheduler=cosin`) gets the same kind of line listing the valid
+options. `reported_errors` prints a `PrefoptError` as that one line on stderr and exits with
+status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from pathlib import Path
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.data.formats import FORMATS as DATA_FORMATS
-from prefopt.data.validate import ON_INVALID
+from prefopt.config.schema import choice_type
+from prefopt.config.targets import locate_target
 from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
 from prefopt.losses.base import PreferenceLoss
@@ -28,8 +33,6 @@ from prefopt.tracking import check_tracking_uri
 log = logging.getLogger("prefopt")
 
 GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "sweep")
-DATA_SOURCES = ("toy", "local", "hub")
-SCHEDULERS = ("constant", "linear", "cosine")
 
 
 def group_options(config_dir: str | Path, group: str) -> list[str]:
@@ -37,57 +40,70 @@ def group_options(config_dir: str | Path, group: str) -> list[str]:
 
 
 def check_overrides(args: list[str], config_dir: str | Path) -> None:
-    """`group=option` arguments naming an option that does not exist."""
+    """`group=option` arguments naming an option that does not exist, and `key=value` ones
+    giving a choice field (a `schema.Choice`) a value it does not have."""
     for arg in args:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
-        if arg.startswith("-") or not sep or key not in GROUPS or "(" in value:
-            continue  # flags, keys, and sweep functions (choice(...)) are Hydra's to parse
-        options = group_options(config_dir, key)
-        for option in value.split(","):  # --multirun loss=dpo,ipo
-            if option and option != "null" and option not in options:
-                raise PrefoptError(
-                    f"{key}={option}: there is no such {key}; choose one of: {', '.join(options)}"
-                )
+        if arg.startswith("-") or not sep or "(" in value:
+            continue  # flags, deletions, and sweep functions (choice(...)) are Hydra's to parse
+        if key in GROUPS:
+            options = group_options(config_dir, key)
+            for option in value.split(","):  # --multirun loss=dpo,ipo
+                if option and option != "null" and option not in options:
+                    raise PrefoptError(
+                        f"{key}={option}: there is no such {key}; "
+                        f"choose one of: {', '.join(options)}"
+                    )
+        elif not arg.startswith("~") and (choices := choice_type(key)) is not None:
+            for option in value.split(","):  # --multirun optim.scheduler=linear,cosine
+                option = option.strip().strip("'\"")
+                if option.startswith("${") or option in choices.__members__:
+                    continue
+                raise PrefoptError(f"{key}={option!r}: choose one of {', '.join(choices.values())}")
 
 
 def check_config(cfg: DictConfig) -> PreferenceLoss:
-    """The loss object, once every setting that can be checked without loading has been."""
+    """The loss object, once every section has been checked (the only check that takes the
+    whole config: the entry point's)."""
+    check_required(cfg)
+    loss = check_loss(cfg.loss)
+    check_optim(cfg.optim)
+    check_model_config(cfg.model, cfg.model.path)
+    check_data(cfg.data, loss)
+    check_eval_config(cfg.eval)
+    check_checkpoint(cfg.checkpoint, resuming=bool(cfg.resume or cfg.ckpt_path))
+    check_tracking_uri(cfg.logger.tracking_uri)
+    return loss
+
+
+def check_required(cfg: DictConfig) -> None:
+    """No `???` left: a value every run needs and no config gave."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise PrefoptError(
             f"{', '.join(missing)}: required, and not set; give it on the command line, "
             f"e.g. {missing[0]}=…"
         )
-    loss_params = OmegaConf.to_container(cfg.loss, resolve=True)
+
+
+def check_loss(loss_cfg: DictConfig) -> PreferenceLoss:
+    """The loss the `loss` section describes (its own constructor checks its values)."""
+    loss_params = OmegaConf.to_container(loss_cfg, resolve=True)
     loss_class = get_class(loss_params.pop("_target_"))
-    loss = loss_class(**loss_params)  # direct call, so a bad value raises its own clear error
-    if not cfg.optim.lr > 0:
-        raise PrefoptError(f"optim.lr={cfg.optim.lr}: the learning rate must be > 0")
-    _check_choice("optim.scheduler", cfg.optim.scheduler, SCHEDULERS)
-    if not 0 <= cfg.optim.warmup_ratio < 1:
-        raise PrefoptError(f"optim.warmup_ratio={cfg.optim.warmup_ratio}: it must be in [0, 1)")
-    check_model_config(cfg.model, cfg.model.path)
-    _check_data(cfg.data, loss)
-    check_eval_config(cfg.eval)
-    if cfg.checkpoint.every_n_steps < 0:
-        raise PrefoptError(
-            f"checkpoint.every_n_steps={cfg.checkpoint.every_n_steps}: it must be >= 0 "
-            "(0 = only at the end)"
-        )
-    if (cfg.resume or cfg.ckpt_path) and not cfg.checkpoint.enabled:
-        raise PrefoptError(
-            "resume=true / ckpt_path with checkpoint.enabled=false: a resumed run would write no "
-            "checkpoints of its own; drop checkpoint.enabled=false"
-        )
-    check_tracking_uri(cfg.logger.tracking_uri)
-    return loss
+    return loss_class(**loss_params)  # direct call, so a bad value raises its own clear error
 
 
-def _check_data(data: DictConfig, loss: PreferenceLoss) -> None:
-    _check_choice("data.source", data.source, DATA_SOURCES)
-    _check_choice("data.format", data.format, DATA_FORMATS)
-    _check_choice("data.on_invalid", data.on_invalid, ON_INVALID)
+def check_optim(optim: DictConfig) -> None:
+    if not optim.lr > 0:
+        raise PrefoptError(f"optim.lr={optim.lr}: the learning rate must be > 0")
+    if not 0 <= optim.warmup_ratio < 1:
+        raise PrefoptError(f"optim.warmup_ratio={optim.warmup_ratio}: it must be in [0, 1)")
+    for key in ("optimizer", "lr_scheduler"):
+        locate_target(f"optim.{key}._target_", optim[key].get("_target_"))
+
+
+def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
     if data.source == "toy" and data.path:
         raise PrefoptError(
             f"data.path={data.path} has no effect with data.source=toy; "
@@ -114,9 +130,18 @@ def _check_data(data: DictConfig, loss: PreferenceLoss) -> None:
         )
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise PrefoptError(f"{key}={value!r}: choose one of {', '.join(choices)}")
+def check_checkpoint(checkpoint: DictConfig, resuming: bool) -> None:
+    """`resuming`: `resume=true` or a `ckpt_path` was given."""
+    if checkpoint.every_n_steps < 0:
+        raise PrefoptError(
+            f"checkpoint.every_n_steps={checkpoint.every_n_steps}: it must be >= 0 "
+            "(0 = only at the end)"
+        )
+    if resuming and not checkpoint.enabled:
+        raise PrefoptError(
+            "resume=true / ckpt_path with checkpoint.enabled=false: a resumed run would write no "
+            "checkpoints of its own; drop checkpoint.enabled=false"
+        )
 
 
 def _in_multirun() -> bool:

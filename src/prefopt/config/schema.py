@@ -4,6 +4,12 @@ Each YAML file under `conf/` extends one of these schemas through its defaults l
 misspelled key or a wrong type fails at start with Hydra's own message, before any model
 loads. Field docstrings double as the reference for users (`--cfg job` prints the result).
 
+A field with a fixed set of values is an `Enum` (a `Choice`): a wrong value fails when Hydra
+composes, with the list of valid ones, and the value still compares, hashes and prints as its
+string (`cfg.optim.scheduler == "cosine"`). Leaf objects a user may swap without touching
+Python (the optimizer, the learning-rate schedule, the judges) are `_target_` nodes that
+`hydra.utils.instantiate` builds.
+
 Losses are the exception to hand-written schemas: a loss is itself a dataclass, and its schema
 is derived from it (`loss_schema`), so a loss's hyperparameters are declared exactly once.
 """
@@ -13,10 +19,57 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Choice(str, Enum):
+    """One of a config field's fixed values: equal to, hashed and printed as its string value
+    (`str`, f-strings, JSON and MLflow params all see `cosine`, never `Scheduler.cosine`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [member.value for member in cls]
+
+
+class ModelDtype(Choice):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class DataSource(Choice):
+    toy = "toy"
+    local = "local"
+    hub = "hub"
+
+
+class DataFormat(Choice):
+    auto = "auto"
+    explicit = "explicit"
+    conversational = "conversational"
+    implicit = "implicit"
+    unpaired = "unpaired"
+
+
+class OnInvalid(Choice):
+    error = "error"
+    skip = "skip"
+
+
+class Scheduler(Choice):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
 
 
 @dataclass
@@ -44,7 +97,7 @@ class ModelConfig:
     """Reference model checkpoint; null = a frozen copy of the initial policy (same `path`)."""
     lr: float = 1e-6
     """The learning rate that suits this model; `optim.lr` defaults to it."""
-    dtype: str = "float32"
+    dtype: ModelDtype = ModelDtype.float32
     """Weights dtype on load: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Run code shipped with a hub checkpoint. Off unless you trust its author."""
@@ -56,6 +109,8 @@ class ModelConfig:
     compile: bool = False
     """`torch.compile` each decoder layer (GPU; the first steps are slow while it compiles)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # A string, not a Choice: Hydra reads `prefix_sharing=true` as a bool, which an Enum field
+    # refuses; `prefopt.model.packing.prefix_sharing_mode` checks it instead.
     prefix_sharing: str = "auto"
     """Score a pair's chosen and rejected in one sequence `prompt | chosen | rejected` (the
     prompt goes through the model once; policy and reference): auto = when the model can take
@@ -92,7 +147,7 @@ class ToyWorldConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "toy"
+    source: DataSource = DataSource.toy
     """toy (the built-in world), local (files) or hub (a Hugging Face dataset name or a saved dataset directory)."""
     path: str | None = None
     """Training data: a jsonl/json/parquet/csv file (optionally .gz) or a hub dataset name."""
@@ -103,7 +158,7 @@ class DataConfig:
     val_split: str | None = None
     """Hub split used for validation; null = hold out `val_fraction` of the training split."""
     val_fraction: float = 0.05
-    format: str = "auto"
+    format: DataFormat = DataFormat.auto
     """auto, explicit (prompt/chosen/rejected strings), conversational (role/content messages), implicit (chosen/rejected share the prompt as prefix) or unpaired (prompt/completion/label, for KTO)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Rename columns: {canonical: yours}, e.g. {prompt: question, chosen: good, rejected: bad}."""
@@ -113,7 +168,7 @@ class DataConfig:
     """Prompt tokens kept when a sequence is too long (the prompt keeps its end)."""
     max_rows: int | None = None
     """Use at most this many training rows (quick experiments)."""
-    on_invalid: str = "error"
+    on_invalid: OnInvalid = OnInvalid.error
     """A bad row (missing field, wrong type, empty, identical sides, too long): `error` stops
     before training naming the file, row and field; `skip` drops such rows and counts them."""
     batch_size: int = 16
@@ -136,16 +191,48 @@ class DataConfig:
     (paired losses, models that can take a 4-D attention mask; others keep padded batches)."""
 
 
+def default_optimizer() -> dict[str, Any]:
+    """AdamW over the policy's trainable parameters, with this section's lr, betas, decay."""
+    return {
+        "_target_": "torch.optim.AdamW",
+        "_partial_": True,
+        "lr": "${..lr}",
+        "betas": "${..betas}",
+        "weight_decay": "${..weight_decay}",
+    }
+
+
+def default_lr_scheduler() -> dict[str, Any]:
+    """Linear warm-up over `warmup_ratio` of the steps, then the `scheduler` shape."""
+    return {
+        "_target_": "prefopt.training.optimizers.warmup_schedule",
+        "_partial_": True,
+        "kind": "${..scheduler}",
+        "warmup_ratio": "${..warmup_ratio}",
+    }
+
+
 @dataclass
 class OptimConfig:
     lr: float = MISSING
     """Peak learning rate (defaults to the model's `lr`)."""
     weight_decay: float = 0.0
+    """Decoupled weight decay (conf/optim/adamw.yaml passes it to its optimizer)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's β1, β2 (conf/optim/adamw.yaml passes them to its optimizer)."""
     warmup_ratio: float = 0.1
     """Share of the steps spent in linear warm-up."""
-    scheduler: str = "linear"
+    scheduler: Scheduler = Scheduler.linear
     """After warm-up: constant, linear (decay to 0) or cosine."""
+    optimizer: dict[str, Any] = field(default_factory=default_optimizer)
+    """The optimizer, built by `hydra.utils.instantiate` with the trainable parameters as its
+    first argument: `_target_` names its class (torch.optim.AdamW), the other keys are its
+    arguments (`lr: ${..lr}` follows `optim.lr`). Add one with a YAML, e.g. conf/optim/sgd.yaml."""
+    lr_scheduler: dict[str, Any] = field(default_factory=default_lr_scheduler)
+    """The learning-rate schedule, stepped after every optimizer step: `_target_` names a
+    function or class called with the optimizer (and `total_steps=`, the run's optimizer steps,
+    when it takes that argument) that returns a torch LR scheduler. The default,
+    `prefopt.training.optimizers.warmup_schedule`, follows `scheduler` and `warmup_ratio`."""
 
 
 @dataclass
@@ -214,14 +301,35 @@ class DiagnosticsConfig:
     """Chosen completions (a seeded sample of the training data) scored for that check."""
 
 
+def default_judges() -> dict[str, Any]:
+    """The built-in judges; the reward model reads `judge_path` and the policy's dtype."""
+    return {
+        "toy": {"_target_": "prefopt.evaluation.judges.ToyJudge"},
+        "reward_model": {
+            "_target_": "prefopt.evaluation.judges.RewardModelJudge",
+            "path": "${...judge_path}",
+            "batch_size": "${...batch_size}",
+            # oc.select: an eval section composed alone (no `model`) keeps the defaults
+            "dtype": "${oc.select:model.dtype,float32}",
+            "trust_remote_code": "${oc.select:model.trust_remote_code,false}",
+        },
+        "none": None,
+    }
+
+
 @dataclass
 class EvalConfig:
     """Generation-based evaluation: sample from policy and reference on held-out prompts, judge
     both, and log win rate, rewards, KL and a table of generations (`conf/eval/`)."""
 
     judge: str = "toy"
-    """toy (the toy world's ground-truth reward), reward_model (a sequence-classification
-    checkpoint at `judge_path`) or none (KL and lengths only)."""
+    """The judge, a key of `judges`: toy (the toy world's ground-truth reward), reward_model (a
+    sequence-classification checkpoint at `judge_path`), none (KL and lengths only), or one that
+    an eval YAML adds to `judges`."""
+    judges: dict[str, Any] = field(default_factory=default_judges)
+    """The judges by name, each a `_target_` node built by `hydra.utils.instantiate` (null = no
+    judge). A new judge is one class with `score(prompts, completions, device)` and one
+    conf/eval/<name>.yaml holding `judge: <name>` and `judges: {<name>: {_target_: ...}}`."""
     judge_path: str | None = None
     """Reward model checkpoint for judge=reward_model: a local directory or a hub id."""
     num_prompts: int = 64
@@ -257,7 +365,9 @@ class Config:
     loss: Any = MISSING
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
-    optim: OptimConfig = MISSING
+    optim: Any = MISSING
+    """Typed by its group's schema (every conf/optim/*.yaml extends `optim_schema`); untyped here
+    so that one optimizer YAML's arguments never mix with the default AdamW's."""
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
@@ -296,12 +406,39 @@ def register_configs() -> None:
     cs.store(name="prefopt_schema", node=Config)
     for name, loss_cls in LOSSES.items():
         cs.store(group="loss", name=f"{name}_schema", node=loss_schema(loss_cls))
-    for group, schema in [
-        ("model", ModelConfig),
-        ("data", DataConfig),
-        ("optim", OptimConfig),
-        ("trainer", TrainerConfig),
-        ("logger", LoggerConfig),
-        ("eval", EvalConfig),
-    ]:
-        cs.store(group=group, name=f"{group}_schema", node=schema)
+    for group, schema in GROUP_SCHEMAS.items():
+        node: Any = schema
+        if schema is OptimConfig:
+            # Each optimizer YAML spells out its own optimizer and schedule: were the defaults
+            # kept under it, a YAML's SGD would be merged with AdamW's `betas`.
+            node = OptimConfig(optimizer=MISSING, lr_scheduler=MISSING)
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "trainer": TrainerConfig,
+    "logger": LoggerConfig,
+    "eval": EvalConfig,
+}
+"""The schema each `conf/<group>/*.yaml` extends (through `<group>_schema` in its defaults)."""
+
+
+def choice_type(key: str) -> type[Choice] | None:
+    """The `Choice` enum of a dotted config key (`optim.scheduler`), or None when the key is not
+    a choice field of a schema."""
+    group, _, rest = key.partition(".")
+    schema: Any = GROUP_SCHEMAS.get(group)
+    parts = rest.split(".") if schema is not None else key.split(".")
+    if schema is None:
+        schema = Config
+    for part in parts:
+        if not dataclasses.is_dataclass(schema):
+            return None
+        hint = typing.get_type_hints(schema).get(part)
+        if hint is None:
+            return None
+        schema = hint
+    return schema if isinstance(schema, type) and issubclass(schema, Choice) else None

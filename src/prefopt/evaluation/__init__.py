@@ -9,7 +9,13 @@ from prefopt.config.schema import EvalConfig, ModelConfig
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.evaluation.diagnostics import DiagnosticsCallback
-from prefopt.evaluation.judges import JUDGES, Judge, RewardModelJudge, ToyJudge, build_judge
+from prefopt.evaluation.judges import (
+    Judge,
+    RewardModelJudge,
+    ToyJudge,
+    build_judge,
+    check_judge_choice,
+)
 from prefopt.evaluation.metrics import sequence_kl, win_rate
 from prefopt.losses.base import PreferenceLoss
 from prefopt.reference import SamplingModel
@@ -17,13 +23,7 @@ from prefopt.reference import SamplingModel
 
 def check_eval_config(cfg) -> None:
     """Fail at start, before anything loads, on an `eval` section that cannot work."""
-    if cfg.judge not in JUDGES:
-        raise PrefoptError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
-    if cfg.judge == "reward_model" and not cfg.judge_path:
-        raise PrefoptError(
-            "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
-            "checkpoint with one output)"
-        )
+    check_judge_choice(cfg)
     for key, value, low in (
         ("num_prompts", cfg.num_prompts, 0),
         ("temperature", cfg.temperature, 0),
@@ -54,7 +54,7 @@ def build_callbacks(
     if eval_cfg.diagnostics.enabled:
         callbacks.append(DiagnosticsCallback(eval_cfg.diagnostics, loss, seed=eval_cfg.seed))
     if eval_cfg.num_prompts > 0:
-        judge = build_judge(eval_cfg, toy_data, model_cfg)
+        judge = build_judge(eval_cfg, toy_data)
         chunk_size = model_cfg.logits_chunk_size or None
         callbacks.append(
             GenerationEvalCallback(eval_cfg, tokenizer, judge, reference_model, chunk_size)

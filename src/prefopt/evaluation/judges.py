@@ -9,6 +9,10 @@ A judge is anything with `score(prompts, completions) -> list[float]`, higher = 
   reward model). It reads the exchange the way it was trained to: through its tokenizer's chat
   template (the prompt as the user turn, the completion as the assistant turn) when it has one,
   else as the plain text prompt + completion.
+
+`build_judge` instantiates the judge that `eval.judge` names among `eval.judges`, each a
+`_target_` node: a new judge is a class here (or in any importable module) and a
+`conf/eval/<name>.yaml` that adds it to `judges`.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import logging
 from typing import Protocol
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from prefopt.config.targets import locate_target
 from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.evaluation")
-
-JUDGES = ("toy", "reward_model", "none")
 
 
 class Judge(Protocol):
@@ -36,6 +41,8 @@ class Judge(Protocol):
 
 class ToyJudge:
     name = "toy"
+    needs_toy_world = True
+    """It scores the toy world's sentiment lexicon: meaningless on other data."""
 
     def score(
         self, prompts: list[str], completions: list[str], device: torch.device | None = None
@@ -58,9 +65,13 @@ class RewardModelJudge:
         self,
         path: str,
         batch_size: int = 8,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         trust_remote_code: bool = False,
     ):
+        if isinstance(dtype, str):  # `model.dtype` from the config: float32, bfloat16, float16
+            from prefopt.model.loading import DTYPES
+
+            dtype = DTYPES[dtype]
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code
@@ -115,28 +126,37 @@ class RewardModelJudge:
         return scores
 
 
-def build_judge(cfg, uses_toy_data: bool, model_cfg=None) -> Judge | None:
-    """The judge `eval.judge` names, or None for `none`."""
-    if cfg.judge not in JUDGES:
-        raise PrefoptError(f"eval.judge={cfg.judge!r}: choose one of {', '.join(JUDGES)}")
-    if cfg.judge == "toy":
-        if not uses_toy_data:
-            log.warning(
-                "eval.judge=toy scores the toy world's sentiment lexicon, but this run's data is "
-                "not the toy world: evaluating without a judge (KL and lengths only). Judge with "
-                "a reward model: eval=reward_model eval.judge_path=/path/to/reward_model"
-            )
-            return None
-        return ToyJudge()
-    if cfg.judge == "reward_model":
-        if not cfg.judge_path:
-            raise PrefoptError(
-                "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
-                "checkpoint with one output)"
-            )
-        from prefopt.model.loading import DTYPES
+def build_judge(cfg, uses_toy_data: bool) -> Judge | None:
+    """The judge `eval.judge` names in `eval.judges`, or None for a null one (`none`)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg)
+    check_judge_choice(cfg)
+    spec = cfg.judges[cfg.judge]
+    if spec is None:
+        return None
+    judge_class = locate_target(f"eval.judges.{cfg.judge}._target_", spec._target_)
+    if getattr(judge_class, "needs_toy_world", False) and not uses_toy_data:
+        log.warning(
+            "eval.judge=%s scores the toy world's sentiment lexicon, but this run's data is "
+            "not the toy world: evaluating without a judge (KL and lengths only). Judge with "
+            "a reward model: eval=reward_model eval.judge_path=/path/to/reward_model",
+            cfg.judge,
+        )
+        return None
+    return instantiate(spec)
 
-        dtype = DTYPES[model_cfg.dtype] if model_cfg is not None else torch.float32
-        trust = bool(model_cfg.trust_remote_code) if model_cfg is not None else False
-        return RewardModelJudge(cfg.judge_path, cfg.batch_size, dtype, trust)
-    return None
+
+def check_judge_choice(cfg) -> None:
+    """`eval.judge` names one of `eval.judges`; the reward model needs its checkpoint."""
+    if cfg.judge not in cfg.judges:
+        raise PrefoptError(
+            f"eval.judge={cfg.judge!r}: choose one of {', '.join(sorted(cfg.judges))}"
+        )
+    spec = cfg.judges[cfg.judge]
+    if spec is not None:
+        locate_target(f"eval.judges.{cfg.judge}._target_", spec.get("_target_"))
+    if cfg.judge == "reward_model" and not cfg.judge_path:
+        raise PrefoptError(
+            "eval.judge=reward_model needs eval.judge_path (a sequence-classification "
+            "checkpoint with one output)"
+        )

@@ -20,8 +20,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def check_model_config(cfg: ModelConfig, path: str) -> None:
     """Fail before loading anything when the config cannot work."""
-    if cfg.dtype not in DTYPES:
-        raise PrefoptError(f"model.dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     prefix_sharing_mode(cfg.prefix_sharing)
     for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
         if value and _looks_local(value) and not Path(value).exists():

@@ -12,19 +12,17 @@ in training, once per validation.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from prefopt.config.schema import OptimConfig
-from prefopt.errors import PrefoptError
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
 from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.model.packing import PairPacking
 from prefopt.reference import Reference
 from prefopt.training.metrics import EpochMeans, StepMeans, mean_across_ranks
+from prefopt.training.optimizers import build_optimizer
 
 
 class PreferenceModule(L.LightningModule):
@@ -125,15 +123,8 @@ class PreferenceModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=self.optim.lr,
-            betas=tuple(self.optim.betas),
-            weight_decay=self.optim.weight_decay,
-        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = lr_schedule(self.optim.scheduler, total, int(self.optim.warmup_ratio * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer, scheduler = build_optimizer(self.optim, params, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -152,21 +143,3 @@ def split_rows(
     first = {k: batch[k][:n_first] for k in keys}
     rest = {k: batch[k][n_first:] for k in keys}
     return first, rest
-
-
-def lr_schedule(kind: str, total_steps: int, warmup_steps: int):
-    """Multiplier of the peak lr at each step: linear warm-up, then constant/linear/cosine."""
-    if kind not in ("constant", "linear", "cosine"):
-        raise PrefoptError(f"optim.scheduler={kind!r}: choose constant, linear or cosine")
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return multiplier
