@@ -3,8 +3,8 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from prefopt import train as train_module
 from prefopt.config.schema import ToyWorldConfig
+from prefopt.model import loading as model_loading  # every checkpoint loads through it
 from prefopt.train import train
 
 
@@ -48,13 +48,13 @@ def assert_learns(result) -> None:
 
 def test_simpo_never_loads_or_runs_a_reference(compose_config, monkeypatch):
     loaded = []
-    real_load = train_module.load_causal_lm
+    real_load = model_loading.load_causal_lm
 
     def counting_load(path, cfg):
         loaded.append(path)
         return real_load(path, cfg)
 
-    monkeypatch.setattr(train_module, "load_causal_lm", counting_load)
+    monkeypatch.setattr(model_loading, "load_causal_lm", counting_load)
     result = train(
         compose_config("loss=simpo", "export=false", "trainer.max_steps=3", "eval.num_prompts=0")
     )

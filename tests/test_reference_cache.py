@@ -9,8 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file, save_file
 
-from prefopt import train as train_module
 from prefopt.data import PreferenceDataModule
+from prefopt.model import loading as model_loading  # every checkpoint loads through it
 from prefopt.model.loading import load_causal_lm, load_tokenizer
 from prefopt.reference import build_reference
 from prefopt.reference.cached import CachedReference, local_checkpoint
@@ -41,8 +41,8 @@ def test_cached_reference_gives_the_same_losses_as_the_online_one(compose_config
 
 def test_second_job_of_a_sweep_loads_no_reference(compose_config, monkeypatch, tmp_path):
     loads = []
-    real = train_module.load_causal_lm
-    monkeypatch.setattr(train_module, "load_causal_lm", lambda path, cfg: loads.append(path) or real(path, cfg))
+    real = model_loading.load_causal_lm
+    monkeypatch.setattr(model_loading, "load_causal_lm", lambda path, cfg: loads.append(path) or real(path, cfg))
     common = ["export=false", "trainer.max_steps=3", "trainer.limit_val_batches=1",
               f"reference.cache_dir={tmp_path / 'sweep_cache'}"]
     train(compose_config(*common, "loss.beta=0.1"))

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-from prefopt import train as train_module
+from prefopt.model import loading as model_loading  # every checkpoint loads through it
 from prefopt.toy import build_toy_world, reward
 from prefopt.train import train
 
@@ -174,9 +174,9 @@ def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
     tokenizer.save_pretrained(tmp_path / "rm")
 
     loads = []
-    real_load = train_module.load_causal_lm
+    real_load = model_loading.load_causal_lm
     monkeypatch.setattr(
-        train_module, "load_causal_lm", lambda path, cfg: loads.append(path) or real_load(path, cfg)
+        model_loading, "load_causal_lm", lambda path, cfg: loads.append(path) or real_load(path, cfg)
     )
     cfg = compose_config(
         "loss=simpo",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +17,30 @@ from prefopt.model.packing import prefix_sharing_mode
 log = logging.getLogger("prefopt.models")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where a run's policy and reference come from, and the one way they load.
+
+    `policy_path`: `model.path`, or the toy world's SFT model for `toy`. `reference_path`:
+    `model.reference_path`, else the policy's own checkpoint (π_ref = the initial policy)."""
+
+    model_cfg: ModelConfig
+    policy_path: str
+    reference_path: str
+
+    @classmethod
+    def of(cls, model_cfg: ModelConfig, toy_model_dir: Path | None = None) -> Checkpoints:
+        policy = str(toy_model_dir) if model_cfg.path == "toy" else model_cfg.path
+        return cls(model_cfg, policy, model_cfg.reference_path or policy)
+
+    def load(self, path: str | None = None) -> torch.nn.Module:
+        """The checkpoint at `path` (default: the policy's), with the section's dtype."""
+        return load_causal_lm(path or self.policy_path, self.model_cfg)
+
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.policy_path, self.model_cfg)
 
 
 def check_model_config(cfg: ModelConfig, path: str) -> None:

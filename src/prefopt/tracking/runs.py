@@ -182,6 +182,19 @@ def _quiet_artifact_transfers():
             os.environ[key] = previous
 
 
+def log_summary(metrics: Mapping[str, float], logger: ResilientMLFlowLogger) -> None:
+    """The run's last validation and evaluation figures, and how to open it in MLflow's UI."""
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "eval/"))}
+    lines = [f"  {k:<28} {v:.4f}" for k, v in shown.items()]
+    summary = logging.getLogger("prefopt")  # the run's own voice, as the entry point's log
+    summary.info("final validation metrics:\n%s", "\n".join(lines) or "  (none)")
+    summary.info(
+        "MLflow run %s — open with: mlflow ui --backend-store-uri %s",
+        logger.run_id,
+        logger.tracking_uri,
+    )
+
+
 def finish_run(logger: MLFlowLogger, status: str) -> None:
     """End the run with FINISHED, FAILED or KILLED (overriding Lightning's own end-of-fit status).
 

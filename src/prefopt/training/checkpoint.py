@@ -14,6 +14,7 @@ checkpoint file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
@@ -238,6 +239,26 @@ def mark_resumed(point: ResumePoint, output_dir: str | Path) -> None:
     if checkpoint_dir.resolve() == (Path(output_dir) / CHECKPOINT_DIR).resolve():
         return
     write_run_file(checkpoint_dir.parent, resumed_by=str(Path(output_dir).resolve()))
+
+
+@contextlib.contextmanager
+def recorded_run(
+    output_dir: str | Path,
+    enabled: bool,
+    resume: ResumePoint | None,
+    run_id: str,
+    tracking_uri: str,
+):
+    """Around a training: a resumed run first marks the checkpoint folder it continues from;
+    with checkpoints `enabled`, `run.json` names the MLflow run while it trains and is marked
+    `finished` once the block (fit and export) completed."""
+    if resume:
+        mark_resumed(resume, output_dir)
+    if enabled:
+        write_run_file(output_dir, run_id=run_id, tracking_uri=tracking_uri)
+    yield
+    if enabled:
+        write_run_file(output_dir, finished=True)
 
 
 def _done(run: dict[str, Any]) -> bool:

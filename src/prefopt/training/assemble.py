@@ -1,0 +1,164 @@
+"""The run's Lightning pieces, each from its own config sections: the module (policy and
+reference, loaded in the order memory wants) and the trainer with prefopt's callbacks.
+
+`prefopt.train` calls these in order; nothing here reads the whole config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+from prefopt.config.schema import (
+    CheckpointConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ReferenceConfig,
+)
+from prefopt.data import PreferenceDataModule
+from prefopt.losses.base import PreferenceLoss
+from prefopt.model.loading import Checkpoints, prepare_policy
+from prefopt.model.packing import PairPacking
+from prefopt.reference import SamplingModel, build_reference, build_sampling_model
+from prefopt.training import strategies
+from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, ResumeCheckpoint
+from prefopt.training.faults import NonFiniteGuard
+from prefopt.training.module import PreferenceModule
+
+log = logging.getLogger("prefopt")
+
+
+@dataclass
+class TrainResult:
+    """What `prefopt.train.train` returns: the MLflow run, the exported model's folder (None
+    without `export`), the final logged metrics, and the trained module."""
+
+    run_id: str
+    export_dir: Path | None
+    metrics: dict[str, float]
+    module: PreferenceModule
+
+
+def build_datamodule(
+    data_cfg: DataConfig, tokenizer, toy_world, loss: PreferenceLoss, logger
+) -> PreferenceDataModule:
+    """The data, read, checked and tokenized now (`setup("fit")`): the reference cache and the
+    packing probe need it before training starts. Its counts are logged as `data_stats/*`
+    params, and the loss says whether the data suits it (e.g. KTO's desirable share)."""
+    datamodule = PreferenceDataModule(data_cfg, tokenizer, toy_world=toy_world, paired=loss.paired)
+    datamodule.setup("fit")
+    logger.log_hyperparams({f"data_stats/{k}": v for k, v in datamodule.stats.items()})
+    if advice := loss.check_data(datamodule.stats):
+        log.warning(advice)
+    return datamodule
+
+
+def build_module(
+    model_cfg: ModelConfig,
+    reference_cfg: ReferenceConfig,
+    optim_cfg: OptimConfig,
+    loss: PreferenceLoss,
+    checkpoints: Checkpoints,
+    datamodule: PreferenceDataModule,
+) -> PreferenceModule:
+    """The policy, its reference (when the loss needs one) and the loss, as one LightningModule.
+
+    `datamodule` must be set up: the reference cache scores its data, and the batches learn
+    here whether they come packed (the probe runs on the policy)."""
+    # One verdict per model on shared prompts / padding-free rows, for the policy and the
+    # reference alike (its cached log-probs included); KTO scores its rows as they are.
+    data_cfg = datamodule.cfg
+    packing = PairPacking(model_cfg.prefix_sharing, data_cfg.packing) if loss.paired else None
+    policy = None
+    if model_cfg.lora.enabled and not model_cfg.reference_path:
+        # LoRA: π_ref is the policy with its adapter disabled, so the policy comes first.
+        policy = prepare_policy(checkpoints.load(), model_cfg)
+    reference = None
+    if loss.needs_reference:
+        # Before the policy otherwise: a model loaded only to fill the log-prob cache is
+        # dropped before the policy takes its memory.
+        reference = build_reference(
+            reference_cfg,
+            model_cfg,
+            reference_path=checkpoints.reference_path,
+            datamodule=datamodule,
+            load_model=checkpoints.load,
+            packing=packing,
+            policy=policy,
+            batch_size=data_cfg.batch_size,
+            data_seed=data_cfg.seed,
+        )
+    if policy is None:
+        policy = prepare_policy(checkpoints.load(), model_cfg)
+    module = PreferenceModule(
+        policy,
+        loss,
+        optim_cfg,
+        reference=reference,
+        chunk_size=model_cfg.logits_chunk_size or None,
+        packing=packing,
+    )
+    if packing is not None and packing.requested and packing.supported(policy, module.chunk_size):
+        # Decided now (the probe), so batches come with their packed layout from the loader.
+        datamodule.pack_batches(packing.prefix_sharing != "false", packing.padding_free)
+    return module
+
+
+def evaluation_reference(module: PreferenceModule, checkpoints: Checkpoints) -> SamplingModel:
+    """π_ref as a model to sample from: training's reference, or for a reference-free loss
+    (SimPO) the reference checkpoint, which evaluation still compares the policy with."""
+    if module.reference is not None:
+        return module.reference.sampling_model
+    return build_sampling_model(checkpoints.model_cfg, checkpoints.reference_path, checkpoints.load)
+
+
+def fault_hints(optim_cfg: OptimConfig, trainer_cfg, loss_cfg) -> dict[str, object]:
+    """The settings a non-finite loss's message suggests changing, with their values now."""
+    hints = {"optim.lr": optim_cfg.lr, "trainer.precision": trainer_cfg.precision}
+    if "beta" in loss_cfg:
+        hints["loss.beta"] = loss_cfg.beta
+    return hints
+
+
+def build_trainer(
+    trainer_cfg,
+    checkpoint_cfg: CheckpointConfig,
+    module: PreferenceModule,
+    logger,
+    output_dir: str | Path,
+    callbacks: list[L.Callback],
+    fault_hints: dict[str, object],
+) -> L.Trainer:
+    """Lightning's Trainer with the run's strategy, the resume checkpoints (atomic writes) and
+    the guard that stops on a non-finite loss, naming `fault_hints` (settings to try)."""
+    checkpoint_dir = Path(output_dir) / CHECKPOINT_DIR
+    callbacks = list(callbacks)
+    if checkpoint_cfg.enabled:
+        callbacks.append(ResumeCheckpoint(checkpoint_dir, checkpoint_cfg.every_n_steps))
+    callbacks.append(NonFiniteGuard(fault_hints, checkpoint_dir / LAST))
+    return L.Trainer(
+        **strategies.trainer_arguments(trainer_cfg, module.policy),
+        logger=logger,
+        default_root_dir=output_dir,
+        enable_checkpointing=False,  # ResumeCheckpoint writes the checkpoints
+        plugins=[AtomicCheckpointIO()],
+        callbacks=callbacks,
+    )
+
+
+@contextlib.contextmanager
+def launched(trainer: L.Trainer) -> Iterator[L.Trainer]:
+    """Around fit and export: every rank ends its process group and launch afterwards, waiting
+    for the others only when the block completed (a failed rank must not hang the rest)."""
+    completed = False
+    try:
+        yield trainer
+        completed = True
+    finally:
+        strategies.finish(trainer, completed)
