@@ -124,6 +124,9 @@ def ddp_job_overrides(toy_cache: Path) -> list[str]:
         "trainer.enable_progress_bar=false",
         "eval.num_prompts=0",
         "export=false",
+        # Ten times the toy model's lr: at 5e-4 three steps move the loss by ~1e-4 only, too
+        # little for "it did train" below to tell a training run from a frozen one.
+        "optim.lr=5e-3",
     ]
 
 
@@ -156,7 +159,7 @@ def test_ddp_multirun_gives_one_run_per_job_and_the_single_process_losses(
     children = sorted(
         (r for r in runs if r is not parents[0]), key=lambda r: r.data.tags["prefopt.sweep_job"]
     )
-    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=5e-4" for b in betas]
+    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=0.005" for b in betas]
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     assert all(c.info.status == "FINISHED" for c in [*children, parents[0]])
     [sweep_dir] = (tmp_path / "multirun").glob("*/*")

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from prefopt.config.schema import OptimConfig
 from prefopt.losses import DPOLoss
+from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule
 from prefopt.training.optimizers import build_optimizer, lr_schedule
 
@@ -58,7 +59,7 @@ def test_an_optimizer_yaml_trains_with_no_python(compose_config, tmp_path):
     """conf/optim/sgd.yaml: SGD with momentum; none of AdamW's arguments leak into it."""
     cfg = compose_config("optim=sgd", "optim.lr=0.05")
     module = PreferenceModule(
-        tiny_llama(seed=0), DPOLoss(beta=0.1), cfg.optim, reference=tiny_llama(seed=1)
+        tiny_llama(seed=0), DPOLoss(beta=0.1), cfg.optim, reference=OnlineReference(tiny_llama(seed=1))
     )
     trainer = L.Trainer(
         max_steps=2,
