@@ -16,7 +16,6 @@ from prefopt.config.schema import (
     ModelDtype,
     OnInvalid,
     Scheduler,
-    choice_type,
 )
 from prefopt.errors import PrefoptError
 
@@ -65,13 +64,13 @@ def test_choice_overrides_are_checked_value_by_value():
 
 
 def test_choice_fields_are_found_through_the_schemas():
-    assert choice_type("optim.scheduler") is Scheduler
-    assert choice_type("model.dtype") is ModelDtype
-    assert choice_type("data.on_invalid") is OnInvalid
-    assert choice_type("model.lora.r") is None
-    assert choice_type("toy.seed") is None
-    assert choice_type("loss.beta") is None
-    assert choice_type("no.such.key") is None
+    assert checks.choice_type("optim.scheduler") is Scheduler
+    assert checks.choice_type("model.dtype") is ModelDtype
+    assert checks.choice_type("data.on_invalid") is OnInvalid
+    assert checks.choice_type("model.lora.r") is None
+    assert checks.choice_type("toy.seed") is None
+    assert checks.choice_type("loss.beta") is None
+    assert checks.choice_type("no.such.key") is None
 
 
 def test_a_choice_behaves_as_its_string(compose_config):
@@ -93,7 +92,9 @@ def test_the_data_format_choice_lists_every_format_the_data_code_reads():
 
 def test_an_optimizer_target_that_cannot_be_imported_fails_at_start(compose_config):
     cfg = compose_config("optim.optimizer._target_=torch.optim.Adamw")
-    with pytest.raises(PrefoptError, match=r"^optim.optimizer._target_=torch.optim.Adamw: no class or function"):
+    with pytest.raises(
+        PrefoptError, match=r"^optim.optimizer._target_=torch.optim.Adamw: no class or function"
+    ):
         checks.check_optim(cfg.optim)
     checks.check_optim(compose_config("optim=sgd").optim)
 

@@ -15,14 +15,17 @@ status 2, without a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.config.schema import choice_type
+from prefopt.config.schema import GROUP_SCHEMAS, Choice, Config
 from prefopt.config.targets import locate_target
 from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
@@ -167,3 +170,21 @@ def reported_errors():
         logging.shutdown()  # flush the log files before leaving
         print(f"prefopt: error: {error}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+
+
+def choice_type(key: str) -> type[Choice] | None:
+    """The `Choice` enum of a dotted config key (`optim.scheduler`), or None when the key is not
+    a choice field of a schema."""
+    group, _, rest = key.partition(".")
+    schema: Any = GROUP_SCHEMAS.get(group)
+    parts = rest.split(".") if schema is not None else key.split(".")
+    if schema is None:
+        schema = Config
+    for part in parts:
+        if not dataclasses.is_dataclass(schema):
+            return None
+        hint = typing.get_type_hints(schema).get(part)
+        if hint is None:
+            return None
+        schema = hint
+    return schema if isinstance(schema, type) and issubclass(schema, Choice) else None

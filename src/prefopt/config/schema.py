@@ -19,57 +19,19 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class Choice(str, Enum):
-    """One of a config field's fixed values: equal to, hashed and printed as its string value
-    (`str`, f-strings, JSON and MLflow params all see `cosine`, never `Scheduler.cosine`)."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-    @classmethod
-    def values(cls) -> list[str]:
-        return [member.value for member in cls]
-
-
-class ModelDtype(Choice):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class DataSource(Choice):
-    toy = "toy"
-    local = "local"
-    hub = "hub"
-
-
-class DataFormat(Choice):
-    auto = "auto"
-    explicit = "explicit"
-    conversational = "conversational"
-    implicit = "implicit"
-    unpaired = "unpaired"
-
-
-class OnInvalid(Choice):
-    error = "error"
-    skip = "skip"
-
-
-class Scheduler(Choice):
-    constant = "constant"
-    linear = "linear"
-    cosine = "cosine"
+from prefopt.config.choices import (  # noqa: F401  (re-exported: the schemas' field types)
+    Choice,
+    DataFormat,
+    DataSource,
+    ModelDtype,
+    OnInvalid,
+    Scheduler,
+)
 
 
 @dataclass
@@ -424,21 +386,3 @@ GROUP_SCHEMAS: dict[str, type] = {
     "eval": EvalConfig,
 }
 """The schema each `conf/<group>/*.yaml` extends (through `<group>_schema` in its defaults)."""
-
-
-def choice_type(key: str) -> type[Choice] | None:
-    """The `Choice` enum of a dotted config key (`optim.scheduler`), or None when the key is not
-    a choice field of a schema."""
-    group, _, rest = key.partition(".")
-    schema: Any = GROUP_SCHEMAS.get(group)
-    parts = rest.split(".") if schema is not None else key.split(".")
-    if schema is None:
-        schema = Config
-    for part in parts:
-        if not dataclasses.is_dataclass(schema):
-            return None
-        hint = typing.get_type_hints(schema).get(part)
-        if hint is None:
-            return None
-        schema = hint
-    return schema if isinstance(schema, type) and issubclass(schema, Choice) else None
