@@ -92,14 +92,18 @@ def read_implicit(row: dict[str, Any], where: str) -> Pair:
     return Pair(prompt, chosen, rejected, where)
 
 
-def _text(row: dict[str, Any], key: str, where: str) -> str:
+def _column(row: dict[str, Any], key: str, where: str) -> Any:
     if key not in row:
         raise RowError(
             f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {EXPECTED_LAYOUTS}",
             reason="missing_column",
             field=key,
         )
-    value = row[key]
+    return row[key]
+
+
+def _text(row: dict[str, Any], key: str, where: str) -> str:
+    value = _column(row, key, where)
     if not isinstance(value, str):
         hint = " (messages need data.format=conversational)" if isinstance(value, list) else ""
         raise RowError(
@@ -192,13 +196,7 @@ def read_conversational(row: dict[str, Any], where: str) -> Pair:
 
 
 def _messages(row: dict[str, Any], key: str, where: str) -> list[Message]:
-    if key not in row:
-        raise RowError(
-            f"{where}: missing column {key!r}; found columns {sorted(row)}; expected {EXPECTED_LAYOUTS}",
-            reason="missing_column",
-            field=key,
-        )
-    value = row[key]
+    value = _column(row, key, where)
     if isinstance(value, str):
         # A plain-string completion next to a message-list prompt is the assistant's reply.
         return [{"role": "assistant", "content": value}]
