@@ -314,7 +314,7 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     """Resumable checkpoints (policy, optimizer, scheduler, data position, RNG) in
-    `<output_dir>/checkpoints/`, written atomically; see README "When things go wrong"."""
+    `<output_dir>/checkpoints/`, written atomically; see docs/troubleshooting.md."""
 
     every_n_steps: int = 100
     """Write `last.ckpt` every this many optimizer steps (and always at the end); 0 = only at the end."""
