@@ -104,3 +104,25 @@ def test_unknown_config_key_fails_with_hydras_message(tmp_path):
     )
     assert proc.returncode != 0
     assert "Could not override 'loss.betta'" in proc.stderr
+
+
+def test_a_callback_added_in_the_config_runs_with_no_python(compose_config):
+    """lightning-hydra-template's habit: `trainer.callbacks.<name>` is a `_target_` node."""
+    monitor = "lightning.pytorch.callbacks.LearningRateMonitor"
+    cfg = compose_config(
+        f"+trainer.callbacks.lr_monitor._target_={monitor}",
+        "+trainer.callbacks.lr_monitor.logging_interval=step",
+        "trainer.max_steps=3", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=1",
+        "eval.num_prompts=0", "export=false",
+    )  # fmt: skip
+    result = train(cfg)
+    history = client_for(cfg).get_metric_history(result.run_id, "lr-AdamW")
+    assert [m.step for m in history] == [0, 1, 2]  # the monitor logged each step's lr
+
+
+def test_a_misspelled_callback_target_fails_before_any_run(compose_config):
+    from prefopt.errors import PrefoptError
+
+    cfg = compose_config("+trainer.callbacks.lr._target_=lightning.pytorch.callbacks.LRMonitor")
+    with pytest.raises(PrefoptError, match=r"^trainer.callbacks.lr._target_=.*LRMonitor: no class"):
+        train(cfg)

@@ -72,6 +72,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     check_required(cfg)
     loss = check_loss(cfg.loss)
     check_optim(cfg.optim)
+    check_trainer(cfg.trainer)
     check_model_config(cfg.model, cfg.model.path)
     check_data(cfg.data, loss)
     check_eval_config(cfg.eval)
@@ -104,6 +105,12 @@ def check_optim(optim: DictConfig) -> None:
         raise PrefoptError(f"optim.warmup_ratio={optim.warmup_ratio}: it must be in [0, 1)")
     for key in ("optimizer", "lr_scheduler"):
         locate_target(f"optim.{key}._target_", optim[key].get("_target_"))
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    for name, node in (trainer.get("callbacks") or {}).items():
+        if node is not None:
+            locate_target(f"trainer.callbacks.{name}._target_", node.get("_target_"))
 
 
 def check_data(data: DictConfig, loss: PreferenceLoss) -> None:

@@ -224,6 +224,10 @@ class TrainerConfig:
     deterministic: bool = False
     limit_train_batches: Any = None
     limit_val_batches: Any = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    """Extra Lightning callbacks by name, each a `_target_` node instantiated by Hydra, e.g.
+    `+trainer.callbacks.lr_monitor._target_=lightning.pytorch.callbacks.LearningRateMonitor`;
+    a null entry is skipped (how an experiment file switches one off)."""
 
 
 @dataclass

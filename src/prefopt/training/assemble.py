@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hydra
 import lightning as L
 
 from prefopt.config.schema import (
@@ -139,6 +140,8 @@ def build_trainer(
     the guard that stops on a non-finite loss, naming `fault_hints` (settings to try)."""
     checkpoint_dir = Path(output_dir) / CHECKPOINT_DIR
     callbacks = list(callbacks)
+    extra = trainer_cfg.get("callbacks") or {}
+    callbacks += [hydra.utils.instantiate(node) for node in extra.values() if node is not None]
     if checkpoint_cfg.enabled:
         callbacks.append(ResumeCheckpoint(checkpoint_dir, checkpoint_cfg.every_n_steps))
     callbacks.append(NonFiniteGuard(fault_hints, checkpoint_dir / LAST))

@@ -109,6 +109,7 @@ def check_scaling_config(trainer_cfg, model_cfg, reference_cfg, eval_cfg) -> Non
 def trainer_arguments(trainer_cfg: DictConfig, policy: nn.Module) -> dict[str, Any]:
     """`cfg.trainer` as `lightning.Trainer` keyword arguments, with the strategy built."""
     args = OmegaConf.to_container(trainer_cfg, resolve=True)
+    args.pop("callbacks", None)  # instantiated by `training.assemble.build_trainer`
     strategy = args.get("strategy", "auto")
     if strategy == "ddp":
         args["strategy"] = HydraDDPStrategy(find_unused_parameters=False)
