@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random causal LM for fast module-level tests."""
 
+import lightning as L
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -20,6 +21,20 @@ def tiny_llama(seed: int = 0, vocab_size: int = 32) -> LlamaForCausalLM:
         eos_token_id=2,
     )
     return LlamaForCausalLM(config)
+
+
+def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
+    """A CPU Trainer that writes and prints nothing (no logger, checkpoints or bars)."""
+    defaults = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
+    return L.Trainer(**{**defaults, **kwargs})
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import copy
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -13,7 +12,7 @@ from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule
 from prefopt.training.optimizers import lr_schedule
 
-from .conftest import hand_batch
+from .conftest import hand_batch, quiet_trainer
 
 
 def make_module(tiny_model_factory, reference_seed=0):
@@ -37,14 +36,7 @@ def test_training_moves_the_policy_and_never_the_reference(tiny_model_factory, t
     ref_before = copy.deepcopy(module.reference.model.state_dict())
     policy_before = copy.deepcopy(module.policy.state_dict())
     loader = DataLoader([hand_batch()] * 6, batch_size=None)
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(tmp_path)
     trainer.fit(module, train_dataloaders=loader)
 
     for name, value in module.reference.model.state_dict().items():

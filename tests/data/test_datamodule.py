@@ -12,6 +12,8 @@ import torch
 from prefopt.config.schema import DataConfig
 from prefopt.data import PreferenceDataModule, collate_pairs
 
+from ..conftest import quiet_trainer
+
 QUESTIONS = ["what is the capital of France?", "how are you?", "hi", "is the weather nice?"]
 
 
@@ -108,7 +110,11 @@ def test_dropped_pairs_are_counted_and_logged(tmp_path, tokenizer, caplog):
     ]
     path = write_jsonl(tmp_path / "prefs.jsonl", records)
     cfg = DataConfig(
-        source="local", path=path, val_path=path, max_length=16, max_prompt_length=8,
+        source="local",
+        path=path,
+        val_path=path,
+        max_length=16,
+        max_prompt_length=8,
         on_invalid="skip",
     )
     dm = PreferenceDataModule(cfg, tokenizer)
@@ -235,15 +241,7 @@ def test_lightning_fit_consumes_the_batches(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "prefs.jsonl", explicit_records(12))
     dm = PreferenceDataModule(DataConfig(source="local", path=path, batch_size=4), tokenizer)
     model = Counter()
-    trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(tmp_path)
     trainer.fit(model, datamodule=dm)
     expected = sum(
         len(e[f"{side}_input_ids"]) - e[f"{side}_prompt_length"]

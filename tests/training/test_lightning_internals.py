@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader
 from prefopt.training.checkpoint import validation_follows
 from prefopt.training.strategies import HydraJobLauncher, child_ranks_started_by
 
+from ..conftest import quiet_trainer
+
 
 class _Tiny(L.LightningModule):
     def __init__(self):
@@ -46,16 +48,11 @@ def test_validation_follows_is_true_exactly_before_each_validation(tmp_path):
                 events.append(("validated", trainer.fit_loop.epoch_loop.batch_idx))
 
     data = DataLoader(torch.randn(16, 2), batch_size=2)  # 8 batches
-    trainer = L.Trainer(
-        max_epochs=1,
+    trainer = quiet_trainer(
+        tmp_path,
         val_check_interval=3,
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
         callbacks=[Record()],
     )
     trainer.fit(_Tiny(), train_dataloaders=data, val_dataloaders=data)

@@ -3,7 +3,6 @@ warm-up and decay prefopt always built, and another one is a YAML (or an overrid
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -14,7 +13,7 @@ from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule
 from prefopt.training.optimizers import build_optimizer, lr_schedule
 
-from ..conftest import hand_batch, tiny_llama
+from ..conftest import hand_batch, quiet_trainer, tiny_llama
 
 
 def params():
@@ -59,17 +58,12 @@ def test_an_optimizer_yaml_trains_with_no_python(compose_config, tmp_path):
     """conf/optim/sgd.yaml: SGD with momentum; none of AdamW's arguments leak into it."""
     cfg = compose_config("optim=sgd", "optim.lr=0.05")
     module = PreferenceModule(
-        tiny_llama(seed=0), DPOLoss(beta=0.1), cfg.optim, reference=OnlineReference(tiny_llama(seed=1))
+        tiny_llama(seed=0),
+        DPOLoss(beta=0.1),
+        cfg.optim,
+        reference=OnlineReference(tiny_llama(seed=1)),
     )
-    trainer = L.Trainer(
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-    )
+    trainer = quiet_trainer(tmp_path, max_steps=2)
     before = [p.detach().clone() for p in module.policy.parameters()]
     trainer.fit(module, train_dataloaders=DataLoader([hand_batch()] * 2, batch_size=None))
     optimizer = trainer.optimizers[0]
