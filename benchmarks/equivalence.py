@@ -33,14 +33,18 @@ def run(src: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(src / "src"), "PREFOPT_CACHE": str(out / "cache")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     store = f"sqlite:///{out / 'mlflow.db'}"
-    common = [sys.executable, "-m", "prefopt.train", f"logger.tracking_uri={store}", "export=false"]
+    train = [sys.executable, "-m", "prefopt.train"]
+    common = [f"logger.tracking_uri={store}", "export=false"]
     jobs = {
-        "default": [*common, f"hydra.run.dir={out / 'default'}"],
-        "sweep": [*common, "--multirun", "loss.beta=0.05,0.1,0.5", f"hydra.sweep.dir={out / 'sweep'}"],
+        "default": [*train, *common, f"hydra.run.dir={out / 'default'}"],
+        "sweep": [*train, "--multirun", "loss.beta=0.05,0.1,0.5", *common,
+                  f"hydra.sweep.dir={out / 'sweep'}"],
     }  # fmt: skip
     for name, command in jobs.items():
         print(f"{name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
-        subprocess.run(command, cwd=src, env=env, check=True, capture_output=True)
+        done = subprocess.run(command, cwd=src, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     ids = subprocess.run(
         [sys.executable, __file__, "ids", "--out", str(out)],
         cwd=src, env=env, check=True, capture_output=True, text=True,
