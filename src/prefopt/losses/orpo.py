@@ -39,8 +39,15 @@ from prefopt.losses.sft import chosen_nll
 
 
 def log1mexp(x: Tensor) -> Tensor:
-    """log(1 − exp(x)) for x < 0, without cancellation (branch at −log 2, as Mächler 2012)."""
-    return torch.where(x < -0.6931471805599453, torch.log1p(-x.exp()), torch.log(-torch.expm1(x)))
+    """log(1 − exp(x)) for x < 0, without cancellation (branch at −log 2, Mächler 2012).
+
+    Each branch sees only inputs it is accurate and finite on: `torch.where` differentiates
+    both, and log1p(−exp(x)) near x = 0 (P → 1) would turn the unused branch's gradient into
+    0·inf = NaN (as TRL's one-line version does in fp32)."""
+    far = x < -0.6931471805599453
+    far_branch = torch.log1p(-torch.where(far, x, torch.full_like(x, -1.0)).exp())
+    near_branch = torch.log(-torch.expm1(torch.where(far, torch.full_like(x, -0.5), x)))
+    return torch.where(far, far_branch, near_branch)
 
 
 @dataclass
@@ -56,7 +63,7 @@ class ORPOLoss(PreferenceLoss):
         check_positive(self.name, "beta", self.beta)
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None = None) -> LossOutput:
-        chosen, rejected = policy.chosen.mean.float(), policy.rejected.mean.float()
+        chosen, rejected = policy.chosen.mean, policy.rejected.mean
         log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
         ratio = F.logsigmoid(log_odds)
         nll = chosen_nll(policy)
