@@ -11,8 +11,10 @@ or to a mapping with its `weight` and any of that loss's own fields:
       sft: {weight: 0.2}
 
 A field the YAML does not list is added with Hydra's `+` (`+loss.terms.dpo.label_smoothing=0.1`),
-as is a new term (`+loss.terms.ipo.weight=0.5`); `loss.terms={dpo: 1.0, sft: 0.2}` replaces the
-whole mix. A weight is a number ≥ 0 (0 keeps a term's metrics without its gradient). Each term computes its own loss on the same log-probs; the reference model is loaded only
+as is a new term (`+loss.terms.ipo=0.5`); `~loss.terms.dpo` drops one. (`loss.terms={...}` on
+the command line MERGES into the YAML's terms, Hydra's rule for mappings: a mix of one's own is
+a YAML `conf/loss/<name>.yaml` with `defaults: [mix_schema]` and its `terms`.) A weight is a
+number ≥ 0 (0 keeps a term's metrics without its gradient). Each term computes its own loss on the same log-probs; the reference model is loaded only
 when some term needs it. Metrics: each term's under its name (`dpo/loss`, `dpo/rewards/margins`,
 `sft/nll`, ...), the total as `loss`, and the FIRST term's `rewards/*` and `logps/*` also
 unprefixed, so that the run's objective, the diagnostics and sweep summaries read them as for a
