@@ -96,3 +96,21 @@ def test_every_loss_but_mix_and_kto_can_be_a_term():
     assert torch.isfinite(out.loss)
     assert {f"{name}/loss" for name in names} <= set(out.metrics)
     assert mix.describe().startswith("mix 1·dpo β=0.1 + 1·ipo β=0.5")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("+loss.terms.dpoo=1.0", "loss.terms.dpoo: there is no such loss; choose from: "),
+        ("+loss.terms.kto=1.0", "loss.terms.kto: kto trains on unpaired"),
+    ],
+)
+def test_a_wrong_term_on_the_command_line_stops_the_run_in_one_line(
+    compose_config, override, message
+):
+    """Through Hydra's composition and the checks every run passes before it starts."""
+    from prefopt.config.checks import check_loss
+
+    with pytest.raises(PrefoptError) as error:
+        check_loss(compose_config("loss=mix", override).loss)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
