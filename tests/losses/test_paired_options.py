@@ -276,3 +276,37 @@ def test_option_values_are_checked_in_one_line():
 def test_options_off_ask_for_no_extra_log_probs():
     assert not DPOLoss().needs_shared_prefix and not DPOLoss().needs_wpo
     assert DPOLoss(ld_alpha=0.5).needs_shared_prefix and DPOLoss(use_weighting=True).needs_wpo
+
+
+# --- the same options on IPO, as TRL's loss_type="ipo" has them ---------------------------------
+
+
+def test_ipo_ld_alpha_by_hand():
+    """ld_pairs, α = 0.25, β = 0.5, length-normalised by the whole length (as TRL):
+    policy chosen −2 + 0.25·(−4) = −3, reference −2.5 + 0.25·(−2.5) = −3.125 → 0.125/4 = 0.03125;
+    rejected (−3 + 3.5)/2 = 0.25. h = −0.21875; L = (h − 1)² = 1.4853515625.
+    ∂L/∂sum_w = 2(h − 1)·α/4 = −0.15234375; ∂L/∂shared_w = 2(h − 1)·(1 − α)/4 = −0.45703125."""
+    from prefopt.losses import IPOLoss
+
+    policy, reference = ld_pairs()
+    policy.chosen.summed.requires_grad_(True)
+    policy.chosen.shared_summed.requires_grad_(True)
+    out = IPOLoss(beta=0.5, ld_alpha=0.25)(policy, reference)
+    assert out.loss.item() == pytest.approx(1.4853515625)
+    out.loss.backward()
+    assert policy.chosen.summed.grad.item() == pytest.approx(-0.15234375)
+    assert policy.chosen.shared_summed.grad.item() == pytest.approx(-0.45703125)
+    # off: (−0.25 − 0.25 − 1)² = 2.25, the plain IPO
+    assert IPOLoss(beta=0.5)(*ld_pairs()).loss.item() == pytest.approx(2.25)
+
+
+def test_ipo_wpo_weighting_by_hand():
+    """Chosen (−1 + 2)/3 = 1/3, rejected (−3 + 2)/2 = −0.5: h = 5/6, β = 0.5:
+    (5/6 − 1)² = 1/36 = 0.0277778, times the pair's weight e^−0.7: 0.0137941."""
+    from prefopt.losses import IPOLoss
+
+    policy = PairLogps(side([-1.0], [3], wpo=[-0.6]), side([-3.0], [2], wpo=[-1.0]))
+    reference = PairLogps(side([-2.0], [3]), side([-2.0], [2]))
+    out = IPOLoss(beta=0.5, use_weighting=True)(policy, reference)
+    assert out.loss.item() == pytest.approx(0.0137941, abs=1e-6)
+    assert IPOLoss(ld_alpha=0.5).needs_shared_prefix and IPOLoss(use_weighting=True).needs_wpo
