@@ -7,9 +7,9 @@ MLflow run starts: a config that cannot work stops there with one line naming th
 value and the fix. `check_config` is the entry point's call of them all.
 
 Among them, the checks that no input reaches the network or a library by mistake: keys added
-with `+key=value` that no schema has (`check_known_keys`), data and model paths that can only be
-local but do not exist (never sent to the hub: `data.sources.looks_local`), and accelerators
-this machine does not have (`check_accelerator`).
+with `+key=value` that no schema has (`check_known_keys`), and data and model paths that can only be
+local but do not exist (never sent to the hub: `data.sources.looks_local`). `check_accelerator`
+checks the machine rather than the config: the GPUs asked for are there.
 
 `check_overrides` runs even before Hydra composes the config, so that a misspelled group option
 (`loss=dpoo`) or choice (`optim.scheduler=cosin`) gets the same kind of line listing the valid
@@ -147,13 +147,16 @@ def check_trainer(trainer: DictConfig) -> None:
     for name, node in (trainer.get("callbacks") or {}).items():
         if node is not None:
             check_target_node(f"trainer.callbacks.{name}", node)
-    check_accelerator(trainer.accelerator, trainer.devices)
 
 
-def check_accelerator(accelerator: str, devices: Any) -> None:
-    """The accelerator asked for exists here, with at least as many devices (per node) as
-    asked for; Lightning would say so only after the model has loaded."""
+def check_accelerator(trainer: DictConfig) -> None:
+    """This machine has the accelerator `trainer` asks for, with at least as many devices (per
+    node); Lightning would say so only after the model has loaded. A check of the machine, not
+    of the config (a GPU preset is a valid config on a laptop): the entry point makes it on
+    the machine that trains, after `check_config`."""
     from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    accelerator, devices = trainer.accelerator, trainer.devices
 
     names = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
     kind = str(accelerator).lower()
