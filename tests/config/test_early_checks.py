@@ -54,6 +54,11 @@ def no_store(cfg) -> bool:
             ["data=local", "data.path={cwd}", "data.val_path=val.jsonl"],
             "data.val_path=val.jsonl: no such file or folder",
         ),
+        (
+            ["data=local", "data.path=Anthropic/hh-rlhf"],
+            "folder you start from; for a Hugging Face hub dataset of that name, use data=hub "
+            "data.path=Anthropic/hh-rlhf",
+        ),
         (["data=hub", "data.path=./pairs.jsonl"], "data.path=./pairs.jsonl: no such file"),
         (["data=hub", "data.path=runs/data/pairs"], "data.path=runs/data/pairs: no such file"),
         (

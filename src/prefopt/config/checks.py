@@ -213,7 +213,7 @@ def check_local_paths(model: DictConfig, evaluation: DictConfig) -> None:
         ("model.reference_path", model.reference_path),
         ("eval.judge_path", evaluation.get("judge_path")),
     ):
-        if value and looks_local(value) and not Path(value).expanduser().exists():
+        if value and looks_local(value) and not Path(value).exists():
             raise missing_local_path(
                 value, "a folder written by save_pretrained (or a hub id, owner/name)", key
             )
@@ -254,10 +254,15 @@ def check_data_paths(data: DictConfig) -> None:
     what = "a data file (jsonl, json, parquet or csv, optionally .gz) or a dataset folder"
     for key in ("path", "val_path"):
         value = data.get(key)
-        if not value or Path(value).expanduser().exists():
+        if not value or Path(value).exists():
             continue
-        if data.source == "local" or looks_local(value):
+        if looks_local(value):
             raise missing_local_path(value, what, f"data.{key}")
+        if data.source == "local":
+            raise PrefoptError(
+                f"{missing_local_path(value, what, f'data.{key}')}; for a Hugging Face hub "
+                f"dataset of that name, use data=hub data.{key}={value}"
+            )
 
 
 def check_checkpoint(checkpoint: DictConfig, resuming: bool) -> None:

@@ -40,7 +40,7 @@ def looks_local(name: str) -> bool:
     it must exist here and is never sent to the Hugging Face hub: it exists, starts with `/`,
     `.` or `~`, has a file suffix (`pairs.jsonl`), a backslash, or more than one `/` (a hub
     id is `name` or `owner/name`, so one `/` alone says nothing)."""
-    if Path(name).expanduser().exists():
+    if Path(name).exists():
         return True
     if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
         return True
@@ -50,7 +50,7 @@ def looks_local(name: str) -> bool:
 def missing_local_path(name: str, what: str, key: str | None = None) -> PrefoptError:
     """The one-line error for a local-looking `name` (given as config `key`, when known) that
     does not exist; `what` says what it should have named."""
-    where = Path(name).expanduser().absolute().parent
+    where = Path(name).absolute().parent
     given = f"{key}={name}" if key else name
     return PrefoptError(
         f"{given}: no such file or folder (looked in {where}); give the path of {what}, "

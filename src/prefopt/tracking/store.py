@@ -2,7 +2,9 @@
 
 A relative sqlite path is made absolute (`resolve_tracking_uri`) so that every job of a sweep,
 whatever its working directory, writes one database. An http(s) server is asked for its health
-before anything loads (`check_tracking_uri`), so a wrong address fails in seconds.
+before anything loads (`check_tracking_uri`), so a wrong address fails in seconds. Runs that
+share one SQLite file open it one at a time the first time (`sqlite_store_lock`), so that its
+tables are created once; later writes wait for each other through MLflow's busy timeout.
 """
 
 from __future__ import annotations
