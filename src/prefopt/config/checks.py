@@ -7,9 +7,9 @@ MLflow run starts: a config that cannot work stops there with one line naming th
 value and the fix. `check_config` is the entry point's call of them all.
 
 Among them, the checks that no input reaches the network or a library by mistake: keys added
-with `+key=value` that no schema has (`check_known_keys`), and data and model paths that can only be
-local but do not exist (never sent to the hub: `data.sources.looks_local`). `check_accelerator`
-checks the machine rather than the config: the GPUs asked for are there.
+with `+key=value` that no schema has (`check_known_keys`), and data and model paths that can
+only be local but do not exist (never sent to the hub: `data.sources.looks_local`).
+`check_accelerator` checks the machine rather than the config: the GPUs asked for are there.
 
 `check_overrides` runs even before Hydra composes the config, so that a misspelled group option
 (`loss=dpoo`) or choice (`optim.scheduler=cosin`) gets the same kind of line listing the valid
@@ -157,7 +157,6 @@ def check_accelerator(trainer: DictConfig) -> None:
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
     accelerator, devices = trainer.accelerator, trainer.devices
-
     names = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
     kind = str(accelerator).lower()
     if kind not in names:
