@@ -45,6 +45,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
 
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
+    checks.check_accelerator(cfg.trainer)  # this machine's GPUs; a valid config may need others
     resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sweep = sweep_job(cfg.logger)  # None unless this is a job of a --multirun
