@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import mlflow
@@ -36,7 +37,7 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory, toy_cache, reference_cache):
-    """5 steps of DPO on the small toy world; validation at step 4, the last evaluation at 5."""
+    """5 steps of DPO on the small toy world; a validation after 4, the last evaluation at 5."""
     from hydra import compose, initialize_config_dir
 
     from prefopt.config.schema import register_configs
@@ -65,6 +66,13 @@ def toy_run(tmp_path_factory, toy_cache, reference_cache):
     return cfg.logger.tracking_uri, result
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def logged_models(store: str, experiment: str = "prefopt"):
     client = MlflowClient(store)
     return client.search_logged_models([client.get_experiment_by_name(experiment).experiment_id])
@@ -79,7 +87,9 @@ def test_the_run_has_its_aligned_model_with_its_final_metrics(toy_run):
     [output] = run.outputs.model_outputs
     assert (output.model_id, output.step) == (model.model_id, STEPS)
     linked = {m.key: (m.value, m.step) for m in model.metrics}
-    assert linked["val/loss"] == (run.data.metrics["val/loss"], 4)  # before the last step
+    last_val = max(MlflowClient(store).get_metric_history(result.run_id, "val/loss"), key=lambda m: m.step)  # fmt: skip
+    assert last_val.step < STEPS  # a validation before the last step is linked too
+    assert linked["val/loss"] == (run.data.metrics["val/loss"], last_val.step)
     assert linked["eval/win_rate_vs_ref"] == (run.data.metrics["eval/win_rate_vs_ref"], STEPS)
     assert not any(key.startswith("train/") for key in linked)
     assert model.params["loss/beta"] == run.data.params["loss/beta"]
@@ -180,8 +190,6 @@ def test_an_offline_run_logs_no_model_and_says_where_the_export_is(
     run_logger, toy_export, caplog, monkeypatch
 ):
     """The store goes away (the client pointed at a closed port, as in test_reliability)."""
-    from tests.test_reliability import closed_port
-
     store = run_logger.tracking_uri
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     run_logger.experiment._client = MlflowClient(f"http://127.0.0.1:{closed_port()}")
@@ -198,8 +206,6 @@ def test_an_offline_run_logs_no_model_and_says_where_the_export_is(
 def test_a_store_that_fails_while_the_model_is_logged_does_not_fail_the_run(
     run_logger, toy_export, caplog, monkeypatch
 ):
-    from tests.test_reliability import closed_port
-
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setattr(run_logger, "tracking_uri", f"http://127.0.0.1:{closed_port()}")
     with caplog.at_level(logging.WARNING, "prefopt.tracking"):
