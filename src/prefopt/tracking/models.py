@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlparse
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 
+from prefopt.config.schema import ModelConfig
 from prefopt.errors import PrefoptError
 from prefopt.tracking.offline import unreachable
 
@@ -55,7 +56,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 _COMPARE_BLOCK = 16 << 20
 
 
-def check_model_logging(cfg_model, export: bool) -> None:
+def check_model_logging(cfg_model: ModelConfig, export: bool) -> None:
     """Before the run: a registered name needs a logged model, which needs an export."""
     if cfg_model.register_as and not (export and cfg_model.log_model):
         raise PrefoptError(
@@ -65,7 +66,7 @@ def check_model_logging(cfg_model, export: bool) -> None:
 
 
 def log_aligned_model(
-    logger: Logger | None, written: Mapping[str, Path], cfg_model, step: int
+    logger: Logger | None, written: Mapping[str, Path], cfg_model: ModelConfig, step: int
 ) -> str | None:
     """Log the exported policy (`written`: export_policy's {tag: folder}) to the logger's run at
     `step` and register it under `cfg_model.register_as`; its `models:/` URI, or None when
