@@ -30,6 +30,7 @@ from prefopt.tracking import (
     sweep_job,
     tracked_run,
 )
+from prefopt.tracking.models import check_model_logging, log_aligned_model
 from prefopt.training import assemble, strategies
 from prefopt.training.assemble import TrainResult
 from prefopt.training.checkpoint import find_resume_point, recorded_run
@@ -40,6 +41,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     """Everything that can be checked before a model or dataset is touched."""
     loss = checks.check_config(cfg)
     strategies.check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
+    check_model_logging(cfg.model, cfg.export)
     return loss
 
 
@@ -90,6 +92,7 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) ->
             out = Path(cfg.output_dir)
             written = export_policy(trainer, module, tokenizer, out, cfg.model, checkpoints.load)
             set_tags(logger, {tag: str(path.resolve()) for tag, path in written.items()})
+    log_aligned_model(logger, written, cfg.model, trainer.global_step)  # rank 0: {} elsewhere
     log_summary(metrics, logger)
     export_dir = written.get("prefopt.export_dir")
     return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=module)
