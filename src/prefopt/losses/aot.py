@@ -61,10 +61,10 @@ class AOTLoss(PreferenceLoss):
 
 
 def sorted_sigmoid_output(
-    loss: AOTLoss, policy: PairLogps, reference: PairLogps, first: Tensor, second: Tensor
+    loss: PreferenceLoss, policy: PairLogps, reference: PairLogps, first: Tensor, second: Tensor
 ) -> LossOutput:
     """The AOT loss on two quantities over the batch, each sorted on its own: the k-th smallest
-    `first` against the k-th smallest `second`; rewards as DPO's."""
+    `first` against the k-th smallest `second` (`loss` gives β and ε); rewards as DPO's."""
     delta = torch.sort(first, dim=0).values - torch.sort(second, dim=0).values
     losses = smoothed_sigmoid_loss(loss.beta * delta, loss.label_smoothing)
     chosen, rejected = log_ratios(policy, reference)

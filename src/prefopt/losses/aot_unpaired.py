@@ -20,13 +20,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from prefopt.losses.aot import AOTLoss, sorted_sigmoid_output
-from prefopt.losses.base import LossOutput, PairLogps, log_ratios
+from prefopt.losses.aot import sorted_sigmoid_output
+from prefopt.losses.base import (
+    LossOutput,
+    PairLogps,
+    PreferenceLoss,
+    check_label_smoothing,
+    check_positive,
+    log_ratios,
+)
 
 
 @dataclass
-class AOTUnpairedLoss(AOTLoss):
+class AOTUnpairedLoss(PreferenceLoss):
+    # Fields of its own rather than inherited from AOTLoss: the configuration reference is
+    # generated from each loss file's own dataclass.
+    beta: float = 0.1
+    """Scale of the sorted differences inside the sigmoid, as DPO's β."""
+    label_smoothing: float = 0.0
+    """ε, the assumed share of flipped labels; 0 ≤ ε < 0.5."""
+
     name: ClassVar[str] = "aot_unpaired"
+
+    def __post_init__(self) -> None:
+        check_positive(self.name, "beta", self.beta)
+        check_label_smoothing(self.label_smoothing)
 
     def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
         reference = self._require_reference(reference)
