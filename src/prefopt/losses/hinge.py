@@ -34,7 +34,7 @@ from prefopt.losses.base import (
 @dataclass
 class HingeLoss(PreferenceLoss):
     beta: float = 0.1
-    """Inverse margin: the loss is zero once h ≥ 1/β (TRL's default; RSO tunes it per task)."""
+    """Inverse margin: the loss is zero once h ≥ 1/β (TRL's default)."""
 
     name: ClassVar[str] = "hinge"
 
