@@ -2,6 +2,14 @@
 only, averaged across ranks, and carried through a checkpoint so that a resumed run continues
 with it."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -25,9 +33,8 @@ def bco_module(loss=None) -> PreferenceModule:
 
 def two_batches() -> DataLoader:
     second = hand_batch()
-    second["input_ids"] = torch.where(second["input_ids"] > 4, second["input_ids"] + 9, 0)
-    second["input_ids"][:, 0] = 1
-    second["input_ids"][second["completion_mask"] & (second["input_ids"] == 0)] = 2
+    ids = second["input_ids"]  # the same layout, other ordinary tokens (ids 5-16 -> 14-25)
+    second["input_ids"] = torch.where(ids > 4, ids + 9, ids)
     return DataLoader([hand_batch(), second], batch_size=None)
 
 
@@ -80,3 +87,32 @@ def test_a_stateless_loss_adds_nothing_to_the_checkpoint():
     checkpoint = {}
     bco_module(DPOLoss()).on_save_checkpoint(checkpoint)
     assert checkpoint == {}
+
+
+def test_the_baseline_is_the_same_on_two_ranks_and_averages_both():
+    """Two gloo ranks (fresh interpreters, tests/bco_two_ranks.py) with different policies:
+    after each step both hold the same δ, the running mean of the cross-rank batch means."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).parents[1] / "bco_two_ranks.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    r0, r1 = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert r0["baselines"] == pytest.approx(r1["baselines"], abs=1e-7)
+    step_means = [(a + b) / 2 for a, b in zip(r0["local_means"], r1["local_means"], strict=True)]
+    assert r0["baselines"][0] == pytest.approx(step_means[0], abs=1e-6)
+    assert r0["baselines"][1] == pytest.approx(sum(step_means) / 2, abs=1e-6)
+    assert r0["local_means"][0] != pytest.approx(r1["local_means"][0], abs=1e-4)  # not vacuous
