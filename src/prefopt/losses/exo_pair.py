@@ -9,8 +9,9 @@ and the labels' is p = (1 − ε, ε). The loss is KL(q ‖ p):
     L = σ(βh) (log σ(βh) − log(1 − ε)) + σ(−βh) (log σ(−βh) − log ε)
 
 It is minimal (0) at σ(βh) = 1 − ε, so ε > 0 is required: it sets the target margin
-log((1 − ε)/ε)/β. The paper uses one β for policy and reward temperatures here (β_π = β_r), as
-TRL's `loss_type="exo_pair"` does, with ε = `label_smoothing` (the paper recommends 1e-3).
+log((1 − ε)/ε)/β. The paper's two temperatures, β_π (policy) and β_r (reward), are one β here,
+as in TRL's `loss_type="exo_pair"`, with ε = `label_smoothing` (1e-3, the value TRL's docs give
+as the paper's recommendation).
 
 Rewards are β·log π/π_ref, as for DPO.
 """
