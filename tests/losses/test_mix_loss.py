@@ -65,7 +65,7 @@ def test_reference_and_extra_log_probs_only_when_a_term_needs_them():
 @pytest.mark.parametrize(
     "terms, message",
     [
-        ({"dpoo": 1.0}, "loss.terms.dpoo: there is no such loss; choose from: cpo, dpo, "),
+        ({"dpoo": 1.0}, "loss.terms.dpoo: there is no such loss; choose from: aot, aot_unpaired, "),
         ({"mix": 1.0}, "loss.terms.mix: a mix cannot contain a mix"),
         (
             {"dpo": 1.0, "kto": 1.0},

@@ -92,6 +92,10 @@ class PreferenceLoss:
     """True: trains on (prompt, chosen, rejected); False: on (prompt, completion, label)."""
     recommended_beta: ClassVar[tuple[float, float] | None] = None
     """The β range the loss's authors recommend (used for an info line at start)."""
+    keeps_state: ClassVar[bool] = False
+    """True: the loss keeps running statistics across steps (BCO's reward baseline). The module
+    then calls it with `training` (update them or not) and `mean_across_devices`, and saves
+    `state_dict()` in checkpoints so that a resumed run continues with them."""
 
     @property
     def needs_shared_prefix(self) -> bool:
@@ -106,6 +110,13 @@ class PreferenceLoss:
     def __call__(self, policy, reference, **kwargs) -> LossOutput:
         """Paired losses take `PairLogps`; unpaired ones `UnpairedLogps` (see `paired`)."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The running statistics to checkpoint; none unless `keeps_state`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` returned (from a checkpoint)."""
 
     def check_data(self, stats: dict[str, int]) -> str | None:
         """A warning about the training data for this loss (the data module's `stats`), or None."""
@@ -128,6 +139,14 @@ class PreferenceLoss:
         if reference is None:
             raise ValueError(f"loss '{self.name}' needs reference log-probs, got none")
         return reference
+
+
+def log_ratios(policy: PairLogps, reference: PairLogps) -> tuple[Tensor, Tensor]:
+    """log π(y|x)/π_ref(y|x) of the chosen and of the rejected completions, summed over tokens."""
+    return (
+        policy.chosen.summed - reference.chosen.summed,
+        policy.rejected.summed - reference.rejected.summed,
+    )
 
 
 def paired_metrics(
@@ -170,6 +189,7 @@ __all__ = [
     "UnpairedLogps",
     "check_label_smoothing",
     "check_positive",
+    "log_ratios",
     "paired_metrics",
     "smoothed_sigmoid_loss",
 ]

@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from torch import Tensor
+
 from prefopt.errors import PrefoptError
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss
 
@@ -70,11 +72,19 @@ class MixLoss(PreferenceLoss):
     def needs_wpo(self) -> bool:
         return any(loss.needs_wpo for _, _, loss in self.weighted)
 
-    def __call__(self, policy: PairLogps, reference: PairLogps | None = None) -> LossOutput:
+    @property
+    def keeps_state(self) -> bool:  # type: ignore[override]
+        return any(loss.keeps_state for _, _, loss in self.weighted)
+
+    def __call__(
+        self, policy: PairLogps, reference: PairLogps | None = None, **state_args: Any
+    ) -> LossOutput:
+        """`state_args` (`training`, `mean_across_devices`) reach the terms that keep state."""
         total = 0.0
         metrics = {}
         for index, (name, weight, loss) in enumerate(self.weighted):
-            out = loss(policy, reference if loss.needs_reference else None)
+            args = state_args if loss.keeps_state else {}
+            out = loss(policy, reference if loss.needs_reference else None, **args)
             total = total + weight * out.loss
             metrics[f"{name}/loss"] = out.loss.detach()
             metrics.update({f"{name}/{key}": value for key, value in out.metrics.items()})
@@ -83,6 +93,20 @@ class MixLoss(PreferenceLoss):
                     {k: v for k, v in out.metrics.items() if k.startswith(("rewards/", "logps/"))}
                 )
         return LossOutput(loss=total, metrics=metrics)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Each stateful term's running statistics, under `<term>/<key>`."""
+        return {
+            f"{name}/{key}": value
+            for name, _, loss in self.weighted
+            for key, value in loss.state_dict().items()
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, _, loss in self.weighted:
+            own = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"{name}/")}
+            if own:
+                loss.load_state_dict(own)
 
     def check_data(self, stats: dict[str, int]) -> str | None:
         advice = [text for _, _, loss in self.weighted if (text := loss.check_data(stats))]
