@@ -423,3 +423,14 @@ def test_every_ready_sweep_is_one_command_with_valid_values(name, tmp_path):
             "config", overrides=[f"sweep={name}", *first_values, f"output_dir={tmp_path}"]
         )
     check_config(job)
+
+
+def test_the_losses_sweep_runs_every_registered_loss():
+    """conf/sweep/losses.yaml lists the losses by name (Hydra's `glob(*)` needs a config
+    loader the summary's parser does not have): every name of `LOSSES`, each once."""
+    from prefopt.losses import LOSSES
+
+    params = OmegaConf.load(Path(CONF_DIR) / "sweep" / "losses.yaml").hydra.sweeper.params
+    names = params.loss.split(",")
+    assert sorted(names) == sorted(LOSSES), "add the new loss to conf/sweep/losses.yaml"
+    assert len(names) == len(set(names))

@@ -27,6 +27,12 @@ class CompletionLogps:
     """Sum of log π(token) over the completion tokens, shape [N]."""
     token_counts: Tensor
     """Number of completion tokens per sequence, shape [N]."""
+    shared_summed: Tensor | None = None
+    """Sum over each sequence's first min(len_chosen, len_rejected) tokens, its pair's shared
+    length (LD-DPO's `ld_alpha`); computed only when a loss asks for it, else None."""
+    wpo_summed: Tensor | None = None
+    """Σ_t [log π(y_t) − log Σ_v π(v)²] over the completion tokens, detached (WPO's weights);
+    computed only when a loss asks for it, else None."""
 
     @property
     def mean(self) -> Tensor:
@@ -35,10 +41,18 @@ class CompletionLogps:
 
     def split(self, n_first: int) -> tuple[CompletionLogps, CompletionLogps]:
         """Split a concatenated batch (chosen rows first) into two halves."""
-        return (
-            CompletionLogps(self.summed[:n_first], self.token_counts[:n_first]),
-            CompletionLogps(self.summed[n_first:], self.token_counts[n_first:]),
+        first = {name: None if t is None else t[:n_first] for name, t in self._tensors().items()}
+        rest = {name: None if t is None else t[n_first:] for name, t in self._tensors().items()}
+        return CompletionLogps(**first), CompletionLogps(**rest)
+
+    def clone(self) -> CompletionLogps:
+        """A copy whose tensors own their memory (out of `inference_mode`, say)."""
+        return CompletionLogps(
+            **{name: None if t is None else t.clone() for name, t in self._tensors().items()}
         )
+
+    def _tensors(self) -> dict[str, Tensor | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -78,6 +92,16 @@ class PreferenceLoss:
     """True: trains on (prompt, chosen, rejected); False: on (prompt, completion, label)."""
     recommended_beta: ClassVar[tuple[float, float] | None] = None
     """The β range the loss's authors recommend (used for an info line at start)."""
+
+    @property
+    def needs_shared_prefix(self) -> bool:
+        """True: the policy's and the reference's `CompletionLogps.shared_summed` are computed."""
+        return False
+
+    @property
+    def needs_wpo(self) -> bool:
+        """True: the policy's `CompletionLogps.wpo_summed` is computed."""
+        return False
 
     def __call__(self, policy, reference, **kwargs) -> LossOutput:
         """Paired losses take `PairLogps`; unpaired ones `UnpairedLogps` (see `paired`)."""

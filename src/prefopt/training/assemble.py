@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from omegaconf import OmegaConf
 
 from prefopt.config.schema import (
     CheckpointConfig,
@@ -82,6 +83,10 @@ def build_module(
         # LoRA: π_ref is the policy with its adapter disabled, so the policy comes first.
         policy = prepare_policy(checkpoints.load(), model_cfg)
     reference = None
+    if loss.needs_reference and loss.needs_shared_prefix and reference_cfg.cache:
+        # The cache holds whole-completion sums; LD-DPO also needs each pair's shared-length sum.
+        log.info("loss.ld_alpha: the reference runs online (its cache has no shared-length sums)")
+        reference_cfg = OmegaConf.merge(reference_cfg, {"cache": False})
     if loss.needs_reference:
         # Before the policy otherwise: a model loaded only to fill the log-prob cache is
         # dropped before the policy takes its memory.

@@ -58,9 +58,19 @@ class PreferenceModule(L.LightningModule):
         # The reference runs first: its transient buffers are freed before the policy's
         # activations are allocated, so they never add up (the step's peak is lower), and on
         # CPU its forward is markedly faster than when it runs on top of them (benchmarks/).
-        reference_logps = self.reference.logps(batch, split) if self.loss.needs_reference else None
+        reference_logps = None
+        if self.loss.needs_reference:
+            # Asked for only when wanted: a Reference of one's own may predate the keyword.
+            extras = {"shared_prefix": True} if self.loss.needs_shared_prefix else {}
+            reference_logps = self.reference.logps(batch, split, **extras)
         if self.loss.paired:
-            policy_logps = self.packing.logps(self.policy, batch, self.chunk_size)
+            policy_logps = self.packing.logps(
+                self.policy,
+                batch,
+                self.chunk_size,
+                shared_prefix=self.loss.needs_shared_prefix,
+                wpo=self.loss.needs_wpo,
+            )
             policy = PairLogps(*policy_logps.split(n_examples))
             reference = (
                 None if reference_logps is None else PairLogps(*reference_logps.split(n_examples))
