@@ -11,9 +11,11 @@ DEFAULT_RUN_PARAMS = {
     "loss": "dpo",
     "loss/beta": "0.1",
     "loss/label_smoothing": "0.0",
+    "loss/use_weighting": "False",
+    "loss/f_divergence": "reverse_kl",
+    "loss/f_alpha": "0.5",
     "model/path": "toy",
     "model/dtype": "float32",
-    "model/lora/enabled": "False",
     "reference": "cached",
     "data/source": "toy",
     "data/format": "explicit",
@@ -24,12 +26,10 @@ DEFAULT_RUN_PARAMS = {
     "optim/optimizer": "torch.optim.AdamW",
     "optim/scheduler": "linear",
     "optim/warmup_ratio": "0.1",
-    "optim/weight_decay": "0.0",
     "trainer/accumulate_grad_batches": "1",
     "trainer/max_steps": "-1",
     "trainer/max_epochs": "1",
     "trainer/precision": "32-true",
-    "trainer/gradient_clip_val": "1.0",
     "seed": "0",
     "eval/judge": "toy",
 }
@@ -63,6 +63,33 @@ def test_every_loss_field_and_a_set_path_become_params_and_stay_under_thirty(com
     assert len(params) <= 30, sorted(params)
 
 
+def test_a_dpo_run_with_every_option_set_stays_under_thirty(compose_config):
+    cfg = compose_config(
+        "loss.ld_alpha=0.5",
+        "model.lora.enabled=true",
+        "model.reference_path=/models/sft",
+        "data=local",
+        "data.path=/data/pairs.jsonl",
+        "data.max_rows=1000",
+    )
+    params = key_params(cfg)
+    assert params["loss/ld_alpha"] == "0.5"
+    assert len(params) <= 30, sorted(params)
+
+
+def test_a_mix_carries_its_terms_flattened_and_its_reference_need(compose_config):
+    params = key_params(compose_config("loss=mix", "loss.terms.dpo.beta=0.2"))
+    assert {k: v for k, v in params.items() if k.startswith("loss")} == {
+        "loss": "mix",
+        "loss/terms/dpo/weight": "1.0",
+        "loss/terms/dpo/beta": "0.2",
+        "loss/terms/sft/weight": "0.2",
+    }
+    assert params["reference"] == "cached"  # its dpo term needs π_ref
+    without_dpo = key_params(compose_config("loss=mix", "~loss.terms.dpo"))
+    assert without_dpo["reference"] == "none"
+
+
 def test_a_loss_without_a_reference_says_so(compose_config):
     params = key_params(compose_config("loss=simpo"))
     assert params["reference"] == "none"
@@ -70,20 +97,20 @@ def test_a_loss_without_a_reference_says_so(compose_config):
 
 
 def test_a_sweep_job_carries_every_swept_key_under_its_param_name(compose_config):
-    cfg = compose_config("loss=ipo", "loss.beta=0.5", "optim.lr=1e-3", "data.max_length=48")
+    cfg = compose_config("loss=ipo", "loss.beta=0.5", "optim.lr=1e-3", "optim.weight_decay=0.01")
     job = SweepJob(
         sweep_id="/sweeps/a",
         job_num=0,
         parent_run_id="abc",
-        swept_keys=("loss", "loss.beta", "optim.lr", "data.max_length", "toy.seed"),
+        swept_keys=("loss", "loss.beta", "optim.lr", "optim.weight_decay", "toy.seed"),
         choices={"loss": "ipo"},
     )
-    # toy.seed is no key hyperparameter, yet swept: a param too (parallel coordinates need it)
+    # optim.weight_decay and toy.seed are no key params, yet swept: params of the job too
     assert job.params_of(cfg) == {
         "loss": "ipo",
         "loss/beta": "0.5",
         "optim/lr": "0.001",
-        "data/max_length": "48",
+        "optim/weight_decay": "0.01",
         "toy/seed": "0",
     }
     # the names and values agree with the key params, so logging both never conflicts

@@ -6,7 +6,8 @@ key with "/" for "." (`loss/beta`, `optim/lr`: the names runs before this select
 so a key swept with `--multirun loss.beta=...` is the param `loss/beta`, and the compare view's
 parallel coordinates plot it against the metrics. A few params are derived from the config:
 
-- `loss`: the loss's name (`dpo`, `ipo`, ...), and `loss/<field>` for each of its fields;
+- `loss`: the loss's name (`dpo`, `ipo`, ...), and `loss/<field>` for each of its fields (a
+  nested one flattened: `loss/terms/dpo/beta` of `loss=mix`);
 - `optim/optimizer`: the optimizer's class (`torch.optim.AdamW`);
 - `reference`: how π_ref's log-probs come (`cached`, `online`, or `none` for a loss without one).
 
@@ -24,7 +25,6 @@ KEY_SETTINGS = (
     "model.path",
     "model.reference_path",
     "model.dtype",
-    "model.lora.enabled",
     "data.source",
     "data.path",
     "data.format",
@@ -35,12 +35,10 @@ KEY_SETTINGS = (
     "optim.lr",
     "optim.scheduler",
     "optim.warmup_ratio",
-    "optim.weight_decay",
     "trainer.accumulate_grad_batches",
     "trainer.max_steps",
     "trainer.max_epochs",
     "trainer.precision",
-    "trainer.gradient_clip_val",
     "seed",
     "eval.judge",
 )
@@ -57,13 +55,14 @@ def key_params(config: DictConfig, extra_keys: Iterable[str] = ()) -> dict[str, 
     (config keys, e.g. the swept ones) that hold a value. Works on a partial config: what is
     missing is left out."""
     params: dict[str, Any] = {}
-    loss = OmegaConf.select(config, "loss")
-    if isinstance(loss, DictConfig):
-        if (name := _loss_name(loss)) is not None:
-            params["loss"] = name
-        for field, value in loss.items():
-            if field != "_target_":
-                params[f"loss/{field}"] = value
+    loss_cfg = OmegaConf.select(config, "loss")
+    loss = _loss(loss_cfg)
+    if loss is not None:
+        params["loss"] = loss.name
+    if isinstance(loss_cfg, DictConfig):
+        fields = OmegaConf.to_container(loss_cfg, resolve=True)
+        fields.pop("_target_", None)
+        params.update(_flat(fields, "loss"))
     for key in (*KEY_SETTINGS, *extra_keys):
         value = OmegaConf.select(config, key, default=None)
         if value is not None and not isinstance(value, DictConfig):
@@ -73,39 +72,32 @@ def key_params(config: DictConfig, extra_keys: Iterable[str] = ()) -> dict[str, 
     optimizer = OmegaConf.select(config, "optim.optimizer._target_", default=None)
     if optimizer is not None:
         params["optim/optimizer"] = optimizer
-    if (reference := _reference_mode(config, loss)) is not None:
-        params["reference"] = reference
+    cache = OmegaConf.select(config, "reference.cache", default=None)
+    if loss is not None and cache is not None:
+        params["reference"] = ("cached" if cache else "online") if loss.needs_reference else "none"
     return {name: _text(value) for name, value in params.items() if value is not None}
 
 
-def _loss_name(loss: DictConfig) -> str | None:
-    """The name a loss class registers under (`DPOLoss.name` = "dpo"), read from its
-    `_target_`; None when there is none or it does not import."""
-    target = loss.get("_target_")
-    if not target:
+def _loss(loss_cfg: Any) -> Any | None:
+    """The loss the config builds (its `name` and `needs_reference` may depend on its fields, as
+    a mix's do); None without a `_target_` or when it does not build (its own check says why)."""
+    if not isinstance(loss_cfg, DictConfig) or "_target_" not in loss_cfg:
         return None
     try:
-        from hydra.utils import get_class
+        from prefopt.config.checks import check_loss
 
-        return getattr(get_class(target), "name", None)
-    except Exception:  # a loss that does not import fails at its own place, with its own error
-        return None
-
-
-def _reference_mode(config: DictConfig, loss: Any) -> str | None:
-    """`none` (the loss needs no reference model), `cached` or `online`."""
-    cache = OmegaConf.select(config, "reference.cache", default=None)
-    if cache is None or not isinstance(loss, DictConfig):
-        return None
-    try:
-        from hydra.utils import get_class
-
-        needs_reference = getattr(get_class(loss.get("_target_")), "needs_reference", True)
+        return check_loss(loss_cfg)
     except Exception:
-        needs_reference = True
-    if not needs_reference:
-        return "none"
-    return "cached" if cache else "online"
+        return None
+
+
+def _flat(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {name: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flat(item, f"{name}/{key}"))
+    return flat
 
 
 def _text(value: Any) -> str:

@@ -105,7 +105,7 @@ class SweepJob:
         """Every swept key as a param, named as the key hyperparameters are (`loss/beta`,
         `optim/lr`, `loss`): the swept values of this job's `config`, and the swept group
         choices. The run logs them beside its key params, so a swept key outside those (say
-        `data.max_length`) is a param too."""
+        `optim.weight_decay`) is a param too."""
         values = key_params(
             config, extra_keys=[k for k in self.swept_keys if k not in self.choices]
         )
