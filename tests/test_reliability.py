@@ -489,6 +489,8 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_mlflow_run_and_ends_as_if_
     runs = client.search_runs([client.get_experiment_by_name("prefopt").experiment_id])
     assert [(r.info.run_id, r.info.status) for r in runs] == [(run_id, "FINISHED")]
     assert runs[0].data.tags["prefopt.resumed_from"] == str(checkpoint.resolve())
+    assert len(runs[0].inputs.dataset_inputs) == 2  # train and validation, none logged twice
+    assert sorted(run_datasets(runs[0])) == ["train", "validation"]
     steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
     # Logged before the kill and after the resume; the checkpointed step's own metrics are
     # logged just after its checkpoint is written, so a kill in between may lose that one point.
