@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> TrainResult:
     with (
         sigterm_as_interrupt(),
         tracked_run(
-            cfg.logger, run_name, cfg, tags=sweep and sweep.tags, params=sweep and sweep.params,
+            cfg.logger, run_name, cfg, tags=sweep and sweep.tags, params=sweep and sweep.params_of(cfg),
             run_id=run_id, resumed_from=resume and resume.checkpoint, offline_dir=cfg.output_dir,
         ) as logger,
     ):  # fmt: skip

@@ -244,6 +244,9 @@ class LoggerConfig:
     run_name: str | None = None
     """null = named after the loss and its key hyperparameters, e.g. `dpo β=0.1 lr=1e-4`."""
     tags: dict[str, str] = field(default_factory=dict)
+    log_system_metrics: bool = True
+    """Sample CPU, memory, disk and network use (GPU too, with pynvml) every 10 s into the
+    run's `system/*` metrics, where psutil is installed; false = none."""
 
 
 @dataclass

@@ -28,6 +28,7 @@ from prefopt.losses.base import PreferenceLoss
 from prefopt.model.loading import Checkpoints, prepare_policy
 from prefopt.model.packing import PairPacking
 from prefopt.reference import SamplingModel, build_reference, build_sampling_model
+from prefopt.tracking import log_datasets
 from prefopt.training import strategies
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, ResumeCheckpoint
 from prefopt.training.faults import NonFiniteGuard
@@ -51,11 +52,11 @@ def build_datamodule(
     data_cfg: DataConfig, tokenizer, toy_world, loss: PreferenceLoss, logger
 ) -> PreferenceDataModule:
     """The data, read, checked and tokenized now (`setup("fit")`): the reference cache and the
-    packing probe need it before training starts. Its counts are logged as `data_stats/*`
-    params, and the loss says whether the data suits it (e.g. KTO's desirable share)."""
+    packing probe need it before training starts. Its splits are logged as the run's datasets
+    (with their counts), and the loss says whether the data suits it (e.g. KTO's desirable share)."""
     datamodule = PreferenceDataModule(data_cfg, tokenizer, toy_world=toy_world, paired=loss.paired)
     datamodule.setup("fit")
-    logger.log_hyperparams({f"data_stats/{k}": v for k, v in datamodule.stats.items()})
+    log_datasets(logger, datamodule.summaries())
     if advice := loss.check_data(datamodule.stats):
         log.warning(advice)
     return datamodule
