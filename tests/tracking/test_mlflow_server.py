@@ -26,6 +26,7 @@ from ..conftest import SMALL_TOY
 
 BETAS = ["0.1", "0.5"]
 MAX_PARAMS = 30
+REGISTERED = "toy-aligned"
 
 
 def free_port() -> int:
@@ -92,6 +93,7 @@ def sweep(server, tmp_path_factory, toy_cache):
         *("trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"),
         *("eval.num_prompts=8", "eval.max_new_tokens=8", f"logger.tracking_uri={server.url}"),
         f"loss.beta={','.join(BETAS)}",
+        f"model.register_as={REGISTERED}",
     ]
     # A sample of system metrics every second: the jobs last seconds, not the default 10.
     env = {**os.environ, "MPLBACKEND": "Agg", "NO_PROXY": "127.0.0.1"}
@@ -114,7 +116,11 @@ def sweep(server, tmp_path_factory, toy_cache):
     ]
     assert len(children) == len(BETAS) == len(runs) - 1
     return SimpleNamespace(
-        url=server.url, cwd=Path(cwd), parent=parent, children=[r for _, r in sorted(children)]
+        url=server.url,
+        cwd=Path(cwd),
+        experiment_id=experiment["experiment"]["experiment_id"],
+        parent=parent,
+        children=[r for _, r in sorted(children)],
     )
 
 
@@ -171,3 +177,20 @@ def test_each_child_has_system_metrics(sweep):
         metrics = {m["key"] for m in child["data"].get("metrics", [])}
         assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
         assert "val/rewards/accuracies" in metrics
+
+
+@pytest.mark.slow
+def test_each_child_logged_and_registered_its_aligned_model(sweep):
+    """The runs table's Models column: one logged model per child, from that child, with its
+    final validation metrics; `model.register_as` made one registry version per child."""
+    models = rest(sweep.url, "logged-models/search", {"experiment_ids": [sweep.experiment_id]})[
+        "models"
+    ]
+    by_run = {model["info"]["source_run_id"]: model for model in models}
+    children = [child["info"]["run_id"] for child in sweep.children]
+    assert set(by_run) == set(children)  # the parent logs none
+    for run_id in children:
+        metrics = {m["key"] for m in by_run[run_id].get("data", {}).get("metrics", [])}
+        assert "val/rewards/accuracies" in metrics, sorted(metrics)
+    versions = rest(sweep.url, "model-versions/search", filter=f"name='{REGISTERED}'")
+    assert {v["run_id"] for v in versions["model_versions"]} == set(children)
