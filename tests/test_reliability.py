@@ -294,7 +294,9 @@ def test_kto_labels_must_be_booleans(compose_config, capsys, tmp_path):
         ("cut.jsonl.gz", None, "cannot read the file"),
         (
             "latin1.jsonl",
-            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "caf\u00e9"}\n'.encode("latin-1"),
+            '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "caf\u00e9"}\n'.encode(
+                "latin-1"
+            ),
             "line 2: not UTF-8 text",
         ),
         (
@@ -670,7 +672,7 @@ def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(t
         again = find_resume_point(str(new), resume=True, ckpt_path=None)
         assert again.checkpoint == killed / CHECKPOINT_DIR / LAST
         checkpoint_in(new)  # now it took over
-        taken_over = find_resume_point(str(new), resume=True, ckpt_path=None)
+        taken_over = find_resume_point(str(tmp_path / "outputs" / "x" / "y"), True, None)
         assert taken_over.checkpoint == new / CHECKPOINT_DIR / LAST
         assert taken_over.lineage == point.lineage
     # the new run finished: neither it nor the run it continued is picked again
