@@ -257,7 +257,9 @@ def test_a_damaged_checkpoint_named_by_ckpt_path_is_refused_in_one_line(
     write_checkpoint({"global_step": 3}, folder / LAST)
     write_checkpoint({"global_step": 6}, folder / LAST)
     (folder / LAST).write_bytes(b"\0" * 100)
-    cfg = compose(tmp_path, toy_cache, reference_cache, f"ckpt_path={tmp_path / 'old'}")
+    cfg = compose(
+        tmp_path, toy_cache, reference_cache, f"ckpt_path={tmp_path / 'old'}", "output_dir=out"
+    )
     line = user_error(capsys, train, cfg)
     assert line == (
         f"prefopt: error: ckpt_path={tmp_path / 'old'}: {folder / LAST} is truncated or not a "
@@ -308,10 +310,13 @@ def test_ctrl_c_on_the_command_line_saves_stops_killed_and_resumes_as_if_never_s
 ):
     out = tmp_path / "out"
     args = [*cli_args(tmp_path, toy_cache, reference_cache), f"output_dir={out}"]
-    proc = start_training(*args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "output.log"
+    with open(log, "w") as handle:  # a file, not a pipe nobody reads while it runs
+        proc = start_training(*args, cwd=tmp_path, stdout=handle, stderr=subprocess.STDOUT)
     wait_for(out / CHECKPOINT_DIR / LAST, proc, timeout=300)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    output = log.read_text()
     assert proc.returncode == 1, output[-3000:]
     assert "SIGINT: stopping once this step ends" in output and "Traceback" not in output
 
