@@ -162,6 +162,7 @@ def with_callback(monkeypatch, callback: L.Callback) -> None:
     monkeypatch.setattr(train_module, "build_callbacks", lambda *a: [*build(*a), callback])
 
 
+@pytest.mark.slow  # two trainings (~1 min on 2 busy cores); the unit test below is the fast one
 def test_a_truncated_newest_checkpoint_is_set_aside_and_the_previous_one_continues(
     tmp_path, toy_cache, reference_cache, uninterrupted, monkeypatch, caplog
 ):
@@ -284,7 +285,11 @@ class SignalDuringStep(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],  # ~25 s each
+    ids=["SIGINT", "SIGTERM"],
+)
 def test_a_signal_during_a_step_saves_that_step_then_ends_the_run_killed(
     tmp_path, toy_cache, reference_cache, monkeypatch, signum
 ):
@@ -305,6 +310,7 @@ def test_a_signal_during_a_step_saves_that_step_then_ends_the_run_killed(
     assert "val/loss" in runs[0].data.metrics
 
 
+@pytest.mark.slow  # a subprocess and two trainings; the in-process SIGINT test is the fast one
 def test_ctrl_c_on_the_command_line_saves_stops_killed_and_resumes_as_if_never_stopped(
     tmp_path, toy_cache, reference_cache, uninterrupted
 ):
