@@ -339,3 +339,24 @@ def test_ctrl_c_on_the_command_line_saves_stops_killed_and_resumes_as_if_never_s
     _, run = the_one_run(tmp_path)
     assert run.info.status == "FINISHED" and resumed.run_id == run.info.run_id
     assert_ends_as_if_never_interrupted(resumed.metrics, uninterrupted)
+
+
+def test_a_second_signal_or_one_outside_a_step_stops_at_once(caplog):
+    from prefopt.training.faults import defer_stops, graceful_interrupts, stop_requested
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with graceful_interrupts():
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            os.kill(os.getpid(), signal.SIGINT)  # not within a step: at once
+        defer_stops(True)  # a step is running
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)  # asked twice: at once
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert not stop_requested()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "SIGTERM: stopping once this step ends and its checkpoint is written "
+        "(send it again to stop at once; resume=true continues)"
+    ]
