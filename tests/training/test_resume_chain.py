@@ -249,6 +249,11 @@ def test_a_kill_between_the_renames_of_a_write_leaves_a_whole_checkpoint(tmp_pat
     point = find_resume_point(tmp_path / "run", resume=True, ckpt_path=None)
     assert point.checkpoint == folder / PREVIOUS and step_of(point.checkpoint) == 6
     assert sorted(p.name for p in folder.iterdir()) == [PREVIOUS]  # no temporary file left
+    # a kill -9 mid-write leaves its temporary file (no `finally` runs): the next write removes it
+    (folder / f".{LAST}.99999.tmp").write_bytes(b"half a checkpoint")
+    write_checkpoint({"global_step": 9}, folder / LAST)
+    assert sorted(p.name for p in folder.iterdir()) == [LAST, PREVIOUS]
+    assert (step_of(folder / PREVIOUS), step_of(folder / LAST)) == (6, 9)
 
 
 def test_a_damaged_checkpoint_named_by_ckpt_path_is_refused_in_one_line(

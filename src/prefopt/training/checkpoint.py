@@ -102,6 +102,8 @@ def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
     the process-wide setting, since `checkpoint_damage` checks them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a write killed -9
+        leftover.unlink(missing_ok=True)
     crc32 = torch.serialization.get_crc32_options()
     try:
         torch.serialization.set_crc32_options(True)
