@@ -252,8 +252,9 @@ def validation_follows(trainer) -> bool:
 
     Lightning has no public way to ask; its training epoch loop decides with the private
     `_should_check_val_fx(data_fetcher)`. This is the one place that calls it, so that a
-    checkpoint is not written between a step and its validation; tests/test_checkpoint.py fails
-    if Lightning renames it or changes what it takes.
+    checkpoint is not written between a step and its validation;
+    tests/training/test_lightning_internals.py fails if Lightning renames it or changes what it
+    takes.
     """
     fit_loop = trainer.fit_loop
     return bool(fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher))
