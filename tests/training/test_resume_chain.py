@@ -65,11 +65,17 @@ def cli_args(tmp: Path, toy_cache, reference_cache) -> list[str]:
     ]
 
 
+def run_folder(tmp: Path) -> Path:
+    """An output folder as deep as Hydra's (`outputs/<date>/<time>`): `resume=true` looks for
+    other runs two levels up, which must be this test's folder, not pytest's shared one."""
+    return tmp / "outputs" / "2026-01-01" / "10-00-00"
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, toy_cache, reference_cache) -> dict[str, float]:
     """The final metrics of the run the interrupted ones must end up equal to."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    return train(compose(tmp, toy_cache, reference_cache, f"output_dir={tmp / 'out'}")).metrics
+    return train(compose(tmp, toy_cache, reference_cache, f"output_dir={run_folder(tmp)}")).metrics
 
 
 def assert_ends_as_if_never_interrupted(metrics: dict[str, float], uninterrupted) -> None:
@@ -166,7 +172,7 @@ def with_callback(monkeypatch, callback: L.Callback) -> None:
 def test_a_truncated_newest_checkpoint_is_set_aside_and_the_previous_one_continues(
     tmp_path, toy_cache, reference_cache, uninterrupted, monkeypatch, caplog
 ):
-    out = tmp_path / "out"
+    out = run_folder(tmp_path)
     cfg = compose(tmp_path, toy_cache, reference_cache, f"output_dir={out}")
     with monkeypatch.context() as patch:
         with_callback(patch, StopAtStep(7))
@@ -264,7 +270,11 @@ def test_a_damaged_checkpoint_named_by_ckpt_path_is_refused_in_one_line(
     write_checkpoint({"global_step": 6}, folder / LAST)
     (folder / LAST).write_bytes(b"\0" * 100)
     cfg = compose(
-        tmp_path, toy_cache, reference_cache, f"ckpt_path={tmp_path / 'old'}", "output_dir=out"
+        tmp_path,
+        toy_cache,
+        reference_cache,
+        f"ckpt_path={tmp_path / 'old'}",
+        f"output_dir={run_folder(tmp_path)}",
     )
     line = user_error(capsys, train, cfg)
     assert line == (
@@ -300,7 +310,7 @@ def test_a_signal_during_a_step_saves_that_step_then_ends_the_run_killed(
 ):
     """Checkpoints every 3 steps; the signal arrives during step 5, which a validation
     follows: the step and its validation complete, step 5 is saved, and the run stops."""
-    out = tmp_path / "out"
+    out = run_folder(tmp_path)
     cfg = compose(tmp_path, toy_cache, reference_cache, f"output_dir={out}", "eval.num_prompts=0")
     with_callback(monkeypatch, SignalDuringStep(signum, 4))
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -319,7 +329,7 @@ def test_a_signal_during_a_step_saves_that_step_then_ends_the_run_killed(
 def test_ctrl_c_on_the_command_line_saves_stops_killed_and_resumes_as_if_never_stopped(
     tmp_path, toy_cache, reference_cache, uninterrupted
 ):
-    out = tmp_path / "out"
+    out = run_folder(tmp_path)
     args = [*cli_args(tmp_path, toy_cache, reference_cache), f"output_dir={out}"]
     log = tmp_path / "output.log"
     with open(log, "w") as handle:  # a file, not a pipe nobody reads while it runs
