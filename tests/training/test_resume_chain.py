@@ -214,7 +214,7 @@ def damaged(kind: str, whole: bytes) -> bytes:
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "flipped"])
 def test_every_kind_of_damage_is_found_and_the_older_checkpoint_offered(tmp_path, kind, caplog):
-    folder = tmp_path / "run" / CHECKPOINT_DIR
+    folder = run_folder(tmp_path) / CHECKPOINT_DIR
     write_checkpoint({"global_step": 3, "weights": torch.arange(5000.0)}, folder / LAST)
     write_checkpoint({"global_step": 6, "weights": torch.arange(5000.0) * 2}, folder / LAST)
     assert checkpoint_damage(folder / LAST) is None
@@ -223,7 +223,7 @@ def test_every_kind_of_damage_is_found_and_the_older_checkpoint_offered(tmp_path
         assert not torch.equal(safe_load(folder / LAST)["weights"], torch.arange(5000.0) * 2)
 
     problem = checkpoint_damage(folder / LAST)
-    point = find_resume_point(tmp_path / "run", resume=True, ckpt_path=None)
+    point = find_resume_point(run_folder(tmp_path), resume=True, ckpt_path=None)
 
     assert problem is not None
     assert point.checkpoint == folder / PREVIOUS and step_of(point.checkpoint) == 3
@@ -235,7 +235,7 @@ def test_every_kind_of_damage_is_found_and_the_older_checkpoint_offered(tmp_path
 
 
 def test_a_kill_between_the_renames_of_a_write_leaves_a_whole_checkpoint(tmp_path, monkeypatch):
-    folder = tmp_path / "run" / CHECKPOINT_DIR
+    folder = run_folder(tmp_path) / CHECKPOINT_DIR
     write_checkpoint({"global_step": 3}, folder / LAST)
     write_checkpoint({"global_step": 6}, folder / LAST)
     renames = []
@@ -252,7 +252,7 @@ def test_a_kill_between_the_renames_of_a_write_leaves_a_whole_checkpoint(tmp_pat
     monkeypatch.undo()
 
     assert renames == [folder / PREVIOUS] and not (folder / LAST).exists()
-    point = find_resume_point(tmp_path / "run", resume=True, ckpt_path=None)
+    point = find_resume_point(run_folder(tmp_path), resume=True, ckpt_path=None)
     assert point.checkpoint == folder / PREVIOUS and step_of(point.checkpoint) == 6
     assert sorted(p.name for p in folder.iterdir()) == [PREVIOUS]  # no temporary file left
     # a kill -9 mid-write leaves its temporary file (no `finally` runs): the next write removes it
@@ -265,7 +265,8 @@ def test_a_kill_between_the_renames_of_a_write_leaves_a_whole_checkpoint(tmp_pat
 def test_a_damaged_checkpoint_named_by_ckpt_path_is_refused_in_one_line(
     tmp_path, toy_cache, reference_cache, capsys
 ):
-    folder = tmp_path / "old" / CHECKPOINT_DIR
+    old = run_folder(tmp_path).with_name("09-00-00")
+    folder = old / CHECKPOINT_DIR
     write_checkpoint({"global_step": 3}, folder / LAST)
     write_checkpoint({"global_step": 6}, folder / LAST)
     (folder / LAST).write_bytes(b"\0" * 100)
@@ -273,12 +274,12 @@ def test_a_damaged_checkpoint_named_by_ckpt_path_is_refused_in_one_line(
         tmp_path,
         toy_cache,
         reference_cache,
-        f"ckpt_path={tmp_path / 'old'}",
+        f"ckpt_path={old}",
         f"output_dir={run_folder(tmp_path)}",
     )
     line = user_error(capsys, train, cfg)
     assert line == (
-        f"prefopt: error: ckpt_path={tmp_path / 'old'}: {folder / LAST} is truncated or not a "
+        f"prefopt: error: ckpt_path={old}: {folder / LAST} is truncated or not a "
         f"checkpoint (100 bytes; File is not a zip file); name an older one ({folder / PREVIOUS})"
     )
     assert not (tmp_path / "mlflow.db").exists()  # refused before the MLflow run started
