@@ -70,6 +70,7 @@ def metric_histories(db: Path) -> dict[str, dict]:
                                     key=lambda m: (m.step, m.timestamp))
                 ]
                 for name in sorted(run.data.metrics)
+                if not name.startswith("system/")  # the machine's load, not a result
             }  # fmt: skip
     return runs
 

@@ -49,7 +49,9 @@ def test_every_schema_field_and_loss_hyperparameter_is_on_the_page():
         assert f"`model.lora.{name}`" in page
     for name in schema_fields["DiagnosticsConfig"]:
         assert f"`eval.diagnostics.{name}`" in page
-    for loss in ("dpo", "ipo", "simpo", "kto"):
+    trl_losses = "hinge robust bco_pair exo_pair nca_pair sppo_hard aot aot_unpaired"
+    trl_losses += " apo_zero apo_down discopop sigmoid_norm"
+    for loss in ("dpo", "ipo", "simpo", "kto", *trl_losses.split()):
         assert f"### `loss={loss}`" in page
     assert "`loss.beta`" in page and "`loss.gamma_beta_ratio`" in page
 

@@ -6,6 +6,7 @@ import json
 
 from mlflow.tracking import MlflowClient
 
+from prefopt.tracking import run_datasets
 from prefopt.train import train
 
 from .conftest import tiny_llama
@@ -57,6 +58,7 @@ def test_an_hh_shaped_file_with_empty_chosen_replies_trains_with_defaults(compos
 
     run = MlflowClient(cfg.logger.tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["data_stats/train_pairs"] == "40"
-    assert run.data.params["data_stats/train_empty_completions"] == "2"
+    train_data = run_datasets(run)["train"]  # the run's training dataset, counts in its profile
+    assert train_data["profile"]["pairs"] == 40
+    assert train_data["profile"]["empty_completions"] == 2
     assert "train/loss" in run.data.metrics

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from prefopt.config import checks
 from prefopt.toy import build_toy_world
+from prefopt.tracking import run_datasets
 from prefopt.train import train
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, RUN_FILE, safe_load
 
@@ -338,13 +339,13 @@ def test_skip_drops_bad_rows_counts_them_in_mlflow_and_trains(compose_config, tm
     )
     result = train(cfg)
     client, runs = runs_in(cfg)
-    params = client.get_run(result.run_id).data.params
-    assert params["data_stats/train_pairs"] == "48"
-    assert params["data_stats/train_dropped_missing_column"] == "1"
-    assert params["data_stats/train_dropped_wrong_type"] == "1"
-    assert params["data_stats/train_dropped_empty"] == "1"
-    assert params["data_stats/train_dropped_identical"] == "1"
-    assert params["data_stats/train_dropped_too_long"] == "1"
+    counts = run_datasets(client.get_run(result.run_id))["train"]["profile"]
+    assert counts["pairs"] == 48
+    assert counts["dropped_missing_column"] == 1
+    assert counts["dropped_wrong_type"] == 1
+    assert counts["dropped_empty"] == 1
+    assert counts["dropped_identical"] == 1
+    assert counts["dropped_too_long"] == 1
     assert any("skipped 5 of 53 rows" in r.getMessage() for r in caplog.records)
 
 
@@ -488,6 +489,8 @@ def test_a_run_killed_mid_epoch_resumes_into_the_same_mlflow_run_and_ends_as_if_
     runs = client.search_runs([client.get_experiment_by_name("prefopt").experiment_id])
     assert [(r.info.run_id, r.info.status) for r in runs] == [(run_id, "FINISHED")]
     assert runs[0].data.tags["prefopt.resumed_from"] == str(checkpoint.resolve())
+    assert len(runs[0].inputs.dataset_inputs) == 2  # train and validation, none logged twice
+    assert sorted(run_datasets(runs[0])) == ["train", "validation"]
     steps = {m.step for m in client.get_metric_history(run_id, "train/loss")}
     # Logged before the kill and after the resume; the checkpointed step's own metrics are
     # logged just after its checkpoint is written, so a kill in between may lose that one point.

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from prefopt.config.schema import register_configs
 from prefopt.data.datamodule import FixedBatches
 from prefopt.data.order import ShuffledBatches
+from prefopt.errors import PrefoptError
 from prefopt.model.loading import load_causal_lm, prepare_policy
 from prefopt.model.logprobs import completion_logps
 from prefopt.reference.adapter import AdapterDisabled, AdapterDisabledReference
@@ -248,7 +249,7 @@ def test_strategies_are_lightnings_with_prefopts_launcher(compose_config):
     assert isinstance(fsdp["strategy"], HydraFSDPStrategy)
     policy = fsdp["strategy"].kwargs["auto_wrap_policy"]
     assert set(policy._module_classes) == {type(model.model.layers[0])}
-    with pytest.raises(ValueError, match="eval.num_prompts=0"):
+    with pytest.raises(PrefoptError, match="eval.num_prompts=0"):  # one line, exit 2
         cfg = compose_config("trainer=fsdp")
         check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
 

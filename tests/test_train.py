@@ -53,8 +53,10 @@ def test_dpo_on_the_toy_world_aligns_logs_and_exports(compose_config):
 
 
 def test_a_failure_after_the_run_started_marks_it_failed(compose_config, tmp_path):
-    cfg = compose_config("data=local", f"data.path={tmp_path / 'missing.jsonl'}")
-    with pytest.raises(Exception, match="missing.jsonl"):
+    broken = tmp_path / "broken.jsonl"  # exists (a missing file stops before the run starts)
+    broken.write_text('{"prompt": "a", "cho\n')
+    cfg = compose_config("data=local", f"data.path={broken}")
+    with pytest.raises(Exception, match="broken.jsonl"):
         train(cfg)
     client = client_for(cfg)
     experiment = client.get_experiment_by_name("prefopt")

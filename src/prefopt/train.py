@@ -31,6 +31,7 @@ from prefopt.tracking import (
     sweep_job,
     tracked_run,
 )
+from prefopt.tracking.models import check_model_logging, log_aligned_model
 from prefopt.training import assemble, strategies
 from prefopt.training.assemble import TrainResult
 from prefopt.training.faults import graceful_interrupts
@@ -41,11 +42,13 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     """Everything that can be checked before a model or dataset is touched."""
     loss = checks.check_config(cfg)
     strategies.check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
+    check_model_logging(cfg.model, cfg.export)
     return loss
 
 
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
+    checks.check_accelerator(cfg.trainer)  # this machine's GPUs; a valid config may need others
     resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sweep = sweep_job(cfg.logger)  # None unless this is a job of a --multirun
@@ -57,7 +60,7 @@ def train(cfg: DictConfig) -> TrainResult:
     with (
         graceful_interrupts(),
         tracked_run(
-            cfg.logger, run_name, cfg, tags=sweep and sweep.tags, params=sweep and sweep.params,
+            cfg.logger, run_name, cfg, tags=sweep and sweep.tags, params=sweep and sweep.params_of(cfg),
             run_id=run_id, resumed_from=resume and resume.checkpoint, offline_dir=cfg.output_dir,
         ) as logger,
     ):  # fmt: skip
@@ -90,6 +93,7 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) ->
             out = Path(cfg.output_dir)
             written = export_policy(trainer, module, tokenizer, out, cfg.model, checkpoints.load)
             set_tags(logger, {tag: str(path.resolve()) for tag, path in written.items()})
+    log_aligned_model(logger, written, cfg.model, trainer.global_step)  # rank 0: {} elsewhere
     log_summary(metrics, logger)
     export_dir = written.get("prefopt.export_dir")
     return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=module)

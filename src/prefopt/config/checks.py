@@ -6,6 +6,11 @@ Hydra composes. What they cannot say is checked here, one function per config se
 MLflow run starts: a config that cannot work stops there with one line naming the key, the
 value and the fix. `check_config` is the entry point's call of them all.
 
+Among them, the checks that no input reaches the network or a library by mistake: keys added
+with `+key=value` that no schema has (`check_known_keys`), and data and model paths that can
+only be local but do not exist (never sent to the hub: `data.sources.looks_local`).
+`check_accelerator` checks the machine rather than the config: the GPUs asked for are there.
+
 `check_overrides` runs even before Hydra composes the config, so that a misspelled group option
 (`loss=dpoo`) or choice (`optim.scheduler=cosin`) gets the same kind of line listing the valid
 options. `reported_errors` prints a `PrefoptError` as that one line on stderr and exits with
@@ -16,17 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import logging
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config.schema import GROUP_SCHEMAS, Choice, Config
-from prefopt.config.targets import locate_target
+from prefopt.config.targets import check_target_node, locate_target
+from prefopt.data.sources import looks_local, missing_local_path
 from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
 from prefopt.losses.base import PreferenceLoss
@@ -70,10 +76,12 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     """The loss object, once every section has been checked (the only check that takes the
     whole config: the entry point's)."""
     check_required(cfg)
+    check_known_keys(cfg)
     loss = check_loss(cfg.loss)
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     check_model_config(cfg.model, cfg.model.path)
+    check_local_paths(cfg.model, cfg.eval)
     check_data(cfg.data, loss)
     check_eval_config(cfg.eval)
     check_checkpoint(cfg.checkpoint, resuming=bool(cfg.resume or cfg.ckpt_path))
@@ -91,10 +99,38 @@ def check_required(cfg: DictConfig) -> None:
         )
 
 
+def check_known_keys(node: DictConfig, section: str = "") -> None:
+    """Every key of a schema-typed section is a field of its schema. Hydra lets `+key=value`
+    add any key, and a misspelled one (`+data.colums.prompt=q`) would otherwise be ignored, or
+    fail as a library's traceback once models are loaded (`+trainer.foo=1`). Free-form
+    sections (`trainer.callbacks`, `logger.tags`, `_target_` nodes) take any key."""
+    schema = OmegaConf.get_type(node)
+    known = (
+        [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    )
+    for key in node.keys():
+        name = f"{section}.{key}" if section else str(key)
+        if known is not None and key not in known:
+            raise PrefoptError(_unknown_key(name, section, str(key), known))
+        value = node.get(key)
+        if isinstance(value, DictConfig):
+            check_known_keys(value, name)
+
+
+def _unknown_key(name: str, section: str, key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    prefix = f"{section}." if section else ""
+    if close:
+        hint = f"did you mean {prefix}{close[0]}?"
+    else:
+        hint = f"its keys are: {', '.join(k for k in known if not k.startswith('_'))}"
+    return f"{name}: {section or 'the config'} has no key {key!r}; {hint}"
+
+
 def check_loss(loss_cfg: DictConfig) -> PreferenceLoss:
     """The loss the `loss` section describes (its own constructor checks its values)."""
     loss_params = OmegaConf.to_container(loss_cfg, resolve=True)
-    loss_class = get_class(loss_params.pop("_target_"))
+    loss_class = locate_target("loss._target_", loss_params.pop("_target_"))
     return loss_class(**loss_params)  # direct call, so a bad value raises its own clear error
 
 
@@ -104,13 +140,82 @@ def check_optim(optim: DictConfig) -> None:
     if not 0 <= optim.warmup_ratio < 1:
         raise PrefoptError(f"optim.warmup_ratio={optim.warmup_ratio}: it must be in [0, 1)")
     for key in ("optimizer", "lr_scheduler"):
-        locate_target(f"optim.{key}._target_", optim[key].get("_target_"))
+        check_target_node(f"optim.{key}", optim[key])
 
 
 def check_trainer(trainer: DictConfig) -> None:
     for name, node in (trainer.get("callbacks") or {}).items():
         if node is not None:
-            locate_target(f"trainer.callbacks.{name}._target_", node.get("_target_"))
+            check_target_node(f"trainer.callbacks.{name}", node)
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """This machine has the accelerator `trainer` asks for, with at least as many devices (per
+    node); Lightning would say so only after the model has loaded. A check of the machine, not
+    of the config (a GPU preset is a valid config on a laptop): the entry point makes it on
+    the machine that trains, after `check_config`."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    accelerator, devices = trainer.accelerator, trainer.devices
+    names = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
+    kind = str(accelerator).lower()
+    if kind not in names:
+        close = difflib.get_close_matches(kind, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(names)}"
+        raise PrefoptError(f"trainer.accelerator={accelerator}: no such accelerator; {hint}")
+    if kind not in ("gpu", "cuda"):
+        return
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "gpu" and not available and torch.backends.mps.is_available():
+        available = 1  # Lightning's "gpu" is Apple's one MPS device on a Mac
+    if not available:
+        raise PrefoptError(
+            f"trainer.accelerator={accelerator}: torch finds no GPU on this machine; "
+            "train on the CPU with trainer=cpu (or trainer.accelerator=auto)"
+        )
+    needed = _devices_needed(devices)
+    if needed is not None and needed > available:
+        raise PrefoptError(
+            f"trainer.devices={devices}: needs {needed} GPUs, this machine has {available}; "
+            f"set trainer.devices={available} or fewer (devices are counted per node)"
+        )
+
+
+def _devices_needed(devices: Any) -> int | None:
+    """How many GPUs a `trainer.devices` value needs (a count, or the highest id + 1 for a list
+    of ids); None for `auto` / -1 (all there are) or a value Lightning will judge itself."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            devices = [int(part) for part in text.split(",") if part.strip().lstrip("-").isdigit()]
+        elif text.lstrip("-").isdigit():
+            devices = int(text)
+        else:
+            return None
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return devices if devices > 0 else None
+    ids = (
+        [d for d in devices if isinstance(d, int)]
+        if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple))
+        else []
+    )
+    return max(ids) + 1 if ids else None
+
+
+def check_local_paths(model: DictConfig, evaluation: DictConfig) -> None:
+    """A model or judge path that can only be local must exist here: it is never sent to the
+    hub, where it would cost network retries before the same error."""
+    for key, value in (
+        ("model.path", model.path),
+        ("model.reference_path", model.reference_path),
+        ("eval.judge_path", evaluation.get("judge_path")),
+    ):
+        if value and looks_local(value) and not Path(value).exists():
+            raise missing_local_path(
+                value, "a folder written by save_pretrained (or a hub id, owner/name)", key
+            )
 
 
 def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
@@ -119,6 +224,7 @@ def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
             f"data.path={data.path} has no effect with data.source=toy; "
             "train on your file with data=local data.path=…"
         )
+    check_data_paths(data)
     if data.format == "unpaired" and loss.paired:
         raise PrefoptError(
             f"loss={loss.name} trains on pairs (prompt, chosen, rejected), but data.format=unpaired "
@@ -138,6 +244,24 @@ def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
         raise PrefoptError(
             f"data.num_proc={data.num_proc}: it must be >= 1, or null for one per CPU core"
         )
+
+
+def check_data_paths(data: DictConfig) -> None:
+    """`data=local` paths exist; a hub source's path or val_path that can only be local exists
+    too. A missing file is said here, in the first second, rather than after `datasets` spent
+    its retries asking the hub for a dataset of that name."""
+    what = "a data file (jsonl, json, parquet or csv, optionally .gz) or a dataset folder"
+    for key in ("path", "val_path"):
+        value = data.get(key)
+        if not value or Path(value).exists():
+            continue
+        if looks_local(value):
+            raise missing_local_path(value, what, f"data.{key}")
+        if data.source == "local":
+            raise PrefoptError(
+                f"{missing_local_path(value, what, f'data.{key}')}; for a Hugging Face hub "
+                f"dataset of that name, use data=hub data.{key}={value}"
+            )
 
 
 def check_checkpoint(checkpoint: DictConfig, resuming: bool) -> None:

@@ -78,6 +78,12 @@ class ModelConfig:
     prompt goes through the model once; policy and reference): auto = when the model can take
     position ids and a 4-D attention mask (checked on the first batch), true = always (an error
     where it cannot), false = never. Paired losses only."""
+    log_model: bool = True
+    """Log the exported policy to the run as an MLflow logged model (the runs table's Models
+    column), with the run's final validation and evaluation metrics; needs `export=true`."""
+    register_as: str | None = None
+    """Register the logged model under this name in MLflow's model registry, a new version per
+    run (or per sweep job); null = not registered."""
 
 
 @dataclass
@@ -238,6 +244,9 @@ class LoggerConfig:
     run_name: str | None = None
     """null = named after the loss and its key hyperparameters, e.g. `dpo β=0.1 lr=1e-4`."""
     tags: dict[str, str] = field(default_factory=dict)
+    log_system_metrics: bool = True
+    """Sample CPU, memory, disk and network use (GPU too, with pynvml) every 10 s into the
+    run's `system/*` metrics, where psutil is installed; false = none."""
 
 
 @dataclass

@@ -19,6 +19,7 @@ from prefopt.data.order import ResumableBatches, ResumableLoader, ShuffledBatche
 from prefopt.data.packing import collate_packed_pairs
 from prefopt.data.prepare import prepare_data
 from prefopt.data.sources import ToyWorldFiles
+from prefopt.data.summary import SplitSummary, mean_token_lengths, split_counts, split_origins
 from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
 from prefopt.data.unpaired import collate_unpaired
 from prefopt.data.validate import InvalidRows
@@ -66,6 +67,8 @@ class PreferenceDataModule(L.LightningDataModule):
         """Set by `pack_batches`: paired batches also carry their packed layout."""
         self.fingerprint: str | None = None
         """The prepared data's cache key: changes whenever any token id could."""
+        self.layout: str | None = None
+        """The row layout the data was read in (set by `setup`)."""
         self._train_loader: ResumableLoader | None = None
         self._resume_position: dict[str, int] | None = None
 
@@ -80,7 +83,25 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_examples = ExampleTable(prepared.train)
         self.val_examples = ExampleTable(prepared.val)
         self.fingerprint = prepared.key
+        self.layout = prepared.layout
         log.info("data (%s layout): %s", prepared.layout, self.stats)
+
+    def summaries(self) -> list[SplitSummary]:
+        """What each split is (train, then val): where its rows came from, the prepared data's
+        key, its counts and mean token lengths; for the record of what a run trained on."""
+        self._require_setup()
+        origins = split_origins(self.cfg, self.toy_world)
+        return [
+            SplitSummary(
+                split=split,
+                origin=origins[split],
+                key=self.fingerprint,
+                layout=self.layout,
+                counts=split_counts(self.stats, split),
+                mean_tokens=mean_token_lengths(examples.dataset),
+            )
+            for split, examples in (("train", self.train_examples), ("val", self.val_examples))
+        ]
 
     def _log_report(self, split: str, report: SplitReport) -> None:
         dropped = Counter(report.dropped)

@@ -26,6 +26,39 @@ class ToyWorldFiles(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
+# Local path or hub name
+
+LOCAL_SUFFIXES = (
+    *(f".{kind}" for kind in ("jsonl", "json", "parquet", "csv", "tsv", "arrow", "txt", "gz")),
+    *(".zip", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"),
+)
+"""File name endings that only a local file has: a name ending so is never a hub id."""
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` (a data or model path) can only mean something on this machine, so that
+    it must exist here and is never sent to the Hugging Face hub: it exists, starts with `/`,
+    `.` or `~`, has a file suffix (`pairs.jsonl`), a backslash, or more than one `/` (a hub
+    id is `name` or `owner/name`, so one `/` alone says nothing)."""
+    if Path(name).exists():
+        return True
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    return name.lower().endswith(LOCAL_SUFFIXES)
+
+
+def missing_local_path(name: str, what: str, key: str | None = None) -> PrefoptError:
+    """The one-line error for a local-looking `name` (given as config `key`, when known) that
+    does not exist; `what` says what it should have named."""
+    where = Path(name).absolute().parent
+    given = f"{key}={name}" if key else name
+    return PrefoptError(
+        f"{given}: no such file or folder (looked in {where}); give the path of {what}, "
+        "absolute or relative to the folder you start from"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Hugging Face datasets
 
 
@@ -54,6 +87,9 @@ def load_split(name_or_path: str, split: str):
                 )
             loaded = loaded[split]
         return loaded
+    if looks_local(name_or_path) and not path.exists():
+        # load_dataset would take it for a hub name and spend its retries on the network.
+        raise missing_local_path(name_or_path, "a data file or dataset folder")
     return datasets.load_dataset(name_or_path, split=split)
 
 

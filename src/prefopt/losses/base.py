@@ -27,6 +27,12 @@ class CompletionLogps:
     """Sum of log π(token) over the completion tokens, shape [N]."""
     token_counts: Tensor
     """Number of completion tokens per sequence, shape [N]."""
+    shared_summed: Tensor | None = None
+    """Sum over each sequence's first min(len_chosen, len_rejected) tokens, its pair's shared
+    length (LD-DPO's `ld_alpha`); computed only when a loss asks for it, else None."""
+    wpo_summed: Tensor | None = None
+    """Σ_t [log π(y_t) − log Σ_v π(v)²] over the completion tokens, detached (WPO's weights);
+    computed only when a loss asks for it, else None."""
 
     @property
     def mean(self) -> Tensor:
@@ -35,10 +41,18 @@ class CompletionLogps:
 
     def split(self, n_first: int) -> tuple[CompletionLogps, CompletionLogps]:
         """Split a concatenated batch (chosen rows first) into two halves."""
-        return (
-            CompletionLogps(self.summed[:n_first], self.token_counts[:n_first]),
-            CompletionLogps(self.summed[n_first:], self.token_counts[n_first:]),
+        first = {name: None if t is None else t[:n_first] for name, t in self._tensors().items()}
+        rest = {name: None if t is None else t[n_first:] for name, t in self._tensors().items()}
+        return CompletionLogps(**first), CompletionLogps(**rest)
+
+    def clone(self) -> CompletionLogps:
+        """A copy whose tensors own their memory (out of `inference_mode`, say)."""
+        return CompletionLogps(
+            **{name: None if t is None else t.clone() for name, t in self._tensors().items()}
         )
+
+    def _tensors(self) -> dict[str, Tensor | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -78,10 +92,31 @@ class PreferenceLoss:
     """True: trains on (prompt, chosen, rejected); False: on (prompt, completion, label)."""
     recommended_beta: ClassVar[tuple[float, float] | None] = None
     """The β range the loss's authors recommend (used for an info line at start)."""
+    keeps_state: ClassVar[bool] = False
+    """True: the loss keeps running statistics across steps (BCO's reward baseline). The module
+    then calls it with `training` (update them or not) and `mean_across_devices`, and saves
+    `state_dict()` in checkpoints so that a resumed run continues with them."""
+
+    @property
+    def needs_shared_prefix(self) -> bool:
+        """True: the policy's and the reference's `CompletionLogps.shared_summed` are computed."""
+        return False
+
+    @property
+    def needs_wpo(self) -> bool:
+        """True: the policy's `CompletionLogps.wpo_summed` is computed."""
+        return False
 
     def __call__(self, policy, reference, **kwargs) -> LossOutput:
         """Paired losses take `PairLogps`; unpaired ones `UnpairedLogps` (see `paired`)."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The running statistics to checkpoint; none unless `keeps_state`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` returned (from a checkpoint)."""
 
     def check_data(self, stats: dict[str, int]) -> str | None:
         """A warning about the training data for this loss (the data module's `stats`), or None."""
@@ -104,6 +139,14 @@ class PreferenceLoss:
         if reference is None:
             raise ValueError(f"loss '{self.name}' needs reference log-probs, got none")
         return reference
+
+
+def log_ratios(policy: PairLogps, reference: PairLogps) -> tuple[Tensor, Tensor]:
+    """log π(y|x)/π_ref(y|x) of the chosen and of the rejected completions, summed over tokens."""
+    return (
+        policy.chosen.summed - reference.chosen.summed,
+        policy.rejected.summed - reference.rejected.summed,
+    )
 
 
 def paired_metrics(
@@ -146,6 +189,7 @@ __all__ = [
     "UnpairedLogps",
     "check_label_smoothing",
     "check_positive",
+    "log_ratios",
     "paired_metrics",
     "smoothed_sigmoid_loss",
 ]

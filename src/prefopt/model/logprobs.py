@@ -33,8 +33,19 @@ def token_logps(logits: Tensor, labels: Tensor) -> Tensor:
     return picked - logits.logsumexp(-1)
 
 
+def log_sum_squared_probs(logits: Tensor) -> Tensor:
+    """log Σ_v p(v)² per position, in fp32 (WPO's alignment term): logsumexp(2z) − 2·logsumexp(z)."""
+    logits = logits.float()
+    return logits.mul(2).logsumexp(-1) - 2 * logits.logsumexp(-1)
+
+
 def completion_logps(
-    model: nn.Module, batch: dict[str, Tensor], chunk_size: int | None = DEFAULT_CHUNK_SIZE
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    *,
+    shared_prefix: bool = False,
+    wpo: bool = False,
 ) -> CompletionLogps:
     """Per-sequence summed log-probs of the completion tokens of `batch` under `model`.
 
@@ -42,13 +53,19 @@ def completion_logps(
     (`prefopt.data.packing.pack_pairs`: several sequences per row, with explicit scoring tensors);
     the result has one entry per logical sequence either way. `chunk_size=None` computes the
     full [rows, seq, vocab] logits (the reference path the chunked one is tested against).
+
+    Pairs only (the first half of the sequences chosen, the second rejected):
+    `shared_prefix=True` also sums each sequence's first min(len_chosen, len_rejected) tokens
+    (`shared_summed`, LD-DPO); `wpo=True` also sums log π(y_t) − log Σ_v π(v)² without
+    gradient (`wpo_summed`, WPO), which needs every scored position's whole distribution.
     """
     inputs = _model_inputs(model, batch)
     rows, positions, labels, sequences, token_counts = _scoring(batch)
     parts = _split_model(model) if chunk_size else None
     if parts is None:
-        logits = model(**inputs).logits
-        flat = token_logps(logits[rows, positions], labels)
+        logits = model(**inputs).logits[rows, positions]
+        flat = token_logps(logits, labels)
+        alignment = _no_grad(log_sum_squared_probs, logits) if wpo else None
     else:
         body, head = parts
         hidden = body(**inputs).last_hidden_state
@@ -56,12 +73,57 @@ def completion_logps(
         # Checkpointing only matters when a backward pass will need the chunk's logits again.
         score = _chunk_logps_checkpointed if torch.is_grad_enabled() else _chunk_logps
         chunks = [
-            score(head.weight, head.bias, states[i : i + chunk_size], labels[i : i + chunk_size])
+            score(
+                head.weight, head.bias, states[i : i + chunk_size], labels[i : i + chunk_size], wpo
+            )
             for i in range(0, states.shape[0], chunk_size)
         ]
-        flat = torch.cat(chunks) if chunks else hidden.new_zeros(0, dtype=torch.float32)
-    summed = torch.zeros(token_counts.shape[0], dtype=torch.float32, device=flat.device)
-    return CompletionLogps(summed=summed.index_add(0, sequences, flat), token_counts=token_counts)
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        flat = torch.cat([c[0] for c in chunks]) if chunks else empty
+        alignment = (torch.cat([c[1] for c in chunks]) if chunks else empty) if wpo else None
+    out = CompletionLogps(
+        summed=_per_sequence(flat, sequences, token_counts), token_counts=token_counts
+    )
+    if shared_prefix:
+        shared = (
+            _ranks_in_sequence(sequences, positions, len(token_counts))
+            < _pair_shared_lengths(token_counts)[sequences]
+        )
+        out.shared_summed = _per_sequence(flat * shared, sequences, token_counts)
+    if alignment is not None:
+        out.wpo_summed = _per_sequence((flat - alignment).detach(), sequences, token_counts)
+    return out
+
+
+def _per_sequence(values: Tensor, sequences: Tensor, token_counts: Tensor) -> Tensor:
+    summed = torch.zeros(token_counts.shape[0], dtype=torch.float32, device=values.device)
+    return summed.index_add(0, sequences, values)
+
+
+def _no_grad(function, *args):
+    with torch.no_grad():
+        return function(*args)
+
+
+def _pair_shared_lengths(token_counts: Tensor) -> Tensor:
+    """min(len_chosen, len_rejected) for every sequence: sequence i and i + n form a pair."""
+    n = token_counts.shape[0] // 2
+    chosen, rejected = token_counts[:n], token_counts[n:]
+    shared = torch.minimum(chosen, rejected)
+    return torch.cat([shared, shared])
+
+
+def _ranks_in_sequence(sequences: Tensor, positions: Tensor, n_sequences: int) -> Tensor:
+    """Each scored token's index within its own sequence (0 for its first completion token),
+    whatever order the scoring tensors list the tokens in (packed rows hold several)."""
+    if sequences.numel() == 0:
+        return sequences
+    order = (sequences * (int(positions.max()) + 1) + positions).argsort()
+    counts = torch.bincount(sequences, minlength=n_sequences)
+    starts = counts.cumsum(0) - counts
+    ranks = torch.empty_like(sequences)
+    ranks[order] = torch.arange(len(order), device=sequences.device) - starts[sequences[order]]
+    return ranks
 
 
 class _Scoring(NamedTuple):
@@ -112,14 +174,19 @@ def model_attention_mask(model: nn.Module, allowed: Tensor) -> Tensor:
     raise UnsupportedModel(f"attention implementation {implementation!r}")
 
 
-def _chunk_logps(weight: Tensor, bias: Tensor | None, states: Tensor, labels: Tensor) -> Tensor:
-    return token_logps(nn.functional.linear(states, weight, bias), labels)
+def _chunk_logps(
+    weight: Tensor, bias: Tensor | None, states: Tensor, labels: Tensor, wpo: bool = False
+) -> tuple[Tensor] | tuple[Tensor, Tensor]:
+    logits = nn.functional.linear(states, weight, bias)
+    if not wpo:
+        return (token_logps(logits, labels),)
+    return token_logps(logits, labels), _no_grad(log_sum_squared_probs, logits)
 
 
 def _chunk_logps_checkpointed(
-    weight: Tensor, bias: Tensor | None, states: Tensor, labels: Tensor
-) -> Tensor:
-    return checkpoint(_chunk_logps, weight, bias, states, labels, use_reentrant=False)
+    weight: Tensor, bias: Tensor | None, states: Tensor, labels: Tensor, wpo: bool = False
+) -> tuple[Tensor] | tuple[Tensor, Tensor]:
+    return checkpoint(_chunk_logps, weight, bias, states, labels, wpo, use_reentrant=False)
 
 
 def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:

@@ -68,16 +68,17 @@ class PairPacking:
         return pack_pairs(batch, self.prefix_sharing != "false", self.padding_free)
 
     def logps(
-        self, model: nn.Module, batch: dict[str, Tensor], chunk_size: int | None
+        self, model: nn.Module, batch: dict[str, Tensor], chunk_size: int | None, **extras: bool
     ) -> CompletionLogps:
         """`completion_logps` of a standard paired batch, packed when this model can take it
-        (with the layout the batch carries, when `collate_packed_pairs` made it)."""
+        (with the layout the batch carries, when `collate_packed_pairs` made it); `extras` are
+        its `shared_prefix` and `wpo` flags."""
         if self.requested and self.supported(model, chunk_size):
             layout = packed_part(batch)
             batch = with_mask(layout) if layout is not None else self.pack(batch)
         else:
             batch = {k: v for k, v in batch.items() if not k.startswith(PACKED)}
-        return completion_logps(model, batch, chunk_size)
+        return completion_logps(model, batch, chunk_size, **extras)
 
     def supported(self, model: nn.Module, chunk_size: int | None) -> bool:
         if model not in self._verdicts:

@@ -61,7 +61,9 @@ class AdapterDisabledReference:
         """Evaluation samples from the base weights the policy holds: no second copy."""
 
     @torch.no_grad()
-    def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
+    def logps(
+        self, batch: dict[str, Tensor], split: str = "train", shared_prefix: bool = False
+    ) -> CompletionLogps:
         device = batch["input_ids"].device
         if next(self.policy.parameters()).device != device:
             self.policy.to(device)
@@ -70,7 +72,9 @@ class AdapterDisabledReference:
         self.policy.eval()
         try:
             with self.policy.disable_adapter():
-                return self.packing.logps(self.policy, batch, self.chunk_size)
+                return self.packing.logps(
+                    self.policy, batch, self.chunk_size, shared_prefix=shared_prefix
+                )
         finally:
             self.policy.train(was_training)
 

@@ -84,10 +84,13 @@ class Reference(Protocol):
     sampling_model: SamplingModel
     """π_ref as a model, for evaluation."""
 
-    def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
+    def logps(
+        self, batch: dict[str, Tensor], split: str = "train", shared_prefix: bool = False
+    ) -> CompletionLogps:
         """Completion log-probs of a collated batch's rows (the first half chosen, or KTO's
         own completions; the second half rejected, or KTO's mismatched ones), not tracked
-        by autograd. `split` names the data the batch comes from (a cache looks it up)."""
+        by autograd. `split` names the data the batch comes from (a cache looks it up).
+        `shared_prefix`: pairs only, also the sums over each pair's shared length (LD-DPO)."""
         ...
 
     def logps_table(self, loaders: dict[str, object], device: torch.device) -> dict[str, Tensor]:

@@ -52,7 +52,11 @@ class CachedReference:
         self.precompute_calls = computed
         """Batches the reference model scored to build this cache in this run (0 on a hit)."""
 
-    def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
+    def logps(
+        self, batch: dict[str, Tensor], split: str = "train", shared_prefix: bool = False
+    ) -> CompletionLogps:
+        if shared_prefix:  # the table holds whole-completion sums only
+            raise ValueError("cached reference log-probs have no shared-prefix sums (LD-DPO)")
         index = batch["example_index"].cpu()
         values = self.table[split][index]  # [B, 2]
         summed = torch.cat([values[:, 0], values[:, 1]]).to(batch["input_ids"].device)

@@ -34,7 +34,9 @@ class OnlineReference:
         self.sampling_model = SamplingModel(model)
         """Evaluation samples from this very model: no second copy."""
 
-    def logps(self, batch: dict[str, Tensor], split: str = "train") -> CompletionLogps:
+    def logps(
+        self, batch: dict[str, Tensor], split: str = "train", shared_prefix: bool = False
+    ) -> CompletionLogps:
         device = batch["input_ids"].device
         if next(self.model.parameters()).device != device:
             self.model.to(device)
@@ -42,8 +44,10 @@ class OnlineReference:
         # inference_mode skips autograd's bookkeeping (version counters, views) that no_grad
         # keeps; the two small results are cloned out so the loss may use them under autograd.
         with torch.inference_mode():
-            out = self.packing.logps(self.model, batch, self.chunk_size)
-        return CompletionLogps(summed=out.summed.clone(), token_counts=out.token_counts.clone())
+            out = self.packing.logps(
+                self.model, batch, self.chunk_size, shared_prefix=shared_prefix
+            )
+        return out.clone()
 
     def logps_table(self, loaders: dict[str, object], device: torch.device) -> dict[str, Tensor]:
         return score_table(self, loaders, device)

@@ -1,17 +1,21 @@
-"""One training run in MLflow: its name, its config as params and YAML, its tags, its status.
+"""One training run in MLflow: its name, key params and config, tags, system metrics, status.
 
 `tracked_run` is the whole life of a run: created as soon as the config is valid (so a failure
-while loading models or data is recorded too), the config logged, then the block runs, and the
-run ends FINISHED, KILLED (Ctrl-C, SIGTERM turned into KeyboardInterrupt, SystemExit) or FAILED
-(any other exception). Code outside `prefopt.tracking` logs through Lightning's logger or
-through `set_tags` and `log_table` here, never through MLflow's client.
+while loading models or data is recorded too), the key hyperparameters logged as params
+(`params.key_params`) and the whole config as `config.yaml`, system metrics sampled while it
+lasts (`logger.log_system_metrics`), then the block runs, and the run ends FINISHED, KILLED
+(Ctrl-C, SIGTERM turned into KeyboardInterrupt, SystemExit) or FAILED (any other exception).
+Code outside `prefopt.tracking` logs through Lightning's logger or through `set_tags`,
+`log_table` and `log_datasets` here, never through MLflow's client.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config.schema import LoggerConfig
 from prefopt.tracking.offline import ResilientMLFlowLogger
+from prefopt.tracking.params import key_params
 from prefopt.tracking.store import ensure_experiment, resolve_tracking_uri
 from prefopt.tracking.tags import TAG_RESUMED_FROM
 
@@ -59,25 +64,29 @@ def tracked_run(
 ) -> Iterator[ResilientMLFlowLogger]:
     """The run, from creation to its end status, around the block; yields its logger.
 
-    `config`: logged whole (flattened as params, and as YAML). `tags`: set at creation (a sweep
-    job's grouping). `params`: logged beside the config's (a sweep job's group choices).
-    `run_id`: continue that run (a resumed training); `resumed_from`: the checkpoint it resumes,
-    as a tag. `offline_dir`: where calls go while the tracking server is unreachable.
+    `config`: its key hyperparameters logged as params (`key_params`), the whole as YAML.
+    `tags`: set at creation (a sweep job's grouping). `params`: logged beside the key ones (a
+    sweep job's swept keys, `SweepJob.params_of`). `run_id`: continue that run (a resumed
+    training); `resumed_from`: the checkpoint it resumes, as a tag. `offline_dir`: where calls
+    go while the tracking server is unreachable.
     """
     logger = start_run(logger_cfg, run_name, tags, run_id=run_id, offline_dir=offline_dir)
     status = "FAILED"
+    monitor = None
     try:
-        log_config(logger, config, resumed=run_id is not None)
-        if params:
-            logger.log_hyperparams(params)
+        log_config(logger, config, {**key_params(config), **(params or {})}, run_id is not None)
         if resumed_from is not None:
             set_tags(logger, {TAG_RESUMED_FROM: Path(resumed_from).resolve()})
+        if getattr(logger_cfg, "log_system_metrics", False):
+            monitor = start_system_metrics(logger, resumed=run_id is not None)
         yield logger
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:
+        if monitor is not None:
+            monitor.finish()  # its last sample lands while the run is still RUNNING
         finish_run(logger, status)
 
 
@@ -109,35 +118,53 @@ def start_run(
     return logger
 
 
-def log_config(logger: MLFlowLogger, cfg: DictConfig, resumed: bool = False) -> None:
-    """The resolved config: flattened as params (comparable in the UI) and whole as YAML.
+def log_config(
+    logger: MLFlowLogger, cfg: DictConfig, params: Mapping[str, str], resumed: bool = False
+) -> None:
+    """`params` (the key hyperparameters) as the run's params, the resolved config as YAML.
 
-    A resumed run keeps its params (MLflow never changes one): only new keys are logged, and
-    keys whose value changed are listed in a warning; the new config goes to
-    `config_resumed.yaml`."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    A resumed run keeps its params (MLflow never changes one): only new ones are logged; the
+    settings whose value changed since the run's `config.yaml` are listed in a warning, and the
+    new config goes to `config_resumed.yaml`."""
     yaml = OmegaConf.to_yaml(cfg, resolve=True)
     if not resumed:
-        logger.log_hyperparams(container)
+        logger.log_hyperparams(dict(params))
         logger.experiment.log_text(logger.run_id, yaml, "config.yaml")
         return
     run = logger.experiment.get_run(logger.run_id)
     old = run.data.params if run is not None else {}
-    new = {k: str(v)[:PARAM_VALUE_LIMIT] for k, v in flatten_params(container).items()}
-    changed = sorted(k for k, v in new.items() if k in old and old[k] != v)
+    first = _first_config(logger)
+    new = flatten_params(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    if first is None:  # no config.yaml to compare with: compare the params
+        first, new = old, dict(params)
+    changed = sorted(k for k, v in new.items() if k in first and str(first[k]) != str(v))
     changed = [k for k in changed if k not in ("output_dir", "resume", "ckpt_path")]
     if changed:
         log.warning("resumed with changed settings (params keep their first value): %s", changed)
-    added = {k: v for k, v in new.items() if k not in old}
+    added = {k: v for k, v in params.items() if k not in old}
     if added:
         logger.log_hyperparams(added)
     logger.experiment.log_text(logger.run_id, yaml, "config_resumed.yaml")
 
 
+def _first_config(logger: MLFlowLogger) -> dict[str, Any] | None:
+    """The run's first `config.yaml`, flattened; None when it cannot be read."""
+    try:
+        with tempfile.TemporaryDirectory() as folder, _quiet_artifact_transfers():
+            path = logger.experiment.download_artifacts(logger.run_id, "config.yaml", folder)
+            if path is None:  # the store is unreachable
+                return None
+            config = OmegaConf.create(Path(path).read_text())
+            return flatten_params(OmegaConf.to_container(config, resolve=False))
+    except Exception as error:
+        log.debug("could not read the run's config.yaml: %s", error)
+        return None
+
+
 def flatten_params(params: Mapping[Any, Any], parent_key: str = "") -> dict[str, Any]:
-    """The params `MLFlowLogger.log_hyperparams(params)` logs, before its values become strings:
-    nested keys joined with "/", a list of mappings (an empty list too) flattened by index, any
-    other value kept whole."""
+    """A nested config as `MLFlowLogger.log_hyperparams(params)` would flatten it, before its
+    values become strings: nested keys joined with "/", a list of mappings (an empty list too)
+    flattened by index, any other value kept whole. Compares a resumed run's config."""
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{parent_key}/{key}" if parent_key else str(key)
@@ -149,6 +176,30 @@ def flatten_params(params: Mapping[Any, Any], parent_key: str = "") -> dict[str,
         else:
             flat[name] = value
     return flat
+
+
+def start_system_metrics(logger: ResilientMLFlowLogger, resumed: bool = False) -> Any | None:
+    """Sample CPU, memory, disk, network (and GPU, with pynvml) into the run's `system/*`
+    metrics until `finish()` is called; None without psutil or on a rank other than 0.
+
+    MLflow's own switch (`mlflow.start_run(log_system_metrics=True)`) starts this monitor for a
+    run of its fluent API; Lightning's logger creates runs through the client, so the monitor is
+    started here with the run and store named. The one use of that class: a test fails when
+    MLflow moves or changes it."""
+    if rank_zero_only.rank != 0 or logger.offline:
+        return None
+    if importlib.util.find_spec("psutil") is None:
+        log.info("no system metrics: psutil is not installed (pip install psutil)")
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # MLflow announces starting, stopping and a missing GPU library at INFO: noise in a run's log.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(
+        logger.run_id, resume_logging=resumed, tracking_uri=logger.tracking_uri
+    )
+    monitor.start()
+    return monitor
 
 
 def set_tags(logger: Logger | None, tags: Mapping[str, Any]) -> None:

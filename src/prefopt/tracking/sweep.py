@@ -35,6 +35,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.tracking.params import key_params, param_name
 from prefopt.tracking.runs import format_number
 from prefopt.tracking.store import ensure_experiment, resolve_tracking_uri
 from prefopt.tracking.tags import (
@@ -97,9 +98,19 @@ class SweepJob:
 
     @property
     def params(self) -> dict[str, str]:
-        """Swept config-group choices (`loss=ipo`); swept values are params already (the
-        flattened config), but a group's choice is not."""
+        """Swept config-group choices (`loss=ipo`), which are no config value."""
         return {key: self.choices[key] for key in self.swept_keys if key in self.choices}
+
+    def params_of(self, config: DictConfig) -> dict[str, str]:
+        """Every swept key as a param, named as the key hyperparameters are (`loss/beta`,
+        `optim/lr`, `loss`): the swept values of this job's `config`, and the swept group
+        choices. The run logs them beside its key params, so a swept key outside those (say
+        `optim.weight_decay`) is a param too."""
+        values = key_params(
+            config, extra_keys=[k for k in self.swept_keys if k not in self.choices]
+        )
+        swept = {param_name(key) for key in self.swept_keys}
+        return {**{k: v for k, v in values.items() if k in swept}, **self.params}
 
     def run_name(self, base_name: str, swept_values: Mapping[str, Any]) -> str:
         """The default name (loss, β, lr) plus every other swept key with its value.

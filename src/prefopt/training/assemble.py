@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from omegaconf import OmegaConf
 
 from prefopt.config.schema import (
     CheckpointConfig,
@@ -27,6 +28,7 @@ from prefopt.losses.base import PreferenceLoss
 from prefopt.model.loading import Checkpoints, prepare_policy
 from prefopt.model.packing import PairPacking
 from prefopt.reference import SamplingModel, build_reference, build_sampling_model
+from prefopt.tracking import log_datasets
 from prefopt.training import strategies
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, ResumeCheckpoint
 from prefopt.training.faults import NonFiniteGuard
@@ -50,11 +52,11 @@ def build_datamodule(
     data_cfg: DataConfig, tokenizer, toy_world, loss: PreferenceLoss, logger
 ) -> PreferenceDataModule:
     """The data, read, checked and tokenized now (`setup("fit")`): the reference cache and the
-    packing probe need it before training starts. Its counts are logged as `data_stats/*`
-    params, and the loss says whether the data suits it (e.g. KTO's desirable share)."""
+    packing probe need it before training starts. Its splits are logged as the run's datasets
+    (with their counts), and the loss says whether the data suits it (e.g. KTO's desirable share)."""
     datamodule = PreferenceDataModule(data_cfg, tokenizer, toy_world=toy_world, paired=loss.paired)
     datamodule.setup("fit")
-    logger.log_hyperparams({f"data_stats/{k}": v for k, v in datamodule.stats.items()})
+    log_datasets(logger, datamodule.summaries())
     if advice := loss.check_data(datamodule.stats):
         log.warning(advice)
     return datamodule
@@ -81,6 +83,10 @@ def build_module(
         # LoRA: π_ref is the policy with its adapter disabled, so the policy comes first.
         policy = prepare_policy(checkpoints.load(), model_cfg)
     reference = None
+    if loss.needs_reference and loss.needs_shared_prefix and reference_cfg.cache:
+        # The cache holds whole-completion sums; LD-DPO also needs each pair's shared-length sum.
+        log.info("loss.ld_alpha: the reference runs online (its cache has no shared-length sums)")
+        reference_cfg = OmegaConf.merge(reference_cfg, {"cache": False})
     if loss.needs_reference:
         # Before the policy otherwise: a model loaded only to fill the log-prob cache is
         # dropped before the policy takes its memory.

@@ -58,13 +58,31 @@ class PreferenceModule(L.LightningModule):
         # The reference runs first: its transient buffers are freed before the policy's
         # activations are allocated, so they never add up (the step's peak is lower), and on
         # CPU its forward is markedly faster than when it runs on top of them (benchmarks/).
-        reference_logps = self.reference.logps(batch, split) if self.loss.needs_reference else None
+        reference_logps = None
+        if self.loss.needs_reference:
+            # Asked for only when wanted: a Reference of one's own may predate the keyword.
+            extras = {"shared_prefix": True} if self.loss.needs_shared_prefix else {}
+            reference_logps = self.reference.logps(batch, split, **extras)
+        # Batch statistics (KTO's z_ref, BCO's baseline) are averaged across ranks in training,
+        # where every rank steps together; a validation batch keeps its own (ranks may hold
+        # different numbers of batches).
+        across = self._mean_across_devices if split == "train" else (lambda value: value)
         if self.loss.paired:
-            policy_logps = self.packing.logps(self.policy, batch, self.chunk_size)
+            policy_logps = self.packing.logps(
+                self.policy,
+                batch,
+                self.chunk_size,
+                shared_prefix=self.loss.needs_shared_prefix,
+                wpo=self.loss.needs_wpo,
+            )
             policy = PairLogps(*policy_logps.split(n_examples))
             reference = (
                 None if reference_logps is None else PairLogps(*reference_logps.split(n_examples))
             )
+            if self.loss.keeps_state:
+                return self.loss(
+                    policy, reference, training=split == "train", mean_across_devices=across
+                )
             return self.loss(policy, reference)
 
         own, mismatched = split_rows(batch, n_examples)
@@ -75,13 +93,19 @@ class PreferenceModule(L.LightningModule):
             completion_logps(self.policy, own, self.chunk_size), policy_mismatched, desirable
         )
         reference = UnpairedLogps(*reference_logps.split(n_examples), desirable)
-        # z_ref is averaged across ranks in training, where every rank steps together; a
-        # validation batch keeps its own (ranks may hold different numbers of batches).
-        across = self._mean_across_devices if split == "train" else (lambda value: value)
         return self.loss(policy, reference, mean_across_devices=across)
 
     def _mean_across_devices(self, value: Tensor) -> Tensor:
         return mean_across_ranks(value)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A loss's running statistics (BCO's baseline) resume with the weights.
+        if state := self.loss.state_dict():
+            checkpoint["loss_state"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "loss_state" in checkpoint:
+            self.loss.load_state_dict(checkpoint["loss_state"])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.compute_loss(batch)

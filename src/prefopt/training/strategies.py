@@ -32,6 +32,8 @@ from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from prefopt.errors import PrefoptError
+
 log = logging.getLogger("prefopt.distributed")
 
 _LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -88,7 +90,7 @@ def check_scaling_config(trainer_cfg, model_cfg, reference_cfg, eval_cfg) -> Non
     cannot work, caught before anything loads."""
     fsdp = trainer_cfg.strategy == "fsdp"
     if fsdp and eval_cfg.num_prompts > 0:
-        raise ValueError(
+        raise PrefoptError(
             "trainer.strategy=fsdp with eval.num_prompts>0: generation evaluation runs on rank 0 "
             "only, which a sharded model cannot do; set eval.num_prompts=0 (or use trainer=ddp)"
         )
@@ -116,7 +118,7 @@ def trainer_arguments(trainer_cfg: DictConfig, policy: nn.Module) -> dict[str, A
     elif strategy == "fsdp":
         layers = decoder_layer_classes(policy)
         if not layers:
-            raise ValueError(
+            raise PrefoptError(
                 "trainer.strategy=fsdp: the model names no decoder layer class "
                 "(`_no_split_modules`) to shard by; use trainer=ddp"
             )

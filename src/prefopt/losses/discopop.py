@@ -1,0 +1,52 @@
+"""DiscoPOP, the log-ratio modulated loss (Lu et al., 2024, *Discovering Preference
+Optimization Algorithms with and for Large Language Models*, arXiv:2406.08414, Eq. 5).
+
+With ρ = β h, h the DPO log-ratio margin (summed over completion tokens), and the mixing weight
+m = σ(ρ/τ):
+
+    L = (1 − m) · (−log σ(ρ)) + m · exp(−ρ)
+
+A blend, discovered by an LLM-driven search, of DPO's logistic loss (for pairs ranked wrongly,
+ρ ≪ 0, where m → 0) and an exponential loss (for pairs ranked right, ρ ≫ 0, where m → 1); τ sets
+how sharply it switches around ρ = 0. TRL's `loss_type="discopop"` with `discopop_tau=τ`.
+
+Rewards are β·log π/π_ref, as for DPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.nn.functional as F
+
+from prefopt.losses.base import (
+    LossOutput,
+    PairLogps,
+    PreferenceLoss,
+    check_positive,
+    log_ratios,
+    paired_metrics,
+)
+
+
+@dataclass
+class DiscoPOPLoss(PreferenceLoss):
+    beta: float = 0.1
+    """KL strength, as for DPO."""
+    discopop_tau: float = 0.05
+    """τ, the temperature of the mixing weight σ(ρ/τ) (the paper's value; TRL's name)."""
+
+    name: ClassVar[str] = "discopop"
+
+    def __post_init__(self) -> None:
+        check_positive(self.name, "beta", self.beta)
+        check_positive(self.name, "discopop_tau", self.discopop_tau)
+
+    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+        logits = self.beta * (chosen - rejected)
+        modulation = (logits / self.discopop_tau).sigmoid()
+        losses = (1 - modulation) * -F.logsigmoid(logits) + modulation * (-logits).exp()
+        metrics = paired_metrics(policy, self.beta * chosen, self.beta * rejected)
+        return LossOutput(loss=losses.mean(), metrics=metrics)

@@ -1,0 +1,196 @@
+"""What the MLflow UI shows after a sweep, read the way the UI reads it: a real `mlflow server`
+on 127.0.0.1, a 2-job β sweep run against it from the command line, and the server's REST API
+(`/api/2.0/mlflow/...`, plain urllib) asked for each child run.
+
+The sweep runs once for the module (`sweep`); each check is one test beside the others, so a
+check of something else a child shows (its logged model, say) is one more test function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ..conftest import SMALL_TOY
+
+BETAS = ["0.1", "0.5"]
+MAX_PARAMS = 30
+REGISTERED = "toy-aligned"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port, log_path = free_port(), folder / "server.log"
+    cmd = [
+        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
+        *("--backend-store-uri", f"sqlite:///{folder / 'server.db'}"),
+        *("--artifacts-destination", str(folder / "artifacts"), "--workers", "1"),
+    ]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not start in time"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        yield SimpleNamespace(url=url, artifacts=folder / "artifacts")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def rest(url: str, endpoint: str, body: dict | None = None, **query: str) -> dict:
+    """GET (or POST `body` to) `/api/2.0/mlflow/<endpoint>` of the server at `url`."""
+    address = f"{url}/api/2.0/mlflow/{endpoint}"
+    if query:
+        address += "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(address, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def sweep(server, tmp_path_factory, toy_cache):
+    """`python -m prefopt.train --multirun loss.beta=0.1,0.5` on the small toy world, two steps
+    a job, against the server; the children as the REST API gives them, by job number."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    cmd = [
+        *(sys.executable, "-m", "prefopt.train", "--multirun", *SMALL_TOY),
+        *(f"toy.cache_dir={toy_cache}", "trainer.max_steps=2", "trainer.val_check_interval=1"),
+        *("trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"),
+        *("eval.num_prompts=8", "eval.max_new_tokens=8", f"logger.tracking_uri={server.url}"),
+        f"loss.beta={','.join(BETAS)}",
+        f"model.register_as={REGISTERED}",
+    ]
+    # A sample of system metrics every second: the jobs last seconds, not the default 10.
+    env = {**os.environ, "MPLBACKEND": "Agg", "NO_PROXY": "127.0.0.1"}
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    experiment = rest(server.url, "experiments/get-by-name", experiment_name="prefopt")
+    runs = rest(
+        server.url,
+        "runs/search",
+        {"experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 100},
+    )["runs"]
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    [parent] = [run for run, t in zip(runs, tags) if t.get("prefopt.sweep_role") == "parent"]
+    children = [
+        (int(t["prefopt.sweep_job"]), run)
+        for run, t in zip(runs, tags)
+        if t.get("mlflow.parentRunId") == parent["info"]["run_id"]
+    ]
+    assert len(children) == len(BETAS) == len(runs) - 1
+    return SimpleNamespace(
+        url=server.url,
+        cwd=Path(cwd),
+        experiment_id=experiment["experiment"]["experiment_id"],
+        parent=parent,
+        children=[r for _, r in sorted(children)],
+    )
+
+
+def params_of(run: dict) -> dict[str, str]:
+    return {p["key"]: p["value"] for p in run["data"].get("params", [])}
+
+
+def datasets_of(run: dict) -> dict[str, dict]:
+    """{context: dataset} of a run's dataset inputs, as the REST API returns them."""
+    found = {}
+    for dataset_input in run.get("inputs", {}).get("dataset_inputs", []):
+        tags = {t["key"]: t["value"] for t in dataset_input.get("tags", [])}
+        found[tags["mlflow.data.context"]] = dataset_input["dataset"]
+    return found
+
+
+@pytest.mark.slow  # a server start, the small toy world and a 2-job sweep: a minute or more
+def test_each_child_shows_its_train_and_validation_data(sweep):
+    digests = set()
+    for child in sweep.children:
+        assert child["info"]["status"] == "FINISHED"
+        datasets = datasets_of(child)
+        assert set(datasets) == {"train", "validation"}, child["info"]["run_name"]
+        for context, dataset in datasets.items():
+            assert dataset["name"] == f"toy world [{context}]"
+            assert dataset["source_type"] == "local"
+            assert json.loads(dataset["source"])["uri"].endswith(
+                "train.jsonl" if context == "train" else "val.jsonl"
+            )
+            profile = json.loads(dataset["profile"])
+            assert profile["pairs"] > 0 and profile["mean_chosen_tokens"] > 0, profile
+            digests.add(dataset["digest"])
+    assert len(digests) == 1  # a β sweep trains every job on the same prepared data
+
+
+@pytest.mark.slow
+def test_each_child_carries_its_key_params_and_its_beta(sweep):
+    betas = []
+    for child in sweep.children:
+        params = params_of(child)
+        assert len(params) <= MAX_PARAMS, sorted(params)
+        assert {"loss", "optim/lr", "data/batch_size", "trainer/max_steps", "seed"} <= set(params)
+        betas.append(params["loss/beta"])
+    assert betas == BETAS
+    # The whole config is still there, as the run's config.yaml artifact.
+    run_id = sweep.children[0]["info"]["run_id"]
+    files = rest(sweep.url, "artifacts/list", run_id=run_id)["files"]
+    assert "config.yaml" in {f["path"] for f in files}
+
+
+@pytest.mark.slow
+def test_each_child_has_system_metrics(sweep):
+    for child in sweep.children:
+        metrics = {m["key"] for m in child["data"].get("metrics", [])}
+        assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
+        assert "val/rewards/accuracies" in metrics
+
+
+@pytest.mark.slow
+def test_each_child_logged_and_registered_its_aligned_model(sweep):
+    """The runs table's Models column: one logged model per child, from that child, with its
+    final validation metrics; `model.register_as` made one registry version per child."""
+    models = rest(sweep.url, "logged-models/search", {"experiment_ids": [sweep.experiment_id]})[
+        "models"
+    ]
+    by_run = {model["info"]["source_run_id"]: model for model in models}
+    children = [child["info"]["run_id"] for child in sweep.children]
+    assert set(by_run) == set(children)  # the parent logs none
+    for run_id in children:
+        metrics = {m["key"] for m in by_run[run_id].get("data", {}).get("metrics", [])}
+        assert "val/rewards/accuracies" in metrics, sorted(metrics)
+    versions = rest(sweep.url, "model-versions/search", filter=f"name='{REGISTERED}'")
+    assert {v["run_id"] for v in versions["model_versions"]} == set(children)
