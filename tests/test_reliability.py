@@ -648,14 +648,17 @@ def test_real_errors_from_the_store_are_not_taken_for_an_outage(tmp_path):
 
 
 def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(tmp_path):
-    from prefopt.training.checkpoint import find_resume_point, mark_resumed, write_run_file
+    from prefopt.training.resume import find_resume_point, recorded_run, write_run_file
+
+    def checkpoint_in(out):
+        (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        torch.save({"global_step": 1}, out / CHECKPOINT_DIR / LAST)
+        time.sleep(0.01)  # distinct modification times
 
     def run_folder(name, **fields):
         out = tmp_path / "outputs" / name
-        (out / CHECKPOINT_DIR).mkdir(parents=True)
-        (out / CHECKPOINT_DIR / LAST).write_bytes(b"")
+        checkpoint_in(out)
         write_run_file(out, run_id=name, tracking_uri="sqlite:///x.db", **fields)
-        time.sleep(0.01)  # distinct modification times
         return out
 
     run_folder("2025-01-01/10-00-00")
@@ -667,8 +670,17 @@ def test_resume_true_finds_the_newest_unfinished_run_among_hydra_s_run_folders(t
     assert point.run_id_for("sqlite:///x.db") == "2025-01-02/09-00-00"
     assert point.run_id_for("sqlite:///other.db") is None
 
-    mark_resumed(point, new)  # the new run took over: the next resume=true must not pick it
-    next_point = find_resume_point(str(new), resume=True, ckpt_path=None)
+    with recorded_run(new, True, point, "2025-01-02/09-00-00", "sqlite:///x.db"):
+        # the new run has no checkpoint of its own yet: the killed run's stays on offer
+        again = find_resume_point(str(new), resume=True, ckpt_path=None)
+        assert again.checkpoint == killed / CHECKPOINT_DIR / LAST
+        checkpoint_in(new)  # now it took over
+        taken_over = find_resume_point(str(tmp_path / "outputs" / "x" / "y"), True, None)
+        assert taken_over.checkpoint == new / CHECKPOINT_DIR / LAST
+        assert taken_over.lineage == point.lineage
+    # the new run finished: neither it nor the run it continued is picked again
+    later = tmp_path / "outputs" / "2025-01-04" / "08-00-00"
+    next_point = find_resume_point(str(later), resume=True, ckpt_path=None)
     assert next_point.checkpoint.parent.parent.name == "10-00-00"
     # naming a run folder works whatever its state
     named = find_resume_point(str(new), resume=True, ckpt_path=str(killed))

@@ -3,7 +3,8 @@
 compose config -> check it -> start the MLflow run -> build data and models -> fit -> export.
 Each builder gets only its own config section; this file is the one place that sees them all.
 Any exception once the run has started ends it FAILED (KILLED on Ctrl-C or SIGTERM); a user
-error (`PrefoptError`) is printed as one line with exit status 2 (`config/checks.py`).
+error (`PrefoptError`) is printed as one line with exit status 2 (`config/checks.py`). Ctrl-C or
+SIGTERM during a training step first lets the step end and saves it (`training/faults.py`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from prefopt.tracking import (
 from prefopt.tracking.models import check_model_logging, log_aligned_model
 from prefopt.training import assemble, strategies
 from prefopt.training.assemble import TrainResult
-from prefopt.training.checkpoint import find_resume_point, recorded_run
-from prefopt.training.faults import sigterm_as_interrupt
+from prefopt.training.faults import graceful_interrupts
+from prefopt.training.resume import find_resume_point, recorded_run
 
 
 def check_config(cfg: DictConfig) -> PreferenceLoss:
@@ -57,7 +58,7 @@ def train(cfg: DictConfig) -> TrainResult:
         run_name = sweep.run_name(run_name, swept)
     run_id = resume.run_id_for(resolve_tracking_uri(cfg.logger.tracking_uri)) if resume else None
     with (
-        sigterm_as_interrupt(),
+        graceful_interrupts(),
         tracked_run(
             cfg.logger, run_name, cfg, tags=sweep and sweep.tags, params=sweep and sweep.params_of(cfg),
             run_id=run_id, resumed_from=resume and resume.checkpoint, offline_dir=cfg.output_dir,

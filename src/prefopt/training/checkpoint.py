@@ -1,12 +1,19 @@
-"""Checkpoints a killed run can continue from, and finding the run to continue.
+"""Checkpoints a killed run can continue from: writing, verifying and reading them.
 
 `<output_dir>/checkpoints/last.ckpt` holds everything a run needs to go on as if it had never
 stopped: the policy, the optimizer and scheduler states, Lightning's loop counters, the data
 position within the epoch (the data module's `state_dict`, `data/order.py`) and the random
-number generators. It is written every `checkpoint.every_n_steps` optimizer steps and at the
-end of training, atomically (a temporary file in the same folder, fsynced, then renamed over the
-old one), so a kill -9 at any moment leaves the previous checkpoint intact. `run.json` beside it names the MLflow run, so that
-a resumed run logs into the same MLflow run; `finished` is set once the run has exported.
+number generators. It is written every `checkpoint.every_n_steps` optimizer steps, at the end of
+training, and at the end of the step during which a stop was requested (Ctrl-C, SIGTERM:
+`faults.py`). Each write goes to a temporary file in the same folder, is fsynced, and only then
+replaces `last.ckpt`; the file it replaces is kept as `previous.ckpt`, so a kill -9 at any
+moment leaves at least one whole checkpoint, and a damaged newest one still has an older one.
+
+A checkpoint carries its own content check: PyTorch writes it as a zip archive with a CRC-32 of
+every record and the archive's directory last, so a truncated file has no directory and a
+changed byte fails its record's CRC. `checkpoint_damage` reads the whole file against them
+before it is used; `torch.load` itself checks neither. Which run to continue, and the
+`run.json` beside the checkpoints, are `resume.py`'s.
 
 Checkpoints load with `torch.load(weights_only=True)`: tensors and plain values only, so a
 checkpoint file cannot run code.
@@ -14,12 +21,11 @@ checkpoint file cannot run code.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
+import os
 import pickle
 import random
-from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +35,21 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from prefopt.errors import PrefoptError
-from prefopt.files import atomic_write
+from prefopt.training import faults
 
 log = logging.getLogger("prefopt.resume")
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+PREVIOUS = "previous.ckpt"
+"""What `last.ckpt` was before its latest write: the fallback when the newest is damaged."""
+SET_ASIDE = ".corrupt"
 RUN_FILE = "run.json"
+"""Beside the checkpoints: the MLflow run and lineage they belong to (`resume.py`)."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing and reading checkpoint files
+# Writing, verifying and reading checkpoint files
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
@@ -60,11 +70,67 @@ def safe_load(path: str | Path) -> dict[str, Any]:
         ) from None
 
 
+def checkpoint_damage(path: Path) -> str | None:
+    """None when `path` is a whole PyTorch checkpoint (its zip directory present, every record
+    matching its CRC-32); else what is wrong with it, in a few words. Reads the whole file.
+    A file that vanishes meanwhile (another rank set it aside) raises FileNotFoundError."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return f"not a PyTorch checkpoint ({size} bytes, a zip without data.pkl)"
+            damaged = archive.testzip()
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"truncated or not a checkpoint ({size} bytes; {str(error)[:100]})"
+    if damaged is not None:
+        return f"damaged ({size} bytes; record {damaged} does not match its CRC-32)"
+    return None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.corrupt`, so that nothing picks it up again."""
+    aside = path.with_name(path.name + SET_ASIDE)
+    os.replace(path, aside)
+    return aside
+
+
+def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
+    """`torch.save` into a fsynced temporary file beside `path`, then rename it over `path`;
+    a `last.ckpt` it replaces becomes `previous.ckpt` first. Records carry their CRC-32 whatever
+    the process-wide setting, since `checkpoint_damage` checks them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a write killed -9
+        leftover.unlink(missing_ok=True)
+    crc32 = torch.serialization.get_crc32_options()
+    try:
+        torch.serialization.set_crc32_options(True)
+        with open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.name == LAST and path.exists():
+            # A kill between the two renames leaves previous.ckpt whole and no last.ckpt.
+            os.replace(path, path.with_name(PREVIOUS))
+        os.replace(tmp, path)
+    finally:
+        torch.serialization.set_crc32_options(crc32)
+        tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the renames themselves survive a power cut
+    finally:
+        os.close(directory)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O with atomic local writes and weights-only loading."""
+    """Lightning's checkpoint I/O with atomic local writes that keep the previous checkpoint,
+    and weights-only loading."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_write(Path(path), lambda handle: torch.save(checkpoint, handle))
+        write_checkpoint(checkpoint, Path(path))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         return safe_load(path)
@@ -97,10 +163,13 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResumeCheckpoint(L.Callback):
-    """Write `last.ckpt` every `every_n_steps` optimizer steps and at the end of training.
+    """Write `last.ckpt` every `every_n_steps` optimizer steps, at the end of training, and at
+    the end of the step during which a stop was requested (`faults.graceful_interrupts`).
 
     A step that is followed by a validation is saved after that validation: Lightning treats a
-    checkpoint taken between a step and its validation as if the validation had run.
+    checkpoint taken between a step and its validation as if the validation had run. After a
+    requested stop is saved, the run stops at the next batch start (once the step's metrics
+    are logged) by raising KeyboardInterrupt, Lightning's own graceful shutdown.
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int):
@@ -108,30 +177,61 @@ class ResumeCheckpoint(L.Callback):
         self.every_n_steps = every_n_steps
         self._saved_step = -1
         self._pending = False
+        self._step_at_batch_start = 0
+        self._stop_due = False
 
     @property
     def state_key(self) -> str:
         return "ResumeCheckpoint"
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        faults.defer_stops(True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._stop_due:
+            raise KeyboardInterrupt(f"stopped at step {trainer.global_step} as requested")
+        self._step_at_batch_start = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if not self.every_n_steps or step == 0 or step % self.every_n_steps:
-            return
-        if step == self._saved_step or self._pending:
+        if step == self._step_at_batch_start:
+            return  # within gradient accumulation: not a state a checkpoint can hold
+        self._stop_due = self._stop_requested(trainer)
+        due = self.every_n_steps and step % self.every_n_steps == 0
+        if not (due or self._stop_due) or step == self._saved_step or self._pending:
             return
         if validation_follows(trainer):
             self._pending = True
         else:
             self.save(trainer)
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            faults.defer_stops(False)  # a stop during validation (generations) is immediate
+
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self._pending and not trainer.sanity_checking:
+        if trainer.sanity_checking:
+            return
+        if self._pending:
             self._pending = False
             self.save(trainer)
+        faults.defer_stops(True)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        faults.defer_stops(False)
         if trainer.global_step != self._saved_step:
             self.save(trainer)
+        if self._stop_due:
+            raise KeyboardInterrupt(f"stopped at step {trainer.global_step} as requested")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        faults.defer_stops(False)
+
+    def _stop_requested(self, trainer) -> bool:
+        requested = faults.stop_requested()
+        if trainer.world_size > 1:  # every rank saves and stops at the same step
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        return requested
 
     def save(self, trainer) -> None:
         # The full state (optimizer, loops, RNG), not weights only: resuming needs all of it.
@@ -152,121 +252,9 @@ def validation_follows(trainer) -> bool:
 
     Lightning has no public way to ask; its training epoch loop decides with the private
     `_should_check_val_fx(data_fetcher)`. This is the one place that calls it, so that a
-    checkpoint is not written between a step and its validation; tests/test_checkpoint.py fails
-    if Lightning renames it or changes what it takes.
+    checkpoint is not written between a step and its validation;
+    tests/training/test_lightning_internals.py fails if Lightning renames it or changes what it
+    takes.
     """
     fit_loop = trainer.fit_loop
     return bool(fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher))
-
-
-# ---------------------------------------------------------------------------------------------
-# Which run to continue
-
-
-@dataclass
-class ResumePoint:
-    checkpoint: Path
-    run: dict[str, Any]
-    """`run.json` of the interrupted run: its MLflow `run_id` and `tracking_uri` (may be empty)."""
-
-    def run_id_for(self, tracking_uri: str) -> str | None:
-        """The MLflow run to continue: the interrupted run's, when it used the same store."""
-        if self.run.get("tracking_uri") == tracking_uri:
-            return self.run.get("run_id")
-        return None
-
-
-def write_run_file(output_dir: str | Path, **fields: Any) -> None:
-    path = Path(output_dir) / CHECKPOINT_DIR / RUN_FILE
-    current = read_run_file(path.parent)
-    current.update(fields)
-    atomic_write(path, lambda handle: handle.write(json.dumps(current, indent=1).encode()))
-
-
-def read_run_file(checkpoint_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((checkpoint_dir / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def find_resume_point(
-    output_dir: str | Path, resume: bool, ckpt_path: str | None
-) -> ResumePoint | None:
-    """The checkpoint `ckpt_path=` names, or with `resume=true` the latest unfinished run's
-    (this run's `output_dir` first, then its sibling run folders)."""
-    if ckpt_path:
-        checkpoint = _checkpoint_in(Path(ckpt_path).expanduser())
-        if checkpoint is None:
-            raise PrefoptError(
-                f"ckpt_path={ckpt_path}: no checkpoint there; give a .ckpt file, or a run's "
-                f"output folder holding {CHECKPOINT_DIR}/{LAST}"
-            )
-        return ResumePoint(checkpoint, read_run_file(checkpoint.parent))
-    if not resume:
-        return None
-    output_dir = Path(output_dir)
-    own = output_dir / CHECKPOINT_DIR
-    if (own / LAST).is_file():
-        if read_run_file(own).get("finished"):
-            raise PrefoptError(
-                f"resume=true: the run in {output_dir} finished already; nothing to resume"
-            )
-        return ResumePoint(own / LAST, read_run_file(own))
-    # Hydra gives every launch a new folder (outputs/<date>/<time>): look at its siblings.
-    root = output_dir.parent.parent
-    candidates = [
-        path
-        for pattern in (f"*/*/{CHECKPOINT_DIR}/{LAST}", f"*/*/*/{CHECKPOINT_DIR}/{LAST}")
-        for path in root.glob(pattern)
-        if not _done(read_run_file(path.parent))
-    ]
-    if not candidates:
-        raise PrefoptError(
-            f"resume=true: no unfinished run with a checkpoint in {output_dir} or under {root}; "
-            "start a new run without resume=true, or name one with ckpt_path=<run folder or .ckpt>"
-        )
-    checkpoint = max(candidates, key=lambda path: path.stat().st_mtime)
-    return ResumePoint(checkpoint, read_run_file(checkpoint.parent))
-
-
-def mark_resumed(point: ResumePoint, output_dir: str | Path) -> None:
-    """Record in the interrupted run's folder that `output_dir` took over, so that a later
-    `resume=true` does not pick the interrupted run again."""
-    checkpoint_dir = point.checkpoint.parent
-    if checkpoint_dir.name != CHECKPOINT_DIR or not (checkpoint_dir / RUN_FILE).is_file():
-        return
-    if checkpoint_dir.resolve() == (Path(output_dir) / CHECKPOINT_DIR).resolve():
-        return
-    write_run_file(checkpoint_dir.parent, resumed_by=str(Path(output_dir).resolve()))
-
-
-@contextlib.contextmanager
-def recorded_run(
-    output_dir: str | Path,
-    enabled: bool,
-    resume: ResumePoint | None,
-    run_id: str,
-    tracking_uri: str,
-):
-    """Around a training: a resumed run first marks the checkpoint folder it continues from;
-    with checkpoints `enabled`, `run.json` names the MLflow run while it trains and is marked
-    `finished` once the block (fit and export) completed."""
-    if resume:
-        mark_resumed(resume, output_dir)
-    if enabled:
-        write_run_file(output_dir, run_id=run_id, tracking_uri=tracking_uri)
-    yield
-    if enabled:
-        write_run_file(output_dir, finished=True)
-
-
-def _done(run: dict[str, Any]) -> bool:
-    return bool(run.get("finished") or run.get("resumed_by"))
-
-
-def _checkpoint_in(path: Path) -> Path | None:
-    for candidate in (path, path / LAST, path / CHECKPOINT_DIR / LAST):
-        if candidate.is_file():
-            return candidate
-    return None

@@ -1,17 +1,23 @@
-"""Faults during training: non-finite losses and gradients, SIGTERM.
+"""Faults during training: non-finite losses and gradients, Ctrl-C and SIGTERM.
 
 - `NonFiniteGuard` stops the run at the first NaN/inf loss (before backward) or gradient
   (before the optimizer step, so the weights never take a non-finite update), with a message
   naming the step and the likely causes. The checkpoint written before it stays the last good
   one; `train` ends the MLflow run FAILED. A check per step costs one gradient norm, far less
   than Lightning's `detect_anomaly`.
-- `sigterm_as_interrupt` makes SIGTERM (a scheduler ending the job, `kill`) behave like Ctrl-C:
-  Lightning shuts down gracefully and the MLflow run ends KILLED instead of staying RUNNING.
+- `graceful_interrupts` handles Ctrl-C (SIGINT) and SIGTERM (a scheduler ending the job,
+  `kill`) alike. During a training step the request waits for the step to end: the resume
+  checkpoint (`checkpoint.ResumeCheckpoint`, which opens and closes that window with
+  `defer_stops`) saves that step and stops the run at the next batch, so no progress is lost.
+  Anywhere else (loading, validation, export), or at a second signal, KeyboardInterrupt is
+  raised at once. Either way Lightning shuts down gracefully and the MLflow run ends KILLED
+  instead of staying RUNNING; `resume=true` continues from the newest checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 from pathlib import Path
 
@@ -56,19 +62,51 @@ class NonFiniteGuard(L.Callback):
         )
 
 
+log = logging.getLogger("prefopt")
+
+
+class _StopRequests:
+    """Process-wide, as signal handlers are: whether a stop now waits for the step to end, and
+    the signal that asked for one."""
+
+    deferring = False
+    requested: str | None = None
+
+
+def defer_stops(deferring: bool) -> None:
+    """Open (True) or close the window in which a stop request waits for the step's end."""
+    _StopRequests.deferring = deferring
+
+
+def stop_requested() -> bool:
+    return _StopRequests.requested is not None
+
+
+def _on_signal(signum, frame) -> None:
+    name = signal.Signals(signum).name
+    if _StopRequests.deferring and _StopRequests.requested is None:
+        _StopRequests.requested = name
+        log.warning(
+            "%s: stopping once this step ends and its checkpoint is written "
+            "(send it again to stop at once; resume=true continues)",
+            name,
+        )
+        return
+    raise KeyboardInterrupt(f"signal {signum} ({name})")
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
-
+def graceful_interrupts():
+    """Within the block, SIGINT and SIGTERM stop the run as the module docstring says."""
+    _StopRequests.deferring, _StopRequests.requested = False, None
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread (e.g. a launcher's worker thread): leave it
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _StopRequests.deferring, _StopRequests.requested = False, None

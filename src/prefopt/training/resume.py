@@ -1,0 +1,201 @@
+"""Which checkpoint a run continues from, and the `run.json` that lets later runs find it.
+
+`<output_dir>/checkpoints/run.json` names the MLflow run (`run_id`, `tracking_uri`), so that a
+resumed run logs into the same MLflow run, and its `lineage`: one id shared by a run and every
+run that resumed it, wherever Hydra put their folders. `finished` is set once a run exported.
+
+`resume=true` continues the newest sound checkpoint of an unfinished lineage: this run's
+`output_dir` first, then its sibling run folders (Hydra gives every launch a new one). Nothing
+is ever written into another run's folder, so a run is passed over only once a run of its
+lineage has a newer checkpoint or finished: a successor killed before its first checkpoint
+leaves its predecessor's checkpoint on offer, after any number of kills. A checkpoint that
+fails its content check (`checkpoint.checkpoint_damage`) is reported in one line, renamed
+`*.corrupt`, and the next older one is offered (`previous.ckpt`, then other folders').
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
+
+from prefopt.errors import PrefoptError
+from prefopt.files import atomic_write
+from prefopt.training.checkpoint import (
+    CHECKPOINT_DIR,
+    LAST,
+    PREVIOUS,
+    RUN_FILE,
+    checkpoint_damage,
+    set_aside,
+)
+
+log = logging.getLogger("prefopt.resume")
+
+
+@dataclass
+class ResumePoint:
+    checkpoint: Path
+    run: dict[str, Any]
+    """`run.json` of the interrupted run: its MLflow `run_id` and `tracking_uri` (may be empty)."""
+
+    def run_id_for(self, tracking_uri: str) -> str | None:
+        """The MLflow run to continue: the interrupted run's, when it used the same store."""
+        if self.run.get("tracking_uri") == tracking_uri:
+            return self.run.get("run_id")
+        return None
+
+    @property
+    def lineage(self) -> str:
+        return lineage_of(self.checkpoint.parent, self.run)
+
+
+def write_run_file(output_dir: str | Path, **fields: Any) -> None:
+    """Add `fields` to the run's `run.json` (created if missing)."""
+    path = Path(output_dir) / CHECKPOINT_DIR / RUN_FILE
+    current = read_run_file(path.parent)
+    current.update(fields)
+    atomic_write(path, lambda handle: handle.write(json.dumps(current, indent=1).encode()))
+
+
+def read_run_file(checkpoint_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((checkpoint_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def lineage_of(checkpoint_dir: Path, run: dict[str, Any], seen: frozenset = frozenset()) -> str:
+    """The lineage a checkpoint folder belongs to. Folders written before lineages existed
+    count as their successor's (`resumed_by`, set when it started), else as their own."""
+    if run.get("lineage"):
+        return run["lineage"]
+    successor = run.get("resumed_by")
+    if successor and successor not in seen:
+        successor_dir = Path(successor) / CHECKPOINT_DIR
+        return lineage_of(successor_dir, read_run_file(successor_dir), seen | {successor})
+    return str(checkpoint_dir.resolve())
+
+
+def checkpoints_in(checkpoint_dir: Path) -> list[Path]:
+    """The folder's checkpoints, newest first."""
+    return [path for path in (checkpoint_dir / LAST, checkpoint_dir / PREVIOUS) if path.is_file()]
+
+
+def find_resume_point(
+    output_dir: str | Path, resume: bool, ckpt_path: str | None
+) -> ResumePoint | None:
+    """The checkpoint `ckpt_path=` names (refused in one line when damaged), or with
+    `resume=true` the newest sound checkpoint of an unfinished run, as the module says."""
+    if ckpt_path:
+        return _named(ckpt_path)
+    if not resume:
+        return None
+    output_dir = Path(output_dir)
+    own = output_dir / CHECKPOINT_DIR
+    if checkpoints_in(own):
+        if read_run_file(own).get("finished"):
+            raise PrefoptError(
+                f"resume=true: the run in {output_dir} finished already; nothing to resume"
+            )
+        if point := _first_sound(checkpoints_in(own)):
+            return point
+    root = output_dir.parent.parent
+    folders = {
+        folder
+        for pattern in (f"*/*/{CHECKPOINT_DIR}", f"*/*/*/{CHECKPOINT_DIR}")
+        for folder in root.glob(pattern)
+    }
+    runs = {folder: read_run_file(folder) for folder in folders}
+    finished = {lineage_of(folder, run) for folder, run in runs.items() if run.get("finished")}
+    candidates = [
+        path
+        for folder, run in runs.items()
+        if lineage_of(folder, run) not in finished
+        for path in checkpoints_in(folder)
+    ]
+    candidates.sort(key=_modified, reverse=True)
+    point = _first_sound(candidates)
+    if point is None:
+        raise PrefoptError(
+            f"resume=true: no unfinished run with a checkpoint in {output_dir} or under {root}; "
+            "start a new run without resume=true, or name one with ckpt_path=<run folder or .ckpt>"
+        )
+    return point
+
+
+@contextlib.contextmanager
+def recorded_run(
+    output_dir: str | Path,
+    enabled: bool,
+    resume: ResumePoint | None,
+    run_id: str,
+    tracking_uri: str,
+):
+    """Around a training with checkpoints `enabled`: `run.json` names the MLflow run and the
+    lineage (the resumed run's, else a new one) while it trains, and is marked `finished` once
+    the block (fit and export) completed. Checkpoints of another run left in `output_dir` are
+    removed first: they would otherwise be offered as this run's."""
+    writes = enabled and rank_zero_only.rank == 0
+    if writes:
+        own = Path(output_dir) / CHECKPOINT_DIR
+        if resume is None or resume.checkpoint.parent.resolve() != own.resolve():
+            for stale in checkpoints_in(own):
+                stale.unlink()
+                log.info("removed %s: a checkpoint of the run this one replaces", stale)
+        run = {"run_id": run_id, "tracking_uri": tracking_uri}
+        run["lineage"] = resume.lineage if resume else uuid.uuid4().hex
+        if resume:
+            run["resumed_from"] = str(resume.checkpoint.resolve())
+        path = own / RUN_FILE
+        atomic_write(path, lambda handle: handle.write(json.dumps(run, indent=1).encode()))
+    yield
+    if writes:
+        write_run_file(output_dir, finished=True)
+
+
+def _named(ckpt_path: str) -> ResumePoint:
+    path = Path(ckpt_path).expanduser()
+    checkpoint = next(
+        (c for c in (path, path / LAST, path / CHECKPOINT_DIR / LAST) if c.is_file()), None
+    )
+    if checkpoint is None:
+        raise PrefoptError(
+            f"ckpt_path={ckpt_path}: no checkpoint there; give a .ckpt file, or a run's "
+            f"output folder holding {CHECKPOINT_DIR}/{LAST}"
+        )
+    if problem := checkpoint_damage(checkpoint):
+        older = checkpoint.with_name(PREVIOUS)
+        hint = f"name an older one ({older})" if older.is_file() else "name an older checkpoint"
+        raise PrefoptError(f"ckpt_path={ckpt_path}: {checkpoint} is {problem}; {hint}")
+    return ResumePoint(checkpoint, read_run_file(checkpoint.parent))
+
+
+def _first_sound(checkpoints: list[Path]) -> ResumePoint | None:
+    """The first checkpoint that passes its content check; each damaged one before it is set
+    aside with a one-line warning."""
+    for checkpoint in checkpoints:
+        try:
+            problem = checkpoint_damage(checkpoint)
+            if problem is None:
+                return ResumePoint(checkpoint, read_run_file(checkpoint.parent))
+            aside = set_aside(checkpoint)
+        except FileNotFoundError:  # set aside meanwhile by another rank
+            continue
+        log.warning(
+            "%s is %s: moved it to %s; trying an older checkpoint", checkpoint, problem, aside
+        )
+    return None
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
