@@ -161,7 +161,7 @@ def load_cache(path: Path) -> dict[str, Tensor] | None:
         inode = path.stat().st_ino
     except FileNotFoundError:
         return None
-    table, problem = _read_verified(path)
+    table, problem = read_cache(path)
     if problem:
         set_aside(path, problem, inode)
         return None
@@ -169,7 +169,9 @@ def load_cache(path: Path) -> dict[str, Tensor] | None:
     return table
 
 
-def _read_verified(path: Path) -> tuple[dict[str, Tensor] | None, str | None]:
+def read_cache(path: Path) -> tuple[dict[str, Tensor] | None, str | None]:
+    """(the table, None) when the file at `path` is whole and matches its hash, else (None,
+    why not); nothing is moved."""
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # whatever a damaged file makes torch raise: rebuild it
