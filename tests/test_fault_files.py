@@ -33,10 +33,10 @@ from prefopt.errors import PrefoptError
 from prefopt.files import MANIFEST, seal_problem
 from prefopt.reference.cached import load_cache, read_cache, save_cache, table_digest
 from prefopt.toy.world import build_toy_world
-from prefopt.train import train
-from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, safe_load
 from prefopt.tracking.report import report_sweep
 from prefopt.tracking.tags import PARENT_TAG, TAG_JOB
+from prefopt.train import train
+from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, safe_load
 
 from .conftest import CONF_DIR, SMALL_TOY
 from .kill_at import PHASES
