@@ -129,10 +129,10 @@ def change_a_value_keep_the_hash(path: Path) -> None:
 
 
 DAMAGES = {
-    "cut short": (cut_short, cut_short),
+    "cut short, garbage": (cut_short, garbage),
     "one byte or value changed": (flip_a_byte, change_a_value_keep_the_hash),
-    "garbage": (garbage, garbage),
 }
+"""(what is done to the prepared data's Arrow file, to the reference log-prob table)"""
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -141,7 +141,8 @@ def test_a_damaged_cache_is_reported_set_aside_and_rebuilt_to_the_same_numbers(
 ):
     """The prepared data's Arrow file and the reference log-prob table of a real run are
     damaged; the next run warns once per cache naming it, moves it aside, rebuilds it and
-    trains to the uninterrupted run's numbers."""
+    trains to the uninterrupted run's numbers. The second variant keeps both files readable:
+    only their content check tells them apart from the originals."""
     for cache in ("data", "reference"):
         shutil.copytree(uninterrupted.root / cache, tmp_path / cache)
     [entry] = prepared_entries(tmp_path)
@@ -317,6 +318,7 @@ def sweep_store(tmp_path: Path) -> tuple[MlflowClient, str]:
     return client, parent
 
 
+@pytest.mark.slow  # a subprocess importing MLflow and matplotlib: ~20 s on a busy machine
 def test_a_kill_during_the_sweep_summary_leaves_no_half_summary(tmp_path):
     client, parent = sweep_store(tmp_path)
     killed = tmp_path / "killed_sweep"
@@ -387,24 +389,30 @@ def only_run_status(root: Path) -> str:
     return run.info.status
 
 
-def test_a_full_output_disk_fails_the_run_naming_the_checkpoint_and_its_size(
-    uninterrupted, toy_cache, tmp_path, capsys
+@pytest.mark.parametrize("writer", ["checkpoint", "export"])
+def test_a_full_output_disk_fails_the_run_naming_the_path_and_its_size(
+    writer, uninterrupted, toy_cache, tmp_path, capsys
 ):
-    """The run's folder on a 256 KB tmpfs: run.json fits, the first checkpoint (the policy
-    with its optimizer state, megabytes) does not."""
+    """The run's folder on a 256 KB tmpfs: run.json fits; the first checkpoint (the policy
+    with its optimizer state) does not, nor, with checkpoints off, the exported model."""
     with tmpfs(tmp_path / "disk", "256k") as disk:
         out = disk / "out"
         caches = {"data__cache_dir": uninterrupted.root / "data"}  # the prepared data, reused
-        cfg = config(overrides(toy_cache, tmp_path, output_dir=out, **caches))
-        line = one_error_line(capsys, cfg)
+        args = overrides(toy_cache, tmp_path, output_dir=out, **caches)
+        if writer == "export":
+            args.append("checkpoint.enabled=false")
+        line = one_error_line(capsys, config(args))
 
-        checkpoint = out / CHECKPOINT_DIR / LAST
-        assert f"{checkpoint}: the disk is full" in line
+        path = out / CHECKPOINT_DIR / LAST if writer == "checkpoint" else out / "model"
+        assert f"{path}: the disk is full" in line
         needed, free = needed_and_free(line)
         assert needed > free and needed > 1_000_000
         assert only_run_status(tmp_path) == "FAILED"
-        left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-        assert left == [f"{CHECKPOINT_DIR}/run.json"]  # no checkpoint, no temporary file
+        left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        # No checkpoint, no model, no temporary file or folder.
+        assert left == (
+            [CHECKPOINT_DIR, f"{CHECKPOINT_DIR}/run.json"] if writer == "checkpoint" else []
+        )
 
 
 def test_a_full_cache_disk_fails_the_run_and_leaves_no_cache_entry(toy_cache, tmp_path, capsys):
