@@ -129,8 +129,8 @@ def change_a_value_keep_the_hash(path: Path) -> None:
 
 
 DAMAGES = {
-    "cut short, garbage": (cut_short, garbage),
-    "one byte or value changed": (flip_a_byte, change_a_value_keep_the_hash),
+    "truncated": (cut_short, garbage),
+    "changed": (flip_a_byte, change_a_value_keep_the_hash),
 }
 """(what is done to the prepared data's Arrow file, to the reference log-prob table)"""
 
