@@ -119,15 +119,17 @@ _FULL = "set toy.cache_dir (or $PREFOPT_CACHE) to a larger disk"
 
 
 def _usable(world: Path) -> bool:
-    """Whether the cached world's files match its manifest; if not, it is moved aside (under
-    a lock, so that two processes never set aside each other's fresh world)."""
+    """Whether the cached world's files match its manifest. A world that does not is moved
+    aside under a lock, checked again there first: another process may have replaced it with
+    a fresh one meanwhile (the healthy path takes no lock: a read-only cache works)."""
+    if seal_problem(world) is None:
+        return True
     with file_lock(world.with_name(f"{world.name}.lock")):
-        if not world.is_dir():
-            return False
-        problem = seal_problem(world)
-        if problem is not None:
-            set_aside(world, problem)
-    return problem is None
+        problem = seal_problem(world) if world.is_dir() else None
+        if problem is None:
+            return world.is_dir()
+        set_aside(world, problem)
+    return False
 
 
 def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:
