@@ -455,3 +455,22 @@ def test_a_cache_write_meeting_enospc_keeps_the_old_file_and_says_how_much_it_ne
     assert not temporary.exists() and not temporary.is_symlink()
     torch.testing.assert_close(load_cache(path), old)  # the old cache, untouched
     assert json.dumps(sorted(os.listdir(path.parent))) == '["table.pt"]'
+
+
+def test_a_full_disk_is_recognised_through_the_errors_libraries_raise_from_it():
+    """torch raises a RuntimeError from the OSError of the write; a quota counts as full."""
+    import errno
+
+    from prefopt.files import disk_full_reason
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+    except RuntimeError as error:
+        chained = error
+    assert disk_full_reason(chained) == "ENOSPC"
+    assert disk_full_reason(OSError(errno.EDQUOT, "quota")).startswith("EDQUOT")
+    assert disk_full_reason(OSError(errno.EACCES, "denied")) is None
+    assert disk_full_reason(PrefoptError("a row says No space left on device")) is None

@@ -47,10 +47,11 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except Exception as error:
-        if not is_disk_full(error):
+        reason = disk_full_reason(error)
+        if reason is None:
             raise
         tmp.unlink(missing_ok=True)  # its bytes count as free space in the message
-        raise disk_full_error(path, _bytes_written_by(write)) from None
+        raise disk_full_error(path, _bytes_written_by(write), reason=reason) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)  # the rename itself survives a power cut
@@ -152,24 +153,28 @@ def set_aside(path: Path, problem: str, inode: int | None = None) -> Path | None
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """Whether `error`, or an error it was raised from, is ENOSPC or EDQUOT (libraries such as
-    torch and pyarrow re-raise the OS error as their own type, keeping its text)."""
-    texts = tuple(os.strerror(code) for code in DISK_FULL_ERRNOS)
+    """Whether `error`, or an error it was raised from, is ENOSPC or EDQUOT."""
+    return disk_full_reason(error) is not None
+
+
+def disk_full_reason(error: BaseException) -> str | None:
+    """The errno's name when `error`, or an error it was raised from, is ENOSPC or EDQUOT
+    (libraries such as torch and pyarrow re-raise the OS error as their own type, keeping
+    its text); else None."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, PrefoptError):
-            return False
-        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-            return True
-        if any(text in str(error) for text in texts):
-            return True
+            return None
+        for code in DISK_FULL_ERRNOS:
+            if getattr(error, "errno", None) == code or os.strerror(code) in str(error):
+                return "EDQUOT: the quota is used up" if code == errno.EDQUOT else "ENOSPC"
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def disk_full_error(
-    path: Path, needed: int | None, hint: str = "", at_least: bool = False
+    path: Path, needed: int | None, hint: str = "", at_least: bool = False, reason="ENOSPC"
 ) -> PrefoptError:
     """The one line for a write to `path` that found the disk full: bytes needed and free.
     `at_least`: `needed` is what was written before the disk filled, not the whole size."""
@@ -180,7 +185,7 @@ def disk_full_error(
         need = "needs more space"
     have = f", {free:,} free there" if free is not None else ""
     return PrefoptError(
-        f"{path}: the disk is full (ENOSPC): it {need}{have}; nothing was left half-written. "
+        f"{path}: the disk is full ({reason}): it {need}{have}; nothing was left half-written. "
         f"Free space, or {hint or 'write it to a larger disk'}"
     )
 
@@ -192,10 +197,11 @@ def reported_disk_full(path: Path, needed=None, hint: str = "", at_least: bool =
     try:
         yield
     except Exception as error:
-        if not is_disk_full(error):
+        reason = disk_full_reason(error)
+        if reason is None:
             raise
         needed = needed() if callable(needed) else needed
-        raise disk_full_error(path, needed, hint, at_least) from None
+        raise disk_full_error(path, needed, hint, at_least, reason) from None
 
 
 def folder_bytes(folder: Path) -> int:
