@@ -3,7 +3,9 @@
 The key is a fingerprint of everything that decides the token ids: the content of the data
 files (or the dataset's fingerprint), the tokenizer, and the data settings. An entry is a folder
 of the mapped Arrow files as they were written, the kept rows' indices where some were dropped,
-and `meta.json`; it is read back memory-mapped, never whole.
+and `meta.json`, sealed with `manifest.json` (every file's size and hash, written last); it
+is checked against the manifest and read back memory-mapped, never whole. An entry that fails
+the check is moved aside with a one-line warning and prepared again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from prefopt.data.batch_job import BOOKKEEPING
 from prefopt.data.sources import ToyWorldFiles, load_split
 from prefopt.data.tokenize import adds_bos
 from prefopt.errors import PrefoptError
-from prefopt.files import cache_root, hash_file
+from prefopt.files import cache_root, hash_file, seal_problem, set_aside
 
 PREPARE_VERSION = 1
 """Bump when preparation changes its output for the same input: old cache entries then miss."""
@@ -50,6 +52,23 @@ class PreparedData:
     reports: dict[str, SplitReport]
     key: str
     """The cache key: a fingerprint of everything that decides these token ids."""
+
+
+def load_verified(folder: Path) -> PreparedData | None:
+    """The cached entry in `folder` once its files match their manifest; None when there is
+    none yet, or when it was corrupt (then it is moved aside, to be prepared again)."""
+    try:
+        inode = folder.stat().st_ino
+    except FileNotFoundError:
+        return None
+    problem = seal_problem(folder)
+    if problem is None:
+        try:
+            return load_prepared(folder)
+        except Exception as error:  # sealed but unreadable: written by another version
+            problem = f"unreadable: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    set_aside(folder, problem, inode)
+    return None
 
 
 def load_prepared(folder: Path) -> PreparedData | None:

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import random
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from prefopt.data.cache import (
     data_key,
     empty_dataset,
     load_prepared,
+    load_verified,
     prepared_root,
 )
 from prefopt.data.formats import resolve_layout
@@ -42,7 +42,7 @@ from prefopt.data.tokenize import PairTokenizer
 from prefopt.data.unpaired import ExampleTokenizer
 from prefopt.data.validate import InvalidRows
 from prefopt.errors import PrefoptError, RowError
-from prefopt.files import file_lock
+from prefopt.files import file_lock, staged_folder
 
 log = logging.getLogger("prefopt.data")
 
@@ -66,21 +66,16 @@ def prepare_data(
         _prepare_into(folder, cfg, tokenizer, toy_world, paired, key)
         return load_prepared(folder)
     folder = prepared_root(cfg) / key
-    prepared = load_prepared(folder)
+    prepared = load_verified(folder)
     if prepared is not None:
         log.info("data: prepared data from the cache (%s)", folder)
         return prepared
     with file_lock(folder.with_name(f"{key}.lock")):  # another rank or job may be at it
-        prepared = load_prepared(folder)
+        prepared = load_verified(folder)
         if prepared is None:
-            # Written into a staging folder, then renamed into place: readers see all or nothing.
-            staging = folder.with_name(f".{key}.{os.getpid()}.tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
+            # Built in a staging folder, sealed, renamed into place: all or nothing, checked.
+            with staged_folder(folder, hint="set data.cache_dir to a larger disk") as staging:
                 _prepare_into(staging, cfg, tokenizer, toy_world, paired, key)
-                os.replace(staging, folder)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
             log.info("data: prepared data cached in %s", folder)
             prepared = load_prepared(folder)
         else:

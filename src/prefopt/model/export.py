@@ -2,7 +2,9 @@
 
 A full model is written as a Hugging Face checkpoint, a LoRA policy as its adapter (plus,
 with `model.lora.merge_on_export`, the base model with the adapter merged in). Under FSDP the
-whole weights are first gathered onto rank 0, a collective every rank takes part in.
+whole weights are first gathered onto rank 0, a collective every rank takes part in. Each
+folder is written under a temporary name and renamed into place: a killed export leaves no
+half-written model behind, and a full disk ends the run with one line.
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ from pathlib import Path
 
 from lightning.pytorch.strategies import FSDPStrategy
 
+from prefopt.files import replaced_folder
 from prefopt.model.lora import is_peft_model
 
 log = logging.getLogger("prefopt.export")
+
+_FULL = "set output_dir to a larger disk"
+
+
+def _model_bytes(model, state_dict=None) -> int:
+    """About what `save_pretrained` writes: the bytes of the weights it saves (the gathered
+    state dict under FSDP, the trainable weights of a LoRA adapter)."""
+    params = list(state_dict.values()) if state_dict is not None else list(model.parameters())
+    if state_dict is None and is_peft_model(model):
+        params = [p for p in params if p.requires_grad]
+    return sum(p.numel() * p.element_size() for p in params)
 
 
 def export_policy(trainer, module, tokenizer, output_dir: Path, cfg_model, load_base):
@@ -30,8 +44,9 @@ def export_policy(trainer, module, tokenizer, output_dir: Path, cfg_model, load_
     if not trainer.is_global_zero:
         return {}
     export_dir = output_dir / "model"
-    module.policy.save_pretrained(export_dir, state_dict=state_dict)
-    tokenizer.save_pretrained(export_dir)
+    with replaced_folder(export_dir, _model_bytes(module.policy, state_dict), _FULL) as staging:
+        module.policy.save_pretrained(staging, state_dict=state_dict)
+        tokenizer.save_pretrained(staging)
     written = {"prefopt.export_dir": export_dir}
     if is_peft_model(module.policy):
         log.info("LoRA adapter saved to %s", export_dir)
@@ -50,7 +65,8 @@ def merge_adapter(adapter_dir: Path, merged_dir: Path, load_base, tokenizer) -> 
     from peft import PeftModel
 
     merged = PeftModel.from_pretrained(load_base(), adapter_dir).merge_and_unload()
-    merged.save_pretrained(merged_dir)
-    tokenizer.save_pretrained(merged_dir)
+    with replaced_folder(merged_dir, _model_bytes(merged), _FULL) as staging:
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     log.info("policy with the LoRA adapter merged in saved to %s", merged_dir)
     return merged_dir

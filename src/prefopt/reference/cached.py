@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prefopt.files import atomic_write, cache_root, file_lock, hash_file
+from prefopt.files import atomic_write, cache_root, file_lock, hash_file, set_aside
 from prefopt.losses.base import CompletionLogps
 from prefopt.reference.base import Reference, SamplingModel
 
 log = logging.getLogger("prefopt.reference")
 
-CACHE_FORMAT = 2
-"""Bump when the way reference log-probs are computed changes: old caches then miss."""
+CACHE_FORMAT = 3
+"""Bump when the way reference log-probs are computed or stored changes: old caches then miss.
+(3: the file holds the table with its own content hash.)"""
 
 
 class CachedReference:
@@ -157,15 +158,51 @@ def default_cache_dir() -> Path:
 
 
 def load_cache(path: Path) -> dict[str, Tensor] | None:
-    """The cached table at `path`, or None when there is none yet."""
-    if not path.is_file():
+    """The cached table at `path`, or None when there is none yet. A file that cannot be read
+    or does not match its content hash (cut short, overwritten) is moved aside with a one-line
+    warning and None is returned: the table is computed again."""
+    try:
+        inode = path.stat().st_ino
+    except FileNotFoundError:
         return None
-    table = torch.load(path, weights_only=True)
+    table, problem = read_cache(path)
+    if problem:
+        set_aside(path, problem, inode)
+        return None
     log.info("reference log-probs: cache hit %s (the reference model is not loaded)", path)
     return table
 
 
+def read_cache(path: Path) -> tuple[dict[str, Tensor] | None, str | None]:
+    """(the table, None) when the file at `path` is whole and matches its hash, else (None,
+    why not); nothing is moved."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever a damaged file makes torch raise: rebuild it
+        return None, f"unreadable: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    if not isinstance(stored, dict) or set(stored) != {"table", "digest"}:
+        return None, "not a reference log-prob table"
+    table = stored["table"]
+    if not isinstance(table, dict) or not all(isinstance(t, Tensor) for t in table.values()):
+        return None, "not a reference log-prob table"
+    if table_digest(table) != stored["digest"]:
+        return None, "its values do not match their hash (changed after it was written)"
+    return table, None
+
+
+def table_digest(table: dict[str, Tensor]) -> str:
+    """A hash of every split's name, shape, dtype and values."""
+    digest = hashlib.blake2b(digest_size=16)
+    for split in sorted(table):
+        values = table[split].detach().cpu().contiguous()
+        digest.update(f"{split}:{tuple(values.shape)}:{values.dtype}".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_cache(path: Path, table: dict[str, Tensor]) -> None:
-    """Write atomically: a killed job leaves no half-written cache behind."""
-    atomic_write(path, lambda handle: torch.save(table, handle))
+    """Write atomically with the table's hash: a killed job leaves no half-written cache
+    behind, and a file damaged later is recognised (`load_cache`)."""
+    stored = {"table": table, "digest": table_digest(table)}
+    atomic_write(path, lambda handle: torch.save(stored, handle))
     log.info("reference log-probs cached in %s", path)

@@ -14,7 +14,9 @@ validation accuracy measures agreement with the ground truth. Train, validation 
 SFT model never sees a validation or test prompt.
 
 A world lives in ``<cache root>/<hash of the config>``; it is built in a temporary sibling
-directory and renamed into place, so a killed build never leaves a half-written world behind.
+directory, sealed (`prefopt.files.seal`: every file's size and hash, written last) and renamed
+into place, so a killed build never leaves a half-written world behind, and a world damaged
+later is recognised, moved aside and built again.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from transformers.utils import logging as hf_logging
 
 from prefopt.config.schema import ToyWorldConfig
 from prefopt.files import cache_root as prefopt_cache_root
+from prefopt.files import file_lock, folder_bytes, reported_disk_full, seal, seal_problem, set_aside
 from prefopt.toy.language import all_prompts, reward
 from prefopt.toy.sft import build_model, sft_examples, train_sft
 from prefopt.toy.tokenizer import build_tokenizer
@@ -87,18 +90,20 @@ def cache_root(cfg: ToyWorldConfig) -> Path:
 
 
 def build_toy_world(cfg: ToyWorldConfig, progress: bool = True) -> ToyWorld:
-    """The world of `cfg`: loaded from the cache if it was built before, else built now."""
+    """The world of `cfg`: loaded from the cache if it was built before (and its files still
+    match their manifest), else built now; a corrupt world is moved aside and built again."""
     root = cache_root(cfg)
     final = root / cache_key(cfg)
-    if final.is_dir():
+    if final.is_dir() and _usable(final):
         log.info("toy world: using the cached world in %s", final)
         return ToyWorld.at(final)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     log.info("toy world: building %s (cached for later runs)", final)
     try:
-        with _one_thread():
+        with _one_thread(), reported_disk_full(final, lambda: folder_bytes(staging), _FULL, True):
             _build(cfg, staging, progress)
+            seal(staging)
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the world from other users
         os.rename(staging, final)
     except OSError:
@@ -108,6 +113,23 @@ def build_toy_world(cfg: ToyWorldConfig, progress: bool = True) -> ToyWorld:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ToyWorld.at(final)
+
+
+_FULL = "set toy.cache_dir (or $PREFOPT_CACHE) to a larger disk"
+
+
+def _usable(world: Path) -> bool:
+    """Whether the cached world's files match its manifest. A world that does not is moved
+    aside under a lock, checked again there first: another process may have replaced it with
+    a fresh one meanwhile (the healthy path takes no lock: a read-only cache works)."""
+    if seal_problem(world) is None:
+        return True
+    with file_lock(world.with_name(f"{world.name}.lock")):
+        problem = seal_problem(world) if world.is_dir() else None
+        if problem is None:
+            return world.is_dir()
+        set_aside(world, problem)
+    return False
 
 
 def _build(cfg: ToyWorldConfig, out: Path, progress: bool) -> None:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from prefopt.files import is_disk_full, replaced_folder
 from prefopt.tracking.tags import PARENT_TAG, TAG_FAILED_JOB, TAG_JOB
 
 log = logging.getLogger("prefopt.sweep")
@@ -207,18 +208,22 @@ def report_sweep(
     parent = client.get_run(parent_run_id)
     rows = collect_rows(client, parent, swept_keys)
     out = Path(sweep_dir) / "summary"
-    out.mkdir(parents=True, exist_ok=True)
 
     header, cells = table(rows, swept_keys)
-    with open(out / "summary.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *cells])
-    try:  # a plot that fails must not cost the table or the sweep's status
-        if any(row.metrics for row in rows):
-            for key in swept_keys:
-                plot_key(rows, key, swept_keys, out / f"{key.replace('/', '_')}.png")
-        plot_margin_curves(client, rows, out / "margins.png")
-    except Exception:
-        log.exception("sweep summary: plotting failed; the table is complete")
+    # Written under a temporary name, then renamed: a killed sweep leaves no half summary.
+    with replaced_folder(out, hint="point hydra.sweep.dir at a larger disk") as staging:
+        staging.mkdir()
+        with open(staging / "summary.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header, *cells])
+        try:  # a plot that fails must not cost the table or the sweep's status
+            if any(row.metrics for row in rows):
+                for key in swept_keys:
+                    plot_key(rows, key, swept_keys, staging / f"{key.replace('/', '_')}.png")
+            plot_margin_curves(client, rows, staging / "margins.png")
+        except Exception as error:
+            if is_disk_full(error):
+                raise
+            log.exception("sweep summary: plotting failed; the table is complete")
     client.log_artifacts(parent_run_id, str(out), artifact_path="summary")
 
     status = sweep_status(rows)
