@@ -8,8 +8,10 @@ one warning says how to upload them when the server is back (`python -m prefopt.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +87,13 @@ class OfflineBuffer:
             if handle.tell() == 0:
                 handle.write(json.dumps({"tracking_uri": self.tracking_uri}) + "\n")
             handle.write(json.dumps(entry, default=repr) + "\n")
+            # Each buffered call is on disk before training goes on: a kill loses none of them
+            # and cuts at most the line being written (`prefopt.sync` skips such a last line).
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _UNREACHABLE_SIGNS = (
     "API request to",  # how MLflow's REST client reports connection errors and 5xx retries
     "Max retries exceeded",
@@ -99,6 +106,8 @@ _UNREACHABLE_SIGNS = (
 
 def unreachable(error: Exception) -> bool:
     """Whether `error` says the tracking store cannot be reached (not that a call was wrong)."""
+    if isinstance(error, OSError) and error.errno in _LOCAL_ERRNOS:
+        return False  # a full or read-only local disk: buffering would not help
     if isinstance(error, (OSError, TimeoutError)):
         return True
     if type(error).__module__.startswith(("requests", "urllib3")):

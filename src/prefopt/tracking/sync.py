@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from prefopt.errors import PrefoptError
 from prefopt.tracking.offline import OFFLINE_FILE
+
+log = logging.getLogger("prefopt.sync")
 
 
 def _entities(kwargs: dict) -> dict:
@@ -28,13 +32,33 @@ def _entities(kwargs: dict) -> dict:
     return out
 
 
+def read_buffer(path: Path) -> list[dict]:
+    """The buffer's lines as JSON. A last line cut short (the run was killed while writing it)
+    is skipped with a warning: it never reached MLflow, and the lines before it are whole."""
+    lines = [line for line in path.read_text().splitlines() if line]
+    parsed = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines) and number > 1:
+                log.warning("%s: line %d is cut short (a killed run); skipped", path, number)
+                continue
+            raise PrefoptError(
+                f"{path}: line {number} is not JSON; this file is written by prefopt's offline "
+                "buffer: restore it from a backup, or remove the line to sync the rest"
+            ) from None
+    if not parsed:
+        raise PrefoptError(f"{path}: empty; nothing to sync")
+    return parsed
+
+
 def sync(path: str | Path, tracking_uri: str | None = None) -> int:
     """Replay the buffer at `path` (a file, or the folder holding it); returns the call count."""
     path = Path(path)
     if path.is_dir():
         path = path / OFFLINE_FILE
-    lines = path.read_text().splitlines()
-    header, entries = json.loads(lines[0]), [json.loads(line) for line in lines[1:] if line]
+    header, *entries = read_buffer(path)
     client = MlflowClient(tracking_uri=tracking_uri or header["tracking_uri"])
     for entry in entries:
         method, args, kwargs = entry["method"], entry["args"], entry["kwargs"]
