@@ -51,7 +51,7 @@ def atomic_write(path: Path, write) -> None:
         if reason is None:
             raise
         tmp.unlink(missing_ok=True)  # its bytes count as free space in the message
-        raise disk_full_error(path, _bytes_written_by(write), reason=reason) from None
+        raise disk_full_error(path, bytes_written_by(write), reason=reason) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)  # the rename itself survives a power cut
@@ -233,7 +233,7 @@ class _ByteCounter:
         pass
 
 
-def _bytes_written_by(write) -> int | None:
+def bytes_written_by(write) -> int | None:
     """How many bytes `write(handle)` writes, measured by running it again into a counter."""
     counter = _ByteCounter()
     try:

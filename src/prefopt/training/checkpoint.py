@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from prefopt.errors import PrefoptError
+from prefopt.files import bytes_written_by, disk_full_error, disk_full_reason
 from prefopt.training import faults
 
 log = logging.getLogger("prefopt.resume")
@@ -115,6 +116,15 @@ def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
             # A kill between the two renames leaves previous.ckpt whole and no last.ckpt.
             os.replace(path, path.with_name(PREVIOUS))
         os.replace(tmp, path)
+    except Exception as error:
+        reason = disk_full_reason(error)
+        if reason is None:
+            raise
+        tmp.unlink(missing_ok=True)  # its bytes count as free space in the message
+        needed = bytes_written_by(lambda handle: torch.save(checkpoint, handle))
+        raise disk_full_error(
+            path, needed, "point output_dir at a larger disk", reason=reason
+        ) from None
     finally:
         torch.serialization.set_crc32_options(crc32)
         tmp.unlink(missing_ok=True)
