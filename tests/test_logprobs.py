@@ -38,7 +38,9 @@ def test_padding_and_prompt_do_not_change_the_completion_logps(tiny_model_factor
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 1024])
-def test_chunked_logps_and_gradients_equal_the_full_logits_path(tiny_model_factory, batch, chunk_size):
+def test_chunked_logps_and_gradients_equal_the_full_logits_path(
+    tiny_model_factory, batch, chunk_size
+):
     """Chunked (only completion positions, recomputed in backward) vs full [N, T, V] logits."""
     model = tiny_model_factory()
     full = completion_logps(model, batch, chunk_size=None)

@@ -24,9 +24,16 @@ def loss_history(cfg, run_id):
 
 
 def test_cached_reference_gives_the_same_losses_as_the_online_one(compose_config, tmp_path):
-    common = ["export=false", "trainer.max_steps=6", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=1",
-              f"reference.cache_dir={tmp_path / 'fresh_cache'}"]
-    online = train(compose_config(*common, "reference.cache=false", "logger.experiment_name=online"))
+    common = [
+        "export=false",
+        "trainer.max_steps=6",
+        "trainer.log_every_n_steps=1",
+        "trainer.limit_val_batches=1",
+        f"reference.cache_dir={tmp_path / 'fresh_cache'}",
+    ]
+    online = train(
+        compose_config(*common, "reference.cache=false", "logger.experiment_name=online")
+    )
     cached_cfg = compose_config(*common, "logger.experiment_name=cached")
     cached = train(cached_cfg)
 
@@ -42,9 +49,15 @@ def test_cached_reference_gives_the_same_losses_as_the_online_one(compose_config
 def test_second_job_of_a_sweep_loads_no_reference(compose_config, monkeypatch, tmp_path):
     loads = []
     real = model_loading.load_causal_lm
-    monkeypatch.setattr(model_loading, "load_causal_lm", lambda path, cfg: loads.append(path) or real(path, cfg))
-    common = ["export=false", "trainer.max_steps=3", "trainer.limit_val_batches=1",
-              f"reference.cache_dir={tmp_path / 'sweep_cache'}"]
+    monkeypatch.setattr(
+        model_loading, "load_causal_lm", lambda path, cfg: loads.append(path) or real(path, cfg)
+    )
+    common = [
+        "export=false",
+        "trainer.max_steps=3",
+        "trainer.limit_val_batches=1",
+        f"reference.cache_dir={tmp_path / 'sweep_cache'}",
+    ]
     train(compose_config(*common, "loss.beta=0.1"))
     assert len(loads) == 2  # job 1: reference (to fill the cache) + policy
     second = train(compose_config(*common, "loss.beta=0.5"))
@@ -99,7 +112,11 @@ def test_a_stale_cache_is_never_used(compose_config, tmp_path):
     save_file(weights, weights_file, metadata={"format": "pt"})
 
     # a different max_length -> different tokenized data -> miss
-    shorter = compose_config(f"reference.cache_dir={tmp_path / 'cache'}", "data.max_length=20", "data.max_prompt_length=12")
+    shorter = compose_config(
+        f"reference.cache_dir={tmp_path / 'cache'}",
+        "data.max_length=20",
+        "data.max_prompt_length=12",
+    )
     after_length, loads = _prepare(shorter, tokenizer, world, model_dir)
     assert loads and after_length.precompute_calls > 0
 
@@ -127,7 +144,9 @@ def fake_hub_cache(root, repo_id, model_dir):
     return repo / "snapshots" / commit
 
 
-def test_a_hub_reference_is_cached_through_its_hugging_face_snapshot(compose_config, monkeypatch, tmp_path):
+def test_a_hub_reference_is_cached_through_its_hugging_face_snapshot(
+    compose_config, monkeypatch, tmp_path
+):
     # A hub id, resolved offline from a Hugging Face cache made here (no network).
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -138,7 +157,9 @@ def test_a_hub_reference_is_cached_through_its_hugging_face_snapshot(compose_con
     assert local_checkpoint("prefopt-test/toy-sft") == snapshot
 
     first, loads = _prepare(cfg, tokenizer, world, "prefopt-test/toy-sft")
-    assert loads == ["prefopt-test/toy-sft"] and first.precompute_calls > 0  # loaded through the hub id
+    assert (
+        loads == ["prefopt-test/toy-sft"] and first.precompute_calls > 0
+    )  # loaded through the hub id
     again, loads = _prepare(cfg, tokenizer, world, "prefopt-test/toy-sft")
     assert loads == [] and again.precompute_calls == 0  # the next job: a hit, nothing loaded
     torch.testing.assert_close(again.table["train"], first.table["train"])

@@ -76,7 +76,8 @@ def test_longest_first_batches_score_every_pair_once_with_less_padding():
 
     def padded_tokens(batches):
         return sum(
-            collate_pairs([examples[i] for i in batch], PAD)["input_ids"].numel() for batch in batches
+            collate_pairs([examples[i] for i in batch], PAD)["input_ids"].numel()
+            for batch in batches
         )
 
     assert padded_tokens(batches) == 8 * 40 + 8 * 6  # 368 token slots

@@ -52,7 +52,8 @@ def test_jsonl_keeps_line_numbers(tmp_path):
 
 def test_jsonl_gz(tmp_path):
     assert (
-        as_dicts(read_file(write_jsonl(tmp_path / "prefs.jsonl.gz", RECORDS, compress=True))) == RECORDS
+        as_dicts(read_file(write_jsonl(tmp_path / "prefs.jsonl.gz", RECORDS, compress=True)))
+        == RECORDS
     )
 
 

@@ -37,7 +37,9 @@ def test_example_tokenized_together_with_bos_and_eos_once(tmp_path, tokenizer):
 def test_paired_rows_give_both_labels_mixed_in_seeded_order(tmp_path, tokenizer):
     """Each pair gives its chosen completion as desirable and its rejected one as undesirable:
     all chosen ones (in file order), then all rejected ones, shuffled with data.seed."""
-    records = [{"prompt": f"p{i}:", "chosen": f" good{i}", "rejected": f" bad{i}"} for i in range(200)]
+    records = [
+        {"prompt": f"p{i}:", "chosen": f" good{i}", "rejected": f" bad{i}"} for i in range(200)
+    ]
 
     def completions(seed: int) -> list[tuple[str, bool]]:
         examples, _ = prepare_rows(tmp_path, tokenizer, records, paired=False, seed=seed)
@@ -61,9 +63,24 @@ def test_paired_rows_give_both_labels_mixed_in_seeded_order(tmp_path, tokenizer)
 
 def test_collate_builds_mismatched_rows_from_the_batch_own_completions():
     examples = [
-        {"input_ids": [1, 5, 6, 7, 2], "prompt_length": 3, "prompt_input_ids": [1, 5, 6], "desirable": True},
-        {"input_ids": [1, 8, 9, 2], "prompt_length": 2, "prompt_input_ids": [1, 8], "desirable": False},
-        {"input_ids": [1, 10, 11, 12, 2], "prompt_length": 2, "prompt_input_ids": [1, 10], "desirable": True},
+        {
+            "input_ids": [1, 5, 6, 7, 2],
+            "prompt_length": 3,
+            "prompt_input_ids": [1, 5, 6],
+            "desirable": True,
+        },
+        {
+            "input_ids": [1, 8, 9, 2],
+            "prompt_length": 2,
+            "prompt_input_ids": [1, 8],
+            "desirable": False,
+        },
+        {
+            "input_ids": [1, 10, 11, 12, 2],
+            "prompt_length": 2,
+            "prompt_input_ids": [1, 10],
+            "desirable": True,
+        },
     ]
     batch = collate_unpaired(examples, pad_token_id=0)
     assert batch["input_ids"].shape == (6, 5)
@@ -78,8 +95,15 @@ def test_collate_builds_mismatched_rows_from_the_batch_own_completions():
 
 
 def test_datamodule_reads_unpaired_rows_with_boolean_labels(tmp_path, tokenizer):
-    records = [{"prompt": f"Q{i}: ", "completion": f"answer {i}", "label": i % 3 != 0} for i in range(12)]
-    cfg = DataConfig(source="local", path=write_jsonl(tmp_path / "kto.jsonl", records), val_fraction=0.25, batch_size=4)
+    records = [
+        {"prompt": f"Q{i}: ", "completion": f"answer {i}", "label": i % 3 != 0} for i in range(12)
+    ]
+    cfg = DataConfig(
+        source="local",
+        path=write_jsonl(tmp_path / "kto.jsonl", records),
+        val_fraction=0.25,
+        batch_size=4,
+    )
     dm = PreferenceDataModule(cfg, tokenizer, paired=False)
     dm.setup()
     assert dm.stats["train_examples"] + dm.stats["val_examples"] == 12
@@ -89,8 +113,12 @@ def test_datamodule_reads_unpaired_rows_with_boolean_labels(tmp_path, tokenizer)
 
 
 def test_datamodule_splits_paired_rows_for_kto(tmp_path, tokenizer):
-    records = [{"prompt": f"Q{i}: ", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)]
-    cfg = DataConfig(source="local", path=write_jsonl(tmp_path / "pairs.jsonl", records), val_fraction=0.2)
+    records = [
+        {"prompt": f"Q{i}: ", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(10)
+    ]
+    cfg = DataConfig(
+        source="local", path=write_jsonl(tmp_path / "pairs.jsonl", records), val_fraction=0.2
+    )
     dm = PreferenceDataModule(cfg, tokenizer, paired=False)
     dm.setup()
     assert dm.stats["train_examples"] == 16
@@ -106,8 +134,13 @@ def test_paired_loss_with_unpaired_data_fails_clearly(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("label", ["maybe", 2, None])
 def test_labels_must_be_booleans(tmp_path, tokenizer, label):
-    records = [{"prompt": "Q: ", "completion": "a", "label": True}, {"prompt": "Q: ", "completion": "b", "label": label}]
-    cfg = DataConfig(source="local", path=write_jsonl(tmp_path / "kto.jsonl", records), val_fraction=0.0)
+    records = [
+        {"prompt": "Q: ", "completion": "a", "label": True},
+        {"prompt": "Q: ", "completion": "b", "label": label},
+    ]
+    cfg = DataConfig(
+        source="local", path=write_jsonl(tmp_path / "kto.jsonl", records), val_fraction=0.0
+    )
     with pytest.raises(ValueError, match=r"kto\.jsonl line 2: field 'label' .* must be a boolean"):
         PreferenceDataModule(cfg, tokenizer, paired=False).setup()
 
@@ -127,12 +160,28 @@ def test_toy_pairs_as_unpaired_rows(tmp_path, tokenizer):
     from types import SimpleNamespace
 
     pairs = [
-        {"prompt": "p0 :", "chosen": " good", "rejected": " bad", "chosen_reward": 1, "rejected_reward": -1},
-        {"prompt": "p1 :", "chosen": " fine", "rejected": " meh", "chosen_reward": 2, "rejected_reward": 0},
+        {
+            "prompt": "p0 :",
+            "chosen": " good",
+            "rejected": " bad",
+            "chosen_reward": 1,
+            "rejected_reward": -1,
+        },
+        {
+            "prompt": "p1 :",
+            "chosen": " fine",
+            "rejected": " meh",
+            "chosen_reward": 2,
+            "rejected_reward": 0,
+        },
     ]
-    world = SimpleNamespace(train_path=write_jsonl(tmp_path / "train.jsonl", pairs),
-                            val_path=write_jsonl(tmp_path / "val.jsonl", pairs[:1]))
-    dm = PreferenceDataModule(DataConfig(source="toy", format="unpaired"), tokenizer, toy_world=world, paired=False)
+    world = SimpleNamespace(
+        train_path=write_jsonl(tmp_path / "train.jsonl", pairs),
+        val_path=write_jsonl(tmp_path / "val.jsonl", pairs[:1]),
+    )
+    dm = PreferenceDataModule(
+        DataConfig(source="toy", format="unpaired"), tokenizer, toy_world=world, paired=False
+    )
     dm.setup()
     assert dm.stats["train_examples"] == 3
     assert dm.stats["train_desirable"] == 2 and dm.stats["train_undesirable"] == 1
@@ -141,8 +190,15 @@ def test_toy_pairs_as_unpaired_rows(tmp_path, tokenizer):
 
 def test_kto_batches_are_fixed_but_their_order_reshuffles(tmp_path, tokenizer):
     """Fixed batch composition keeps mismatched rows cacheable; the order still changes."""
-    records = [{"prompt": f"Q{i}: ", "completion": f"answer {i}", "label": i % 2 == 0} for i in range(24)]
-    cfg = DataConfig(source="local", path=write_jsonl(tmp_path / "kto.jsonl", records), val_fraction=0.0, batch_size=4)
+    records = [
+        {"prompt": f"Q{i}: ", "completion": f"answer {i}", "label": i % 2 == 0} for i in range(24)
+    ]
+    cfg = DataConfig(
+        source="local",
+        path=write_jsonl(tmp_path / "kto.jsonl", records),
+        val_fraction=0.0,
+        batch_size=4,
+    )
     dm = PreferenceDataModule(cfg, tokenizer, paired=False)
     dm.setup()
     loader = dm.train_dataloader()
@@ -151,5 +207,7 @@ def test_kto_batches_are_fixed_but_their_order_reshuffles(tmp_path, tokenizer):
     assert sorted(epoch1) == sorted(epoch2)
     assert epoch1 != epoch2
     assert sorted(i for b in epoch1 for i in b) == list(range(24))
-    reference_batches = [tuple(b["example_index"].tolist()) for b in dm.reference_loaders()["train"]]
+    reference_batches = [
+        tuple(b["example_index"].tolist()) for b in dm.reference_loaders()["train"]
+    ]
     assert sorted(reference_batches) == sorted(epoch1)

@@ -176,7 +176,9 @@ def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
     loads = []
     real_load = model_loading.load_causal_lm
     monkeypatch.setattr(
-        model_loading, "load_causal_lm", lambda path, cfg: loads.append(path) or real_load(path, cfg)
+        model_loading,
+        "load_causal_lm",
+        lambda path, cfg: loads.append(path) or real_load(path, cfg),
     )
     cfg = compose_config(
         "loss=simpo",

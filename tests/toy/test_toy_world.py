@@ -140,7 +140,13 @@ def test_bradley_terry_labels_follow_sigmoid_of_the_reward_gap():
     gap: σ(0.5) = 0.622. Over 20k pairs each, the kept share lies within ±0.015 of these."""
     for gap, temperature, expected in [(1, 1.0, 0.731), (3, 1.0, 0.953), (1, 2.0, 0.622)]:
         pairs = [
-            {"prompt": "p", "chosen": " a", "rejected": " b", "chosen_reward": gap, "rejected_reward": 0}
+            {
+                "prompt": "p",
+                "chosen": " a",
+                "rejected": " b",
+                "chosen_reward": gap,
+                "rejected_reward": 0,
+            }
         ] * 20_000
         labelled = sample_labels(pairs, temperature, random.Random(0))
         kept = sum(row["chosen"] == " a" for row in labelled) / len(labelled)
