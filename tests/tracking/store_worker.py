@@ -21,7 +21,10 @@ uri, folder, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 while not (folder / "go").exists():
     time.sleep(0.002)
 config = OmegaConf.create({"worker": name, "seed": 0})
-with tracked_run(LoggerConfig(tracking_uri=uri), name, config, offline_dir=folder / name) as log:
+logger_cfg = LoggerConfig(tracking_uri=uri)
+with tracked_run(
+    logger_cfg, name, config, params={"worker": name}, offline_dir=folder / name
+) as log:
     for step in range(STEPS):
         log.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
     if log.offline:  # a locked database taken for an outage: the run would miss its metrics
