@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,15 +30,9 @@ from prefopt.train import train
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, RUN_FILE, safe_load
 
 from .conftest import SMALL_TOY
+from .mlflow_servers import free_port, start_mlflow_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def user_error(capsys, fn, *args):
@@ -125,7 +118,7 @@ def test_a_wrong_choice_is_one_line_listing_the_valid_ones(compose_config, capsy
 
 
 def test_an_unreachable_tracking_server_is_reported_at_start(compose_config, capsys):
-    cfg = compose_config(f"logger.tracking_uri=http://127.0.0.1:{closed_port()}")
+    cfg = compose_config(f"logger.tracking_uri=http://127.0.0.1:{free_port()}")
     start = time.monotonic()
     line = user_error(capsys, train, cfg)
     assert time.monotonic() - start < 10
@@ -427,7 +420,7 @@ def test_metrics_are_buffered_when_the_server_goes_away_and_sync_uploads_them(tm
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = start_run(LoggerConfig(tracking_uri=store), "run", offline_dir=tmp_path / "out")
     logger.log_metrics({"train/loss": 0.7}, step=1)
-    logger.experiment._client = MlflowClient(tracking_uri=f"http://127.0.0.1:{closed_port()}")
+    logger.experiment._client = MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     try:
         logger.log_metrics({"train/loss": 0.5}, step=2)  # fails once, then buffered
@@ -549,33 +542,9 @@ def test_no_unsafe_loading_in_the_source():
                         ), path
 
 
-def start_mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    cmd = [
-        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
-        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
-        *("--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"),
-    ]
-    with open(tmp_path / "server.log", "a") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while True:
-        assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "mlflow server did not start in time"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.5)
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
-
-
 @pytest.mark.slow  # two server starts and a training run: a few minutes on 2 busy cores
 def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, reference_cache):
-    port = closed_port()
+    port = free_port()
     server = start_mlflow_server(tmp_path, port)
     out = tmp_path / "out"
     args = [
@@ -592,7 +561,7 @@ def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, 
     try:
         wait_for(out / CHECKPOINT_DIR / LAST, proc)
     finally:
-        stop(server)  # the server goes away at step 3 of 10
+        stop_server(server, at_once=True)  # the server goes away at step 3 of 10
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
     assert "python -m prefopt.sync" in output
@@ -616,7 +585,7 @@ def test_a_server_that_dies_mid_run_does_not_stop_training(tmp_path, toy_cache, 
         assert steps == set(range(10))
         assert "val/rewards/accuracies" in run.data.metrics
     finally:
-        stop(server)
+        stop_server(server)
 
 
 def test_a_tokenizer_without_pad_token_gets_one_and_says_so(tmp_path, caplog):

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +22,7 @@ from prefopt.tracking import run_datasets
 from prefopt.tracking.sweep import SweepJob, swept_overrides
 
 from .conftest import CONF_DIR, SMALL_TOY
+from .mlflow_servers import running_mlflow_server
 
 STEPS = 2
 """Each job trains STEPS steps, validates after every step and logs every step."""
@@ -228,43 +225,11 @@ def test_a_failed_job_ends_the_parent_failed_and_shows_in_the_summary(
 # --- a real tracking server -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 with its own SQLite store and artifact directory."""
-    port, log_path = free_port(), tmp_path / "server.log"
-    cmd = [
-        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
-        *("--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"),
-        *("--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"),
-    ]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not start in time"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        yield SimpleNamespace(url=url, artifacts=tmp_path / "server-artifacts")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    with running_mlflow_server(tmp_path) as server:
+        yield server
 
 
 @pytest.mark.slow  # a server start and a sweep: about a minute on 2 idle cores

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import mlflow
@@ -30,6 +29,7 @@ from prefopt.tracking.models import (
 from prefopt.tracking.runs import finish_run, start_run
 
 from ..conftest import CONF_DIR, SMALL_TOY, tiny_llama
+from ..mlflow_servers import free_port
 
 PROMPT = "review of the"
 STEPS = 5
@@ -64,13 +64,6 @@ def toy_run(tmp_path_factory, toy_cache, reference_cache):
         patch.chdir(tmp)  # the store's artifacts (./mlruns) in the tmp dir
         result = train(cfg)
     return cfg.logger.tracking_uri, result
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def logged_models(store: str, experiment: str = "prefopt"):
@@ -192,7 +185,7 @@ def test_an_offline_run_logs_no_model_and_says_where_the_export_is(
     """The store goes away (the client pointed at a closed port, as in test_reliability)."""
     store = run_logger.tracking_uri
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    run_logger.experiment._client = MlflowClient(f"http://127.0.0.1:{closed_port()}")
+    run_logger.experiment._client = MlflowClient(f"http://127.0.0.1:{free_port()}")
     run_logger.experiment.set_tag(run_logger.run_id, "prefopt.export_dir", str(toy_export))
     assert run_logger.offline
     with caplog.at_level(logging.WARNING, "prefopt.tracking"):
@@ -207,7 +200,7 @@ def test_a_store_that_fails_while_the_model_is_logged_does_not_fail_the_run(
     run_logger, toy_export, caplog, monkeypatch
 ):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr(run_logger, "tracking_uri", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(run_logger, "tracking_uri", f"http://127.0.0.1:{free_port()}")
     with caplog.at_level(logging.WARNING, "prefopt.tracking"):
         assert log_aligned_model(run_logger, {"prefopt.export_dir": toy_export}, ModelConfig(), 3) is None  # fmt: skip
     [warning] = [r.getMessage() for r in caplog.records if "aligned model" in r.getMessage()]

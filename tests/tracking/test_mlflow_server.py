@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,52 +20,18 @@ from types import SimpleNamespace
 import pytest
 
 from ..conftest import SMALL_TOY
+from ..mlflow_servers import running_mlflow_server
 
 BETAS = ["0.1", "0.5"]
 MAX_PARAMS = 30
 REGISTERED = "toy-aligned"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
-    folder = tmp_path_factory.mktemp("mlflow_server")
-    port, log_path = free_port(), folder / "server.log"
-    cmd = [
-        *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)),
-        *("--backend-store-uri", f"sqlite:///{folder / 'server.db'}"),
-        *("--artifacts-destination", str(folder / "artifacts"), "--workers", "1"),
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not start in time"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        yield SimpleNamespace(url=url, artifacts=folder / "artifacts")
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as running:
+        yield running
 
 
 def rest(url: str, endpoint: str, body: dict | None = None, **query: str) -> dict:
