@@ -49,14 +49,15 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
     checks.check_accelerator(cfg.trainer)  # this machine's GPUs; a valid config may need others
-    resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path)
+    tracking_uri = resolve_tracking_uri(cfg.logger.tracking_uri)
+    resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path, tracking_uri)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sweep = sweep_job(cfg.logger)  # None unless this is a job of a --multirun
     run_name = cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
     if sweep and not cfg.logger.run_name:
         swept = {key: OmegaConf.select(cfg, key) for key in sweep.swept_keys}
         run_name = sweep.run_name(run_name, swept)
-    run_id = resume.run_id_for(resolve_tracking_uri(cfg.logger.tracking_uri)) if resume else None
+    run_id = resume.run_id_for(tracking_uri) if resume else None
     with (
         graceful_interrupts(),
         tracked_run(

@@ -15,6 +15,7 @@ import os
 import signal
 import struct
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from prefopt.training.checkpoint import (
     safe_load,
     write_checkpoint,
 )
-from prefopt.training.resume import find_resume_point
+from prefopt.training.resume import find_resume_point, write_run_file
 
 from ..conftest import CONF_DIR
 from ..test_reliability import RESUME_ARGS, runs_in, start_training, user_error, wait_for
@@ -376,3 +377,24 @@ def test_a_second_signal_or_one_outside_a_step_stops_at_once(caplog):
         "SIGTERM: stopping once this step ends and its checkpoint is written "
         "(send it again to stop at once; resume=true continues)"
     ]
+
+
+def test_resume_true_passes_over_sibling_runs_of_another_mlflow_store(tmp_path):
+    """On a shared disk, `resume=true` never continues a run that logged elsewhere: only the
+    sibling folders whose `run.json` names this run's store are offered."""
+
+    def killed_run(name, store):
+        out = tmp_path / "outputs" / name
+        (out / CHECKPOINT_DIR).mkdir(parents=True)
+        torch.save({"global_step": 1}, out / CHECKPOINT_DIR / LAST)
+        write_run_file(out, run_id=name, tracking_uri=store, lineage=name)
+        time.sleep(0.01)  # distinct modification times: the other store's run is the newest
+        return out
+
+    mine = killed_run("2025-01-01/10-00-00", "sqlite:////me/mlflow.db")
+    killed_run("2025-01-01/11-00-00", "sqlite:////someone-else/mlflow.db")
+    new = tmp_path / "outputs" / "2025-01-02" / "08-00-00"
+    point = find_resume_point(new, True, None, "sqlite:////me/mlflow.db")
+    assert point.checkpoint == mine / CHECKPOINT_DIR / LAST
+    with pytest.raises(PrefoptError, match="that logged to sqlite:////third/mlflow.db"):
+        find_resume_point(new, True, None, "sqlite:////third/mlflow.db")

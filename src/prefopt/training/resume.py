@@ -5,7 +5,8 @@ resumed run logs into the same MLflow run, and its `lineage`: one id shared by a
 run that resumed it, wherever Hydra put their folders. `finished` is set once a run exported.
 
 `resume=true` continues the newest sound checkpoint of an unfinished lineage: this run's
-`output_dir` first, then its sibling run folders (Hydra gives every launch a new one). Nothing
+`output_dir` first, then its sibling run folders (Hydra gives every launch a new one) whose run
+logged to the same MLflow store. Nothing
 is ever written into another run's folder, so a run is passed over only once a run of its
 lineage has a newer checkpoint or finished: a successor killed before its first checkpoint
 leaves its predecessor's checkpoint on offer, after any number of kills. A checkpoint that
@@ -89,10 +90,14 @@ def checkpoints_in(checkpoint_dir: Path) -> list[Path]:
 
 
 def find_resume_point(
-    output_dir: str | Path, resume: bool, ckpt_path: str | None
+    output_dir: str | Path, resume: bool, ckpt_path: str | None, tracking_uri: str | None = None
 ) -> ResumePoint | None:
     """The checkpoint `ckpt_path=` names (refused in one line when damaged), or with
-    `resume=true` the newest sound checkpoint of an unfinished run, as the module says."""
+    `resume=true` the newest sound checkpoint of an unfinished run, as the module says.
+
+    `tracking_uri`: only sibling folders whose run logged to this MLflow store are offered, so
+    that an `output_dir` on a shared disk never picks up someone else's run (continuing means
+    logging into the same MLflow run, which only the same store holds)."""
     if ckpt_path:
         return _named(ckpt_path)
     if not resume:
@@ -113,6 +118,10 @@ def find_resume_point(
         for folder in root.glob(pattern)
     }
     runs = {folder: read_run_file(folder) for folder in folders}
+    if tracking_uri is not None:
+        runs = {
+            folder: run for folder, run in runs.items() if run.get("tracking_uri") == tracking_uri
+        }
     finished = {lineage_of(folder, run) for folder, run in runs.items() if run.get("finished")}
     candidates = [
         path
@@ -124,7 +133,9 @@ def find_resume_point(
     point = _first_sound(candidates)
     if point is None:
         raise PrefoptError(
-            f"resume=true: no unfinished run with a checkpoint in {output_dir} or under {root}; "
+            f"resume=true: no unfinished run with a checkpoint in {output_dir} or under {root}"
+            + (f" that logged to {tracking_uri}" if tracking_uri else "")
+            + "; "
             "start a new run without resume=true, or name one with ckpt_path=<run folder or .ckpt>"
         )
     return point
