@@ -327,10 +327,11 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     """Resumable checkpoints (policy, optimizer, scheduler, data position, RNG) in
-    `<output_dir>/checkpoints/`, written atomically; see docs/troubleshooting.md."""
+    `<output_dir>/checkpoints/`, written atomically and verified before use; see docs/faults.md."""
 
     every_n_steps: int = 100
-    """Write `last.ckpt` every this many optimizer steps (and always at the end); 0 = only at the end."""
+    """Write `last.ckpt` every this many optimizer steps (and always at the end; the one it
+    replaces is kept as `previous.ckpt`); 0 = only at the end."""
     enabled: bool = True
     """false = no checkpoints at all (nothing to resume from)."""
 
