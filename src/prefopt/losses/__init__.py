@@ -22,42 +22,14 @@ from prefopt.losses.kto import KTOLoss
 from prefopt.losses.mix import MixLoss
 from prefopt.losses.nca_pair import NCAPairLoss
 from prefopt.losses.orpo import ORPOLoss
+from prefopt.losses.registry import TERM_LOSSES, TRL_LOSSES
 from prefopt.losses.robust import RobustLoss
 from prefopt.losses.sft import SFTLoss
 from prefopt.losses.sigmoid_norm import SigmoidNormLoss
 from prefopt.losses.simpo import SimPOLoss
 from prefopt.losses.sppo_hard import SPPOHardLoss
 
-# TRL's DPOTrainer loss types, under TRL's names (its `sigmoid` is `dpo`, its `ipo` is `ipo`).
-TRL_LOSSES: tuple[type[PreferenceLoss], ...] = (
-    HingeLoss,
-    RobustLoss,
-    BCOPairLoss,
-    ExoPairLoss,
-    NCAPairLoss,
-    SPPOHardLoss,
-    AOTLoss,
-    AOTUnpairedLoss,
-    APOZeroLoss,
-    APODownLoss,
-    DiscoPOPLoss,
-    SigmoidNormLoss,
-)
-
-LOSSES: dict[str, type[PreferenceLoss]] = {
-    cls.name: cls
-    for cls in (
-        DPOLoss,
-        IPOLoss,
-        SimPOLoss,
-        KTOLoss,
-        *TRL_LOSSES,
-        SFTLoss,
-        ORPOLoss,
-        CPOLoss,
-        MixLoss,
-    )
-}
+LOSSES: dict[str, type[PreferenceLoss]] = {**TERM_LOSSES, MixLoss.name: MixLoss}
 
 __all__ = [
     "LOSSES",

@@ -19,29 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from prefopt.losses.base import (
-    LossOutput,
-    PairLogps,
-    PreferenceLoss,
-    check_positive,
-    log_ratios,
-    paired_metrics,
-)
+from torch import Tensor
+
+from prefopt.losses.base import LogRatioLoss
 
 
 @dataclass
-class APOZeroLoss(PreferenceLoss):
+class APOZeroLoss(LogRatioLoss):
     beta: float = 0.1
     """Scale of the rewards β·log π/π_ref inside the sigmoids."""
 
     name: ClassVar[str] = "apo_zero"
 
-    def __post_init__(self) -> None:
-        check_positive(self.name, "beta", self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
         r_w, r_l = self.beta * chosen, self.beta * rejected
-        losses = (1 - r_w.sigmoid()) + r_l.sigmoid()
-        metrics = paired_metrics(policy, r_w, r_l)
-        return LossOutput(loss=losses.mean(), metrics=metrics)
+        return (1 - r_w.sigmoid()) + r_l.sigmoid()

@@ -181,8 +181,30 @@ def check_positive(loss_name: str, key: str, value: float) -> None:
         raise PrefoptError(f"loss.{key}={value} for loss '{loss_name}': it must be > 0")
 
 
+class LogRatioLoss(PreferenceLoss):
+    """A paired loss that is a function of the two summed log-ratios alone, with β·log π/π_ref
+    as its rewards (as DPO's). A subclass declares `beta` (its dataclass field, with its own
+    docstring) and writes `pair_losses`; more checks go in its `__post_init__` after super's."""
+
+    beta: float
+
+    def __post_init__(self) -> None:
+        check_positive(self.name, "beta", self.beta)
+
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
+        """The per-pair losses from log π/π_ref of the chosen and of the rejected completions."""
+        raise NotImplementedError
+
+    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
+        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+        losses = self.pair_losses(chosen, rejected)
+        metrics = paired_metrics(policy, self.beta * chosen, self.beta * rejected)
+        return LossOutput(loss=losses.mean(), metrics=metrics)
+
+
 __all__ = [
     "CompletionLogps",
+    "LogRatioLoss",
     "LossOutput",
     "PairLogps",
     "PreferenceLoss",

@@ -19,19 +19,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch.nn.functional as F
+from torch import Tensor
 
-from prefopt.losses.base import (
-    LossOutput,
-    PairLogps,
-    PreferenceLoss,
-    check_positive,
-    log_ratios,
-    paired_metrics,
-)
+from prefopt.losses.base import LogRatioLoss, check_positive
 
 
 @dataclass
-class DiscoPOPLoss(PreferenceLoss):
+class DiscoPOPLoss(LogRatioLoss):
     beta: float = 0.1
     """KL strength, as for DPO."""
     discopop_tau: float = 0.05
@@ -40,13 +34,10 @@ class DiscoPOPLoss(PreferenceLoss):
     name: ClassVar[str] = "discopop"
 
     def __post_init__(self) -> None:
-        check_positive(self.name, "beta", self.beta)
+        super().__post_init__()
         check_positive(self.name, "discopop_tau", self.discopop_tau)
 
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
         logits = self.beta * (chosen - rejected)
         modulation = (logits / self.discopop_tau).sigmoid()
-        losses = (1 - modulation) * -F.logsigmoid(logits) + modulation * (-logits).exp()
-        metrics = paired_metrics(policy, self.beta * chosen, self.beta * rejected)
-        return LossOutput(loss=losses.mean(), metrics=metrics)
+        return (1 - modulation) * -F.logsigmoid(logits) + modulation * (-logits).exp()

@@ -23,20 +23,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch.nn.functional as F
+from torch import Tensor
 
 from prefopt.errors import PrefoptError
-from prefopt.losses.base import (
-    LossOutput,
-    PairLogps,
-    PreferenceLoss,
-    check_positive,
-    log_ratios,
-    paired_metrics,
-)
+from prefopt.losses.base import LogRatioLoss
 
 
 @dataclass
-class ExoPairLoss(PreferenceLoss):
+class ExoPairLoss(LogRatioLoss):
     beta: float = 0.1
     """Temperature of the policy's preference distribution softmax(β log π/π_ref)."""
     label_smoothing: float = 1e-3
@@ -45,19 +39,16 @@ class ExoPairLoss(PreferenceLoss):
     name: ClassVar[str] = "exo_pair"
 
     def __post_init__(self) -> None:
-        check_positive(self.name, "beta", self.beta)
+        super().__post_init__()
         if not 0.0 < self.label_smoothing < 0.5:
             raise PrefoptError(
                 f"loss.label_smoothing={self.label_smoothing} for loss 'exo_pair': it must be in "
                 "(0, 0.5) (the paper recommends 1e-3; 0 makes the target margin infinite)"
             )
 
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
         logits = self.beta * (chosen - rejected)
         eps = self.label_smoothing
-        losses = logits.sigmoid() * (F.logsigmoid(logits) - math.log1p(-eps)) + (
+        return logits.sigmoid() * (F.logsigmoid(logits) - math.log1p(-eps)) + (
             -logits
         ).sigmoid() * (F.logsigmoid(-logits) - math.log(eps))
-        metrics = paired_metrics(policy, self.beta * chosen, self.beta * rejected)
-        return LossOutput(loss=losses.mean(), metrics=metrics)

@@ -20,29 +20,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import Tensor
 
-from prefopt.losses.base import (
-    LossOutput,
-    PairLogps,
-    PreferenceLoss,
-    check_positive,
-    log_ratios,
-    paired_metrics,
-)
+from prefopt.losses.base import LogRatioLoss
 
 
 @dataclass
-class HingeLoss(PreferenceLoss):
+class HingeLoss(LogRatioLoss):
     beta: float = 0.1
     """Inverse margin: the loss is zero once h ≥ 1/β (TRL's default)."""
 
     name: ClassVar[str] = "hinge"
 
-    def __post_init__(self) -> None:
-        check_positive(self.name, "beta", self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = log_ratios(policy, self._require_reference(reference))
-        losses = torch.relu(1 - self.beta * (chosen - rejected))
-        metrics = paired_metrics(policy, self.beta * chosen, self.beta * rejected)
-        return LossOutput(loss=losses.mean(), metrics=metrics)
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
+        return torch.relu(1 - self.beta * (chosen - rejected))

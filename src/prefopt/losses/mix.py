@@ -31,6 +31,7 @@ from torch import Tensor
 
 from prefopt.errors import PrefoptError
 from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss
+from prefopt.losses.registry import TERM_LOSSES
 
 
 def default_terms() -> dict[str, Any]:
@@ -121,10 +122,8 @@ class MixLoss(PreferenceLoss):
 def build_term(name: str, spec: Any) -> tuple[float, PreferenceLoss]:
     """(weight, loss) of `loss.terms.<name>`: a number (the weight) or a mapping with `weight`
     and that loss's own fields; every mistake is a one-line error naming the key."""
-    from prefopt.losses import LOSSES  # the registry imports this module
-
     key = f"loss.terms.{name}"
-    choices = sorted(n for n in LOSSES if n != "mix")
+    choices = sorted(TERM_LOSSES)
     if name not in choices:
         what = "a mix cannot contain a mix" if name == "mix" else "there is no such loss"
         raise PrefoptError(f"{key}: {what}; choose from: {', '.join(choices)}")
@@ -141,7 +140,7 @@ def build_term(name: str, spec: Any) -> tuple[float, PreferenceLoss]:
         raise PrefoptError(
             f"{key}: weight {weight!r}: give a number ≥ 0, as `{key}=0.5` or `{key}.weight=0.5`"
         )
-    loss_cls = LOSSES[name]
+    loss_cls = TERM_LOSSES[name]
     known = [f.name for f in fields(loss_cls)]
     unknown = [p for p in params if p not in known]
     if unknown:

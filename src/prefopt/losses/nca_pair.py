@@ -19,30 +19,18 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch.nn.functional as F
+from torch import Tensor
 
-from prefopt.losses.base import (
-    LossOutput,
-    PairLogps,
-    PreferenceLoss,
-    check_positive,
-    log_ratios,
-    paired_metrics,
-)
+from prefopt.losses.base import LogRatioLoss
 
 
 @dataclass
-class NCAPairLoss(PreferenceLoss):
+class NCAPairLoss(LogRatioLoss):
     beta: float = 0.1
     """Scale of the rewards β·log π/π_ref."""
 
     name: ClassVar[str] = "nca_pair"
 
-    def __post_init__(self) -> None:
-        check_positive(self.name, "beta", self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
         r_w, r_l = self.beta * chosen, self.beta * rejected
-        losses = -F.logsigmoid(r_w) - 0.5 * F.logsigmoid(-r_w) - 0.5 * F.logsigmoid(-r_l)
-        metrics = paired_metrics(policy, r_w, r_l)
-        return LossOutput(loss=losses.mean(), metrics=metrics)
+        return -F.logsigmoid(r_w) - 0.5 * F.logsigmoid(-r_w) - 0.5 * F.logsigmoid(-r_l)

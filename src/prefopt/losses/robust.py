@@ -20,20 +20,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch.nn.functional as F
+from torch import Tensor
 
-from prefopt.losses.base import (
-    LossOutput,
-    PairLogps,
-    PreferenceLoss,
-    check_label_smoothing,
-    check_positive,
-    log_ratios,
-    paired_metrics,
-)
+from prefopt.losses.base import LogRatioLoss, check_label_smoothing
 
 
 @dataclass
-class RobustLoss(PreferenceLoss):
+class RobustLoss(LogRatioLoss):
     beta: float = 0.1
     """KL strength, as for DPO."""
     label_smoothing: float = 0.1
@@ -43,13 +36,10 @@ class RobustLoss(PreferenceLoss):
     name: ClassVar[str] = "robust"
 
     def __post_init__(self) -> None:
-        check_positive(self.name, "beta", self.beta)
+        super().__post_init__()
         check_label_smoothing(self.label_smoothing)
 
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
         logits = self.beta * (chosen - rejected)
         eps = self.label_smoothing
-        losses = (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)
-        metrics = paired_metrics(policy, self.beta * chosen, self.beta * rejected)
-        return LossOutput(loss=losses.mean(), metrics=metrics)
+        return (-(1 - eps) * F.logsigmoid(logits) + eps * F.logsigmoid(-logits)) / (1 - 2 * eps)

@@ -20,29 +20,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from prefopt.losses.base import (
-    LossOutput,
-    PairLogps,
-    PreferenceLoss,
-    check_positive,
-    log_ratios,
-    paired_metrics,
-)
+from torch import Tensor
+
+from prefopt.losses.base import LogRatioLoss
 
 
 @dataclass
-class SPPOHardLoss(PreferenceLoss):
+class SPPOHardLoss(LogRatioLoss):
     beta: float = 0.1
     """1/η: the log-ratio targets are ±1/(2β) (±5 nats at the default, as in TRL)."""
 
     name: ClassVar[str] = "sppo_hard"
 
-    def __post_init__(self) -> None:
-        check_positive(self.name, "beta", self.beta)
-
-    def __call__(self, policy: PairLogps, reference: PairLogps | None) -> LossOutput:
-        chosen, rejected = log_ratios(policy, self._require_reference(reference))
+    def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
         target = 0.5 / self.beta
-        losses = (chosen - target) ** 2 + (rejected + target) ** 2
-        metrics = paired_metrics(policy, self.beta * chosen, self.beta * rejected)
-        return LossOutput(loss=losses.mean(), metrics=metrics)
+        return (chosen - target) ** 2 + (rejected + target) ** 2
