@@ -35,9 +35,11 @@ def cache_root() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "prefopt"
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, keep_previous: Path | None = None, hint: str = "") -> None:
     """`write(handle)` into a temporary file next to `path`, fsync, then rename over `path`.
-    A full disk leaves `path` as it was and raises a `PrefoptError` with the bytes needed."""
+    `keep_previous`: the file `path` held moves there first (a kill between the two renames
+    leaves it whole). A full disk leaves `path` as it was and raises a `PrefoptError` with the
+    bytes needed (`hint`: where else to write it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -45,16 +47,18 @@ def atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except Exception as error:
         reason = disk_full_reason(error)
         if reason is None:
             raise
         tmp.unlink(missing_ok=True)  # its bytes count as free space in the message
-        raise disk_full_error(path, bytes_written_by(write), reason=reason) from None
+        raise disk_full_error(path, _bytes_written_by(write), hint, reason=reason) from None
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)  # the rename itself survives a power cut
+    fsync_dir(path.parent)  # the renames themselves survive a power cut
 
 
 def fsync_dir(folder: Path) -> None:
@@ -233,7 +237,7 @@ class _ByteCounter:
         pass
 
 
-def bytes_written_by(write) -> int | None:
+def _bytes_written_by(write) -> int | None:
     """How many bytes `write(handle)` writes, measured by running it again into a counter."""
     counter = _ByteCounter()
     try:

@@ -35,7 +35,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from prefopt.errors import PrefoptError
-from prefopt.files import bytes_written_by, disk_full_error, disk_full_reason
+from prefopt.files import atomic_write
 from prefopt.training import faults
 
 log = logging.getLogger("prefopt.resume")
@@ -98,41 +98,23 @@ def set_aside(path: Path) -> Path:
 
 
 def write_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
-    """`torch.save` into a fsynced temporary file beside `path`, then rename it over `path`;
-    a `last.ckpt` it replaces becomes `previous.ckpt` first. Records carry their CRC-32 whatever
-    the process-wide setting, since `checkpoint_damage` checks them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """`torch.save` written atomically (`files.atomic_write`); a `last.ckpt` it replaces becomes
+    `previous.ckpt`. Records carry their CRC-32 whatever the process-wide setting, since
+    `checkpoint_damage` checks them."""
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a write killed -9
         leftover.unlink(missing_ok=True)
+    previous = path.with_name(PREVIOUS) if path.name == LAST else None
     crc32 = torch.serialization.get_crc32_options()
     try:
         torch.serialization.set_crc32_options(True)
-        with open(tmp, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.name == LAST and path.exists():
-            # A kill between the two renames leaves previous.ckpt whole and no last.ckpt.
-            os.replace(path, path.with_name(PREVIOUS))
-        os.replace(tmp, path)
-    except Exception as error:
-        reason = disk_full_reason(error)
-        if reason is None:
-            raise
-        tmp.unlink(missing_ok=True)  # its bytes count as free space in the message
-        needed = bytes_written_by(lambda handle: torch.save(checkpoint, handle))
-        raise disk_full_error(
-            path, needed, "point output_dir at a larger disk", reason=reason
-        ) from None
+        atomic_write(
+            path,
+            lambda handle: torch.save(checkpoint, handle),
+            keep_previous=previous,
+            hint="point output_dir at a larger disk",
+        )
     finally:
         torch.serialization.set_crc32_options(crc32)
-        tmp.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the renames themselves survive a power cut
-    finally:
-        os.close(directory)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
