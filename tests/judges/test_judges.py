@@ -24,27 +24,6 @@ from prefopt.toy import reward
 
 from ..evaluation.conftest import word_tokenizer
 
-REWARD_MODULE = '''
-from prefopt.toy import reward
-
-
-def toy_reward(prompts, completions):
-    """The toy world's ground truth, as a user's reward function would be written."""
-    assert len(prompts) == len(completions)
-    return [reward(completion) for completion in completions]
-
-
-NOT_A_FUNCTION = 3
-'''
-
-
-@pytest.fixture
-def reward_module(tmp_path, monkeypatch):
-    """`judge_rewards`, a module of the user's on sys.path holding `toy_reward`."""
-    (tmp_path / "judge_rewards.py").write_text(REWARD_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "judge_rewards"
-
 
 def save_reward_model(path, num_labels=1, seed=0, vocab_size=32):
     """A tiny Llama sequence classifier (one logit = the reward) and its tokenizer, on disk."""
@@ -284,7 +263,9 @@ def test_the_old_spellings_name_the_new_one_in_one_line(arg, fix):
     with pytest.raises(PrefoptError) as error:
         checks.check_overrides([arg], config_dir())
     assert fix in str(error.value) and "\n" not in str(error.value)
-    checks.check_overrides(["judge=python", "judge.function=a.b", "eval.num_prompts=4"], config_dir())
+    checks.check_overrides(
+        ["judge=python", "judge.function=a.b", "eval.num_prompts=4"], config_dir()
+    )
 
 
 def test_a_missing_reward_model_path_fails_at_start(compose_config, tmp_path):

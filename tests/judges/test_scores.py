@@ -29,16 +29,17 @@ class FlakyJudge:
 
 
 def test_failures_are_counted_per_completion_and_per_failing_batch(caplog):
-    completions = ["aa", "boom", "none", "bbb", "nan", "c", "short", "dddd"]
+    completions = ["aa", "bbb", "boom", "x", "none", "c", "nan", "dd", "short", "e"]
     judge = FlakyJudge()
     with caplog.at_level(logging.WARNING, logger="prefopt.judges"):
-        result = score_completions(judge, ["p"] * 8, completions, batch_size=2)
-    assert judge.calls == [completions[i : i + 2] for i in range(0, 8, 2)]
-    # batch 1 fine; batch 2 raises (both lost); batch 3: NaN lost, "c" kept; batch 4 too short
-    assert result.scores == [2.0, None, None, 3.0, None, 1.0, None, None]
-    assert result.failures == 5 and result.valid == [2.0, 3.0, 1.0]
+        result = score_completions(judge, ["p"] * 10, completions, batch_size=2)
+    assert judge.calls == [completions[i : i + 2] for i in range(0, 10, 2)]
+    # batch 1 fine; batch 2 raises (both lost); batch 3: None lost; batch 4: NaN lost;
+    # batch 5 returns one score too few (both lost: which is which is unknown)
+    assert result.scores == [2.0, 3.0, None, None, None, 1.0, None, 2.0, None, None]
+    assert result.failures == 6 and result.valid == [2.0, 3.0, 1.0, 2.0]
     [warning] = [r.getMessage() for r in caplog.records]
-    assert warning.startswith("judge flaky: 5 of 8 completions got no score")
+    assert warning.startswith("judge flaky: 6 of 10 completions got no score")
     assert "RuntimeError: out of memory" in warning
 
 

@@ -101,7 +101,9 @@ def old_judge_spelling(arg: str) -> str | None:
     if key == "eval.judge":
         return f"{arg}: the judge is its own config group: judge={value}"
     if key == "eval.judge_path":
-        return f"{arg}: the reward model's path is judge.path: judge=reward_model judge.path={value}"
+        return (
+            f"{arg}: the reward model's path is judge.path: judge=reward_model judge.path={value}"
+        )
     if key.startswith("eval.judges"):
         return (
             f"{arg}: judges are the `judge` config group: judge._target_=… (a class), "

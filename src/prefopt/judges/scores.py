@@ -105,7 +105,9 @@ def paired(
     """The scores of the positions where both `a` and `b` have one, as two aligned lists."""
     a, b = _scores(a), _scores(b)
     if len(a) != len(b):
-        raise ValueError(f"{len(a)} scores against {len(b)}: they must pair up position by position")
+        raise ValueError(
+            f"{len(a)} scores against {len(b)}: they must pair up position by position"
+        )
     kept = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
     return [x for x, _ in kept], [y for _, y in kept]
 
