@@ -244,7 +244,7 @@ def test_a_judge_of_ones_own_is_a_target_node(compose_config):
     assert isinstance(build_judge(cfg.judge, uses_toy_data=True), ToyJudge)
     with pytest.raises(PrefoptError, match=r"^judge._target_=prefopt.judges.Toy: no"):
         check_judge_config(ToyJudgeConfig(_target_="prefopt.judges.Toy"))
-    with pytest.raises(PrefoptError, match=r"^judge.foo: the config has no key|^judge: .*'foo'"):
+    with pytest.raises(PrefoptError, match=r"^judge.foo: judge has no key 'foo'; it takes none$"):
         checks.check_config(compose_config("+judge.foo=1"))
 
 

@@ -128,7 +128,8 @@ def _unknown_key(name: str, section: str, key: str, known: list[str]) -> str:
     if close:
         hint = f"did you mean {prefix}{close[0]}?"
     else:
-        hint = f"its keys are: {', '.join(k for k in known if not k.startswith('_'))}"
+        public = [k for k in known if not k.startswith("_")]
+        hint = f"its keys are: {', '.join(public)}" if public else "it takes none"
     return f"{name}: {section or 'the config'} has no key {key!r}; {hint}"
 
 

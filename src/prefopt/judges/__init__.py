@@ -47,8 +47,7 @@ def build_judge(judge_cfg, uses_toy_data: bool) -> Judge | None:
     """The judge the `judge` section (`judge_cfg`, a `_target_` node) describes, or None for
     `judge=none`. `uses_toy_data`: whether the run's data is the toy world; the toy judge
     steps aside (None, with a warning) on other data."""
-    if judge_cfg is not None and not isinstance(judge_cfg, DictConfig):
-        judge_cfg = OmegaConf.structured(judge_cfg)
+    judge_cfg = _as_node(judge_cfg)
     check_judge_config(judge_cfg)
     if judge_cfg is None or judge_cfg.get("_target_") is None:
         return None
@@ -67,6 +66,7 @@ def build_judge(judge_cfg, uses_toy_data: bool) -> Judge | None:
 def check_judge_config(judge_cfg) -> None:
     """Before the run starts: the `_target_` imports and takes the node's other keys; for
     `judge=python`, `judge.function` imports too. One line naming the key otherwise."""
+    judge_cfg = _as_node(judge_cfg)
     if judge_cfg is None or judge_cfg.get("_target_") is None:
         return
     check_target_node("judge", judge_cfg)
@@ -78,6 +78,13 @@ def check_judge_config(judge_cfg) -> None:
                 "(prompts, completions) -> rewards, e.g. judge.function=my_module.my_reward"
             )
         locate_target("judge.function", function)
+
+
+def _as_node(judge_cfg) -> DictConfig | None:
+    """The section as a DictConfig (a schema dataclass or a dict also do, in tests and scripts)."""
+    if judge_cfg is None or isinstance(judge_cfg, DictConfig):
+        return judge_cfg
+    return OmegaConf.structured(judge_cfg)
 
 
 __all__ = [
