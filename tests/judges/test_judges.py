@@ -256,6 +256,7 @@ def test_a_judge_of_ones_own_is_a_target_node(compose_config):
         ("eval.judge=none", "judge=none"),
         ("eval=none", "judge=none"),
         ("eval=toy", "judge=toy"),
+        ("eval=toy,reward_model", "judge=toy,reward_model"),
         ("+eval.judges.mine={_target_: a.B}", "judge._target_="),
     ],
 )

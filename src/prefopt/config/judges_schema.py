@@ -96,7 +96,7 @@ def old_judge_spelling(arg: str) -> str | None:
     key = key.lstrip("+~")
     if not sep:
         return None
-    if key == "eval" and value in ("toy", "reward_model", "none"):
+    if key == "eval" and set(value.split(",")) & {"toy", "reward_model", "none"}:
         return f"{arg}: the judge is its own config group: judge={value} (eval=default is the rest)"
     if key == "eval.judge":
         return f"{arg}: the judge is its own config group: judge={value}"
