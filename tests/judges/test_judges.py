@@ -249,21 +249,28 @@ def test_a_judge_of_ones_own_is_a_target_node(compose_config):
 
 
 @pytest.mark.parametrize(
-    "arg, fix",
+    "args, line",
     [
-        ("eval=reward_model", "judge=reward_model"),
-        ("eval.judge_path=/rm", "judge=reward_model judge.path=/rm"),
-        ("eval.judge=none", "judge=none"),
-        ("eval=none", "judge=none"),
-        ("eval=toy", "judge=toy"),
-        ("eval=toy,reward_model", "judge=toy,reward_model"),
-        ("+eval.judges.mine={_target_: a.B}", "judge._target_="),
+        (
+            ["eval=reward_model", "eval.judge_path=/rm", "loss=ipo"],
+            "eval=reward_model eval.judge_path=/rm: the judge is its own config group now: "
+            "judge=reward_model judge.path=/rm",
+        ),
+        (["eval.judge_path=/rm"], "judge=reward_model judge.path=/rm"),
+        (["eval.judge=none"], ": the judge is its own config group now: judge=none"),
+        (["eval=none"], ": the judge is its own config group now: judge=none"),
+        (["eval=toy"], ": the judge is its own config group now: judge=toy"),
+        (["eval=toy,reward_model"], "now: judge=toy,reward_model"),
+        (
+            ["+eval.judges.mine={_target_: a.B}"],
+            "now: judge._target_=… (or a conf/judge/<name>.yaml: _target_ and its arguments)",
+        ),
     ],
 )
-def test_the_old_spellings_name_the_new_one_in_one_line(arg, fix):
+def test_the_old_spellings_name_the_new_one_in_one_line(args, line):
     with pytest.raises(PrefoptError) as error:
-        checks.check_overrides([arg], config_dir())
-    assert fix in str(error.value) and "\n" not in str(error.value)
+        checks.check_overrides(args, config_dir())
+    assert str(error.value).endswith(line) and "\n" not in str(error.value)
     checks.check_overrides(
         ["judge=python", "judge.function=a.b", "eval.num_prompts=4"], config_dir()
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.config.judges_schema import old_judge_spelling
+from prefopt.config.judges_schema import old_judge_spellings
 from prefopt.config.schema import GROUP_SCHEMAS, Choice, Config
 from prefopt.config.targets import check_target_node, locate_target
 from prefopt.data.sources import looks_local, missing_local_path
@@ -53,9 +53,9 @@ def group_options(config_dir: str | Path, group: str) -> list[str]:
 def check_overrides(args: list[str], config_dir: str | Path) -> None:
     """`group=option` arguments naming an option that does not exist, and `key=value` ones
     giving a choice field (a `schema.Choice`) a value it does not have."""
+    if fix := old_judge_spellings(args):
+        raise PrefoptError(fix)
     for arg in args:
-        if fix := old_judge_spelling(arg):
-            raise PrefoptError(fix)
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
         if arg.startswith("-") or not sep or "(" in value:

@@ -86,27 +86,37 @@ def judge_label(node) -> str:
     return str(target)
 
 
-def old_judge_spelling(arg: str) -> str | None:
-    """The fix for a command-line argument that still selects the judge under `eval`, or None.
+def old_judge_spellings(args: list[str]) -> str | None:
+    """The fix for command-line arguments that still select the judge under `eval`, as one
+    line giving the new spelling of them all together, or None when there are none.
 
     `eval=reward_model eval.judge_path=X` is `judge=reward_model judge.path=X`; `eval=toy` and
-    `eval=none` are `judge=toy` and `judge=none`; `eval.judge=X` is `judge=X`.
+    `eval=none` are `judge=toy` and `judge=none`; `eval.judge=X` is `judge=X`; a judge added
+    under `eval.judges` is a `conf/judge/<name>.yaml`.
     """
-    key, sep, value = arg.partition("=")
-    key = key.lstrip("+~")
-    if not sep:
+    old: list[str] = []
+    new: list[str] = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep:
+            continue
+        if key == "eval" and set(value.split(",")) & {"toy", "reward_model", "none"}:
+            old.append(arg)
+            new.append(f"judge={value}")
+        elif key == "eval.judge":
+            old.append(arg)
+            new.append(f"judge={value}")
+        elif key == "eval.judge_path":
+            old.append(arg)
+            new.append(f"judge.path={value}")
+        elif key.startswith("eval.judges"):
+            old.append(arg)
+            new.append("judge._target_=… (or a conf/judge/<name>.yaml: _target_ and its arguments)")
+    if not old:
         return None
-    if key == "eval" and set(value.split(",")) & {"toy", "reward_model", "none"}:
-        return f"{arg}: the judge is its own config group: judge={value} (eval=default is the rest)"
-    if key == "eval.judge":
-        return f"{arg}: the judge is its own config group: judge={value}"
-    if key == "eval.judge_path":
-        return (
-            f"{arg}: the reward model's path is judge.path: judge=reward_model judge.path={value}"
-        )
-    if key.startswith("eval.judges"):
-        return (
-            f"{arg}: judges are the `judge` config group: judge._target_=… (a class), "
-            "judge=python judge.function=… (a function), or a conf/judge/<name>.yaml"
-        )
-    return None
+    if any(n.startswith("judge.path=") for n in new) and not any(
+        n.startswith("judge=") for n in new
+    ):
+        new.insert(0, "judge=reward_model")
+    return f"{' '.join(old)}: the judge is its own config group now: {' '.join(new)}"
