@@ -54,6 +54,12 @@ def test_every_schema_field_and_loss_hyperparameter_is_on_the_page():
     for loss in ("dpo", "ipo", "simpo", "kto", *trl_losses.split()):
         assert f"### `loss={loss}`" in page
     assert "`loss.beta`" in page and "`loss.gamma_beta_ratio`" in page
+    judge_schemas = dataclass_fields(ROOT / "src" / "prefopt" / "config" / "judges_schema.py")
+    for option in ("toy", "reward_model", "python", "none"):
+        assert f"### `judge={option}`" in page
+    for name in judge_schemas["RewardModelJudgeConfig"]:
+        assert f"`judge.{name}`" in page
+    assert "`judge.function`" in page
 
 
 def test_enums_targets_and_docstrings_as_written(tmp_path):

@@ -227,6 +227,31 @@ def _registered_groups(paths: list[Path], schemas: dict[str, Schema]) -> dict[st
     return groups
 
 
+def _option_schemas(paths: list[Path], schemas: dict[str, Schema]) -> dict[str, dict[str, str]]:
+    """Group name -> {option: schema class} for a group with one schema per option, from a
+    module-level `<GROUP>_SCHEMAS = {"option": OptionConfig, ...}` (`JUDGE_SCHEMAS` -> `judge`)."""
+    groups: dict[str, dict[str, str]] = {}
+    for path in paths:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            target = node.target if isinstance(node, ast.AnnAssign) else None
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+            if not (isinstance(target, ast.Name) and target.id.endswith("_SCHEMAS")):
+                continue
+            if not isinstance(node.value, ast.Dict):
+                continue
+            options = {
+                key.value: value.id
+                for key, value in zip(node.value.keys, node.value.values)
+                if isinstance(key, ast.Constant)
+                and isinstance(value, ast.Name)
+                and value.id in schemas
+            }
+            if options:
+                groups[target.id.removesuffix("_SCHEMAS").lower()] = options
+    return groups
+
+
 def render(schema_file: Path = SCHEMA, losses_dir: Path = LOSSES, conf: Path = CONF) -> str:
     """The reference as markdown: top-level keys, one section per group, one per loss."""
     # The schemas may be split over several modules of the config package (Enums of choices in
@@ -250,8 +275,14 @@ def render(schema_file: Path = SCHEMA, losses_dir: Path = LOSSES, conf: Path = C
             return schemas[name]
         return schemas.get(group_schemas.get(f.name, ""))
 
-    # `loss` has one schema per loss dataclass, listed at the end.
-    top_level = [f for f in root.fields if schema_of(f) is None and f.name != "loss"]
+    # `loss` has one schema per loss dataclass, listed at the end; a group with one schema per
+    # option (`judge`) gets a table per option.
+    per_option = _option_schemas(paths, schemas)
+    top_level = [
+        f
+        for f in root.fields
+        if schema_of(f) is None and f.name != "loss" and f.name not in per_option
+    ]
     groups = [f for f in root.fields if schema_of(f) is not None and f.name != "loss"]
 
     out += ["## Top-level keys", "", *HEADER]
@@ -266,6 +297,22 @@ def render(schema_file: Path = SCHEMA, losses_dir: Path = LOSSES, conf: Path = C
         if options:
             out += [options, ""]
         out += HEADER + _table(f"{f.name}.", schema, schemas, enums) + [""]
+
+    for f in root.fields:
+        if f.name not in per_option:
+            continue
+        out += [f"## `{f.name}`", ""]
+        if f.doc:
+            out += [f.doc, ""]
+        options = _options(f.name, conf)
+        if options:
+            out += [options, ""]
+        for option, class_name in per_option[f.name].items():
+            schema = schemas[class_name]
+            out += [f"### `{f.name}={option}` (`{class_name}`)", ""]
+            if schema.doc:
+                out += [schema.doc, ""]
+            out += HEADER + _table(f"{f.name}.", schema, schemas, enums) + [""]
 
     out += ["## `loss`", "", _options("loss", conf), ""]
     for path in sorted(losses_dir.glob("*.py")):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefopt.config import checks, config_dir
 from prefopt.config.schema import register_configs
 from prefopt.evaluation import build_callbacks
+from prefopt.judges import build_judge
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.export import export_policy
 from prefopt.model.loading import Checkpoints
@@ -79,9 +80,9 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) ->
         cfg.model, cfg.reference, cfg.optim, loss, checkpoints, datamodule
     )
     reference_model = assemble.evaluation_reference(module, checkpoints)
-    callbacks = build_callbacks(
-        cfg.eval, cfg.model, cfg.data.source == "toy", loss, tokenizer, reference_model
-    )
+    toy_data = cfg.data.source == "toy"
+    judge = build_judge(cfg.judge, toy_data) if cfg.eval.num_prompts > 0 else None
+    callbacks = build_callbacks(cfg.eval, cfg.model, judge, loss, tokenizer, reference_model)
     hints = assemble.fault_hints(cfg.optim, cfg.trainer, cfg.loss)
     trainer = assemble.build_trainer(
         cfg.trainer, cfg.checkpoint, module, logger, cfg.output_dir, callbacks, hints

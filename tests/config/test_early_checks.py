@@ -149,7 +149,7 @@ def test_valid_additions_and_hub_names_pass_the_checks(compose_config):
         "optim.optimizer._target_=torch.optim.SGD",
         "~optim.optimizer.betas",
         "+optim.optimizer.momentum=0.9",
-        "+eval.judges.lexicon={_target_: prefopt.evaluation.judges.ToyJudge}",
+        "judge._target_=prefopt.judges.toy.ToyJudge",
         "data=hub",
         "data.path=Anthropic/hh-rlhf",
         "model.reference_path=Qwen/Qwen2.5-0.5B",

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prefopt.config.schema import EvalConfig
+from prefopt.evaluation import check_eval_config
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.reference import SamplingModel
 from prefopt.reference.online import OnlineReference
@@ -126,3 +127,36 @@ def test_a_reference_checkpoint_is_loaded_at_the_first_evaluation_only(tokenizer
     callback.evaluate(trainer, module)
     assert loads == [1]
     assert first["eval/kl_seq"] != pytest.approx(0.0, abs=1e-3)  # another model than the policy
+
+
+class EveryOtherFailsJudge(LengthJudge):
+    """The length judge, but no score (NaN) for every other completion it is given."""
+
+    name = "every_other"
+
+    def score(self, prompts, completions, device=None):
+        scores = super().score(prompts, completions)
+        return [float("nan") if i % 2 else s for i, s in enumerate(scores)]
+
+
+def test_judge_failures_are_logged_and_left_out_of_the_win_rate(tokenizer, caplog):
+    """6 prompts, judge calls of 4 then 2: completions 1, 3 and 5 get no score, on each side.
+    Policy = reference, so the 3 scored prompts are ties: win rate 0.5 over those 3, ties 3,
+    failures 3 (policy) + 3 (reference) = 6, and the evaluation goes on."""
+    trainer, module = fake_run(tokenizer)
+    cfg = EvalConfig(num_prompts=6, max_new_tokens=8, batch_size=4)
+    callback = GenerationEvalCallback(cfg, tokenizer, EveryOtherFailsJudge())
+    callback.setup(trainer, module, "fit")
+    callback.on_fit_start(trainer, module)
+    metrics = callback.evaluate(trainer, module)
+    assert metrics["eval/judge_failures"] == 6.0
+    assert metrics["eval/ties"] == 3.0
+    assert metrics["eval/win_rate_vs_ref"] == 0.5
+    assert callback.reference_rewards.scores[1] is None
+    assert "judge every_other: 3 of 6 completions got no score" in caplog.text
+
+
+def test_bad_eval_settings_fail_at_start():
+    with pytest.raises(ValueError, match="eval.temperature=-1"):
+        check_eval_config(EvalConfig(temperature=-1.0))
+    check_eval_config(EvalConfig())

@@ -182,8 +182,8 @@ def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
     )
     cfg = compose_config(
         "loss=simpo",
-        "eval=reward_model",
-        f"eval.judge_path={tmp_path / 'rm'}",
+        "judge=reward_model",
+        f"judge.path={tmp_path / 'rm'}",
         "eval.num_prompts=4",
         "eval.max_new_tokens=12",
         "export=false",

@@ -31,7 +31,7 @@ DEFAULT_RUN_PARAMS = {
     "trainer/max_epochs": "1",
     "trainer/precision": "32-true",
     "seed": "0",
-    "eval/judge": "toy",
+    "judge": "toy",
 }
 
 

@@ -30,18 +30,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.config.judges_schema import old_judge_spellings
 from prefopt.config.schema import GROUP_SCHEMAS, Choice, Config
 from prefopt.config.targets import check_target_node, locate_target
 from prefopt.data.sources import looks_local, missing_local_path
 from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
+from prefopt.judges import check_judge_config
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.loading import check_model_config
 from prefopt.tracking import check_tracking_uri
 
 log = logging.getLogger("prefopt")
 
-GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "sweep")
+GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "judge", "sweep")
 
 
 def group_options(config_dir: str | Path, group: str) -> list[str]:
@@ -51,6 +53,8 @@ def group_options(config_dir: str | Path, group: str) -> list[str]:
 def check_overrides(args: list[str], config_dir: str | Path) -> None:
     """`group=option` arguments naming an option that does not exist, and `key=value` ones
     giving a choice field (a `schema.Choice`) a value it does not have."""
+    if fix := old_judge_spellings(args):
+        raise PrefoptError(fix)
     for arg in args:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
@@ -81,9 +85,10 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     check_model_config(cfg.model, cfg.model.path)
-    check_local_paths(cfg.model, cfg.eval)
+    check_local_paths(cfg.model, cfg.judge)
     check_data(cfg.data, loss)
     check_eval_config(cfg.eval)
+    check_judge_config(cfg.judge)
     check_checkpoint(cfg.checkpoint, resuming=bool(cfg.resume or cfg.ckpt_path))
     check_tracking_uri(cfg.logger.tracking_uri)
     return loss
@@ -123,7 +128,8 @@ def _unknown_key(name: str, section: str, key: str, known: list[str]) -> str:
     if close:
         hint = f"did you mean {prefix}{close[0]}?"
     else:
-        hint = f"its keys are: {', '.join(k for k in known if not k.startswith('_'))}"
+        public = [k for k in known if not k.startswith("_")]
+        hint = f"its keys are: {', '.join(public)}" if public else "it takes none"
     return f"{name}: {section or 'the config'} has no key {key!r}; {hint}"
 
 
@@ -204,13 +210,13 @@ def _devices_needed(devices: Any) -> int | None:
     return max(ids) + 1 if ids else None
 
 
-def check_local_paths(model: DictConfig, evaluation: DictConfig) -> None:
+def check_local_paths(model: DictConfig, judge: DictConfig | None) -> None:
     """A model or judge path that can only be local must exist here: it is never sent to the
     hub, where it would cost network retries before the same error."""
     for key, value in (
         ("model.path", model.path),
         ("model.reference_path", model.reference_path),
-        ("eval.judge_path", evaluation.get("judge_path")),
+        ("judge.path", judge.get("path") if judge is not None else None),
     ):
         if value and looks_local(value) and not Path(value).exists():
             raise missing_local_path(

@@ -7,7 +7,7 @@ loads. Field docstrings double as the reference for users (`--cfg job` prints th
 A field with a fixed set of values is an `Enum` (a `Choice`): a wrong value fails when Hydra
 composes, with the list of valid ones, and the value still compares, hashes and prints as its
 string (`cfg.optim.scheduler == "cosine"`). Leaf objects a user may swap without touching
-Python (the optimizer, the learning-rate schedule, the judges) are `_target_` nodes that
+Python (the optimizer, the learning-rate schedule, the judge) are `_target_` nodes that
 `hydra.utils.instantiate` builds.
 
 Losses are the exception to hand-written schemas: a loss is itself a dataclass, and its schema
@@ -276,37 +276,12 @@ class DiagnosticsConfig:
     """Chosen completions (a seeded sample of the training data) scored for that check."""
 
 
-def default_judges() -> dict[str, Any]:
-    """The built-in judges; the reward model reads `judge_path` and the policy's dtype."""
-    return {
-        "toy": {"_target_": "prefopt.evaluation.judges.ToyJudge"},
-        "reward_model": {
-            "_target_": "prefopt.evaluation.judges.RewardModelJudge",
-            "path": "${...judge_path}",
-            "batch_size": "${...batch_size}",
-            # oc.select: an eval section composed alone (no `model`) keeps the defaults
-            "dtype": "${oc.select:model.dtype,float32}",
-            "trust_remote_code": "${oc.select:model.trust_remote_code,false}",
-        },
-        "none": None,
-    }
-
-
 @dataclass
 class EvalConfig:
     """Generation-based evaluation: sample from policy and reference on held-out prompts, judge
-    both, and log win rate, rewards, KL and a table of generations (`conf/eval/`)."""
+    both with the `judge` section's judge, and log win rate, rewards, KL and a table of
+    generations (`conf/eval/`)."""
 
-    judge: str = "toy"
-    """The judge, a key of `judges`: toy (the toy world's ground-truth reward), reward_model (a
-    sequence-classification checkpoint at `judge_path`), none (KL and lengths only), or one that
-    an eval YAML adds to `judges`."""
-    judges: dict[str, Any] = field(default_factory=default_judges)
-    """The judges by name, each a `_target_` node built by `hydra.utils.instantiate` (null = no
-    judge). A new judge is one class with `score(prompts, completions, device)` and one
-    conf/eval/<name>.yaml holding `judge: <name>` and `judges: {<name>: {_target_: ...}}`."""
-    judge_path: str | None = None
-    """Reward model checkpoint for judge=reward_model: a local directory or a hub id."""
     num_prompts: int = 64
     """Held-out prompts (a seeded sample of the validation prompts); 0 = no generation eval."""
     every_n_steps: int = 0
@@ -316,7 +291,7 @@ class EvalConfig:
     """Sampling temperature; 1 samples the policy itself (what `eval/kl_seq` assumes), 0 = greedy."""
     max_new_tokens: int = 32
     batch_size: int = 32
-    """Prompts per generate / scoring / judge call."""
+    """Prompts per generate / scoring call, and per judge call of the policy's completions."""
     seed: int = 0
     """Seed of the prompt choice and of sampling (the same at every evaluation)."""
     table_rows: int = 16
@@ -349,6 +324,10 @@ class Config:
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     eval: EvalConfig = MISSING
+    judge: Any = None
+    """The judge of evaluation and of the online loop, a `_target_` node (`conf/judge/`): toy,
+    reward_model (`judge.path`), python (`judge.function`) or none (null `_target_`); typed by
+    its option's schema in `config/judges_schema.py`."""
     seed: int = 0
     output_dir: str = MISSING
     """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
@@ -376,10 +355,12 @@ def loss_schema(loss_cls: type) -> type:
 
 
 def register_configs() -> None:
+    from prefopt.config.judges_schema import register_judge_schemas
     from prefopt.losses import LOSSES
 
     cs = ConfigStore.instance()
     cs.store(name="prefopt_schema", node=Config)
+    register_judge_schemas(cs)
     for name, loss_cls in LOSSES.items():
         cs.store(group="loss", name=f"{name}_schema", node=loss_schema(loss_cls))
     for group, schema in GROUP_SCHEMAS.items():

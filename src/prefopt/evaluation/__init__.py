@@ -1,5 +1,6 @@
 """Evaluation that shows alignment happened: generations judged against the reference, KL,
-and the seed's diagnostics, as Lightning callbacks configured by the `eval` config group."""
+and the seed's diagnostics, as Lightning callbacks configured by the `eval` config group. The
+judge is the `judge` group's (`prefopt.judges`), built by the caller and handed in."""
 
 from __future__ import annotations
 
@@ -9,21 +10,14 @@ from prefopt.config.schema import EvalConfig, ModelConfig
 from prefopt.errors import PrefoptError
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.evaluation.diagnostics import DiagnosticsCallback
-from prefopt.evaluation.judges import (
-    Judge,
-    RewardModelJudge,
-    ToyJudge,
-    build_judge,
-    check_judge_choice,
-)
 from prefopt.evaluation.metrics import sequence_kl, win_rate
+from prefopt.judges import Judge
 from prefopt.losses.base import PreferenceLoss
 from prefopt.reference import SamplingModel
 
 
 def check_eval_config(cfg) -> None:
     """Fail at start, before anything loads, on an `eval` section that cannot work."""
-    check_judge_choice(cfg)
     for key, value, low in (
         ("num_prompts", cfg.num_prompts, 0),
         ("temperature", cfg.temperature, 0),
@@ -39,14 +33,14 @@ def check_eval_config(cfg) -> None:
 def build_callbacks(
     eval_cfg: EvalConfig,
     model_cfg: ModelConfig,
-    toy_data: bool,
+    judge: Judge | None,
     loss: PreferenceLoss,
     tokenizer,
     reference_model: SamplingModel,
 ) -> list[L.Callback]:
     """The evaluation and diagnostics callbacks the `eval` section (`eval_cfg`) asks for.
 
-    `toy_data`: whether the run's data is the toy world (the toy judge needs it).
+    `judge`: `prefopt.judges.build_judge(cfg.judge, ...)`'s, or None (no reward, no win rate).
     `reference_model`: π_ref as a model, the training reference's `sampling_model`, or for a
     reference-free loss `prefopt.reference.build_sampling_model`'s (see `GenerationEvalCallback`).
     """
@@ -54,7 +48,6 @@ def build_callbacks(
     if eval_cfg.diagnostics.enabled:
         callbacks.append(DiagnosticsCallback(eval_cfg.diagnostics, loss, seed=eval_cfg.seed))
     if eval_cfg.num_prompts > 0:
-        judge = build_judge(eval_cfg, toy_data)
         chunk_size = model_cfg.logits_chunk_size or None
         callbacks.append(
             GenerationEvalCallback(eval_cfg, tokenizer, judge, reference_model, chunk_size)
@@ -65,12 +58,8 @@ def build_callbacks(
 __all__ = [
     "DiagnosticsCallback",
     "GenerationEvalCallback",
-    "Judge",
-    "RewardModelJudge",
-    "ToyJudge",
     "build_callbacks",
     "check_eval_config",
-    "build_judge",
     "sequence_kl",
     "win_rate",
 ]

@@ -5,7 +5,11 @@ policy and the reference complete the same held-out prompts; a judge scores both
 gets
 
 - `eval/win_rate_vs_ref`: share of prompts where the policy's completion scores higher (ties 1/2),
-- `eval/reward_policy`, `eval/reward_ref`: mean judge scores,
+  over the prompts where the judge scored both completions,
+- `eval/reward_policy`, `eval/reward_ref`: mean judge scores (of the completions it scored),
+- `eval/ties`: prompts where both completions got the same score,
+- `eval/judge_failures`: completions compared at this evaluation (the policy's and the
+  reference's) that the judge gave no usable score (`prefopt.judges.scores`),
 - `eval/kl_seq`: mean over the policy's samples of log π(y|x) − log π_ref(y|x),
 - `eval/length_policy` (and `eval/length_ref`): completion tokens, EOS not counted,
 - `eval/generations.json`: a table (prompt, policy, reference, their rewards) per evaluation.
@@ -40,8 +44,8 @@ from prefopt.evaluation.generation import (
     score,
     stop_token_ids,
 )
-from prefopt.evaluation.judges import Judge
 from prefopt.evaluation.metrics import mean, sequence_kl, win_rate
+from prefopt.judges import Judge, JudgeScores, paired, score_completions, ties
 from prefopt.reference import SamplingModel
 from prefopt.tracking import log_table
 
@@ -71,7 +75,7 @@ class GenerationEvalCallback(L.Callback):
         self.prompt_texts: list[str] = []
         self.stop_ids: list[int] = []
         self.reference_samples: Samples | None = None
-        self.reference_rewards: list[float] | None = None
+        self.reference_rewards: JudgeScores | None = None
         self.last_step: int | None = None
         self.history: list[dict[str, float]] = []
         """The metrics of each evaluation, in order."""
@@ -131,9 +135,14 @@ class GenerationEvalCallback(L.Callback):
             "eval/length_ref": mean(self.reference_samples.lengths(self.stop_ids)),
         }
         if policy_rewards is not None:
-            metrics["eval/win_rate_vs_ref"] = win_rate(policy_rewards, self.reference_rewards)
-            metrics["eval/reward_policy"] = mean(policy_rewards)
-            metrics["eval/reward_ref"] = mean(self.reference_rewards)
+            policy_scored, reference_scored = paired(policy_rewards, self.reference_rewards)
+            if policy_scored:
+                metrics["eval/win_rate_vs_ref"] = win_rate(policy_scored, reference_scored)
+            metrics["eval/reward_policy"] = mean(policy_rewards.valid)
+            metrics["eval/reward_ref"] = mean(self.reference_rewards.valid)
+            metrics["eval/ties"] = float(ties(policy_rewards, self.reference_rewards))
+            failures = policy_rewards.failures + self.reference_rewards.failures
+            metrics["eval/judge_failures"] = float(failures)
         self.history.append({"step": float(trainer.global_step), **metrics})
         self._log(trainer, metrics, policy_samples, policy_rewards)
         log.info(
@@ -159,10 +168,12 @@ class GenerationEvalCallback(L.Callback):
         )
         return Samples(ids, decode_completions(self.tokenizer, self.prompts, ids))
 
-    def _judge(self, samples: Samples, device: torch.device) -> list[float] | None:
+    def _judge(self, samples: Samples, device: torch.device) -> JudgeScores | None:
         if self.judge is None:
             return None
-        return self.judge.score(self.prompt_texts, samples.texts, device=device)
+        return score_completions(
+            self.judge, self.prompt_texts, samples.texts, device, self.cfg.batch_size
+        )
 
     def _kl(self, policy, reference, samples: Samples, device: torch.device) -> float:
         kwargs = dict(
@@ -191,8 +202,8 @@ class GenerationEvalCallback(L.Callback):
             "reference": self.reference_samples.texts[:n],
         }
         if policy_rewards is not None:
-            table["reward_policy"] = policy_rewards[:n]
-            table["reward_ref"] = self.reference_rewards[:n]
+            table["reward_policy"] = policy_rewards.scores[:n]
+            table["reward_ref"] = self.reference_rewards.scores[:n]
         log_table(logger, table, TABLE_FILE)
 
 

@@ -9,6 +9,7 @@ parallel coordinates plot it against the metrics. A few params are derived from 
 - `loss`: the loss's name (`dpo`, `ipo`, ...), and `loss/<field>` for each of its fields (a
   nested one flattened: `loss/terms/dpo/beta` of `loss=mix`);
 - `optim/optimizer`: the optimizer's class (`torch.optim.AdamW`);
+- `judge`: the judge's short name (`toy`, `reward_model`, `python:<function>`, `none`);
 - `reference`: how π_ref's log-probs come (`cached`, `online`, or `none` for a loss without one).
 
 An unset key (`data.path` of the toy data, `model.reference_path`) is no param.
@@ -20,6 +21,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from prefopt.config.judges_schema import judge_label
 
 KEY_SETTINGS = (
     "model.path",
@@ -40,7 +43,8 @@ KEY_SETTINGS = (
     "trainer.max_epochs",
     "trainer.precision",
     "seed",
-    "eval.judge",
+    "judge.path",
+    "judge.function",
 )
 """Config keys logged as params as they are (when set)."""
 
@@ -69,6 +73,9 @@ def key_params(config: DictConfig, extra_keys: Iterable[str] = ()) -> dict[str, 
             params[param_name(key)] = value
     if OmegaConf.select(config, "model.lora.enabled", default=False):
         params["model/lora/r"] = OmegaConf.select(config, "model.lora.r", default=None)
+    judge = OmegaConf.select(config, "judge", default=None)
+    if isinstance(judge, DictConfig):
+        params["judge"] = judge_label(judge)
     optimizer = OmegaConf.select(config, "optim.optimizer._target_", default=None)
     if optimizer is not None:
         params["optim/optimizer"] = optimizer
