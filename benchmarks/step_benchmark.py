@@ -18,6 +18,9 @@ Modes (each measured in a fresh process, so peak memory is its own):
   trl_precomputed  TRL's DPOTrainer with `precompute_ref_log_probs=True`
                    (both only when `trl` is installed: pip install -e ".[bench]")
 
+`--compile` and `--liger` switch on `model.compile` and `model.liger_kernel` for the sft and
+prefopt modes (TRL's modes stay as TRL runs them: the baseline).
+
 Models are random-initialised from a config (no download): `toy` (the toy world's shape),
 `vocab152k` (Qwen2.5's 151,936-token vocabulary on a tiny body: isolates the logits' cost) and
 `qwen2.5-0.5b` (the real shape). Peak memory is CUDA max-allocated on GPU, the process's peak
@@ -162,6 +165,7 @@ def run_worker(args) -> dict:
     if args.mode.startswith("trl"):
         return run_trl(args, policy, batch)
 
+    policy = with_speedups(policy, args, is_policy=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     model_tokens = None
     if args.mode == "sft":
@@ -178,6 +182,7 @@ def run_worker(args) -> dict:
             padding_free=args.mode in ("dpo_padfree", "dpo_packed"),
         )
         reference_model = build_model(args.model, seq_len, dtype).to(device)
+        reference_model = with_speedups(reference_model, args, is_policy=False)
         if args.mode == "dpo_cached":
             with torch.no_grad():
                 first, second = completion_logps(reference_model, batch, chunk).split(args.pairs)
@@ -220,6 +225,21 @@ def run_worker(args) -> dict:
         "model_tokens_per_pair": (model_tokens or batch["input_ids"].numel()) / args.pairs,
         "peak_memory_mb": peak_memory_mb(device),
     }
+
+
+def with_speedups(model: torch.nn.Module, args, is_policy: bool) -> torch.nn.Module:
+    """`--liger` and `--compile` as `model.liger_kernel` (policy and reference) and
+    `model.compile` (the policy's decoder layers) apply them; TRL's modes run without."""
+    if args.liger:
+        from prefopt.model.liger import apply_liger_kernels
+
+        apply_liger_kernels(model)
+    if args.compile and is_policy:
+        from prefopt.config.schema import ModelConfig
+        from prefopt.model.loading import prepare_policy
+
+        model = prepare_policy(model, ModelConfig(path="benchmark", compile=True))
+    return model
 
 
 def run_trl(args, policy, batch) -> dict:
@@ -378,6 +398,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument(
         "--modes", nargs="+", choices=MODES, default=["sft", "dpo_online", "dpo_cached"]
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="model.compile=true for the sft and prefopt modes"
+    )
+    parser.add_argument(
+        "--liger",
+        action="store_true",
+        help="model.liger_kernel=true for the sft and prefopt modes (liger-kernel, CUDA)",
     )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
