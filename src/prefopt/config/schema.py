@@ -66,15 +66,15 @@ class ModelConfig:
     logits_chunk_size: int = 512
     """Completion tokens sent through the output layer at once (bounds the logits' memory: 512
     tokens of a 152k vocabulary are 311 MB in fp32); 0 = full [batch, seq, vocab] logits."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (HF `gradient_checkpointing_enable`)."""
-    compile: bool = False
-    """`torch.compile` each decoder layer (GPU; the first steps are slow while it compiles)."""
     liger_kernel: bool = False
     """Swap the policy's and an online reference's RMSNorm, SwiGLU MLP and rotary embedding for
     the fused Triton kernels of the `liger-kernel` package (`pip install -e '.[liger]'`; a CUDA
     GPU). Layer kernels only: prefopt computes completion log-probs itself, chunked, so Liger's
     fused linear cross-entropy is not used."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (HF `gradient_checkpointing_enable`)."""
+    compile: bool = False
+    """`torch.compile` each decoder layer (GPU; the first steps are slow while it compiles)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     # A string, not a Choice: Hydra reads `prefix_sharing=true` as a bool, which an Enum field
     # refuses; `prefopt.model.packing.prefix_sharing_mode` checks it instead.
