@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 sections=("${@:-21}")
 
 if [ -d .whl ]; then
-    timeout 90 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    timeout 35 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site
 fi
