@@ -44,8 +44,9 @@ for section in "${sections[@]}"; do
         # packed shared-prompt rows under FlexAttention's block mask against TRL, online reference.
         hh=(--pairs 8 --prompt-len 176 --completion-len 72 --ragged)
         bench 110 hh_flex "${hh[@]}" --attention flex --modes dpo_packed trl
-        # Today's padded layout, the cached reference and TRL's precomputed reference.
-        bench 100 hh_padded "${hh[@]}" --modes dpo_online dpo_cached trl_precomputed
+        # Padded pairs under the dense SDPA path (the layout before issue 21), the cached
+        # reference, and TRL's precomputed reference.
+        bench 100 hh_padded "${hh[@]}" --attention sdpa --modes dpo_online dpo_cached trl_precomputed
         # Long context: prompt 1,536 + completion 512 (shared prompts save most here).
         bench 100 long_flex --pairs 4 --prompt-len 1536 --completion-len 512 --attention flex \
             --modes dpo_packed trl
@@ -53,7 +54,7 @@ for section in "${sections[@]}"; do
         if has flash_attn; then
             bench 60 hh_flash_varlen "${hh[@]}" --attention flash_varlen --modes dpo_packed dpo_padfree
         else
-            echo "== hh_flash_varlen: skipped (flash-attn is not installed: no wheel for this torch)"
+            echo "== hh_flash_varlen: skipped (flash-attn is not installed: fetch_wheels.sh found no wheel)"
         fi
         # The policy's decoder layers compiled (the warm-up steps absorb the compilation).
         bench 80 hh_flex_compile "${hh[@]}" --attention flex --compile --modes dpo_packed

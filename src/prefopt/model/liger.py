@@ -24,7 +24,7 @@ from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.models")
 
-LAYER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "geglu": True}
+LAYER_KERNELS = {"rope": True, "rms_norm": True, "layer_norm": True, "swiglu": True, "geglu": True}
 """The layer kernels asked for, where a model family's patch function offers them."""
 NO_LOSS_KERNELS = {"cross_entropy": False, "fused_linear_cross_entropy": False}
 """Liger's loss kernels stay off: they replace the logits prefopt's log-probs are read from."""
