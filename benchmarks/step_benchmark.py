@@ -18,13 +18,13 @@ Modes (each measured in a fresh process, so peak memory is its own):
   trl_precomputed  TRL's DPOTrainer with `precompute_ref_log_probs=True`
                    (both only when `trl` is installed: pip install -e ".[bench]")
 
-`--compile` and `--liger` switch on `model.compile` and `model.liger_kernel` for the sft and
-prefopt modes (TRL's modes stay as TRL runs them: the baseline).
-
 Models are random-initialised from a config (no download): `toy` (the toy world's shape),
 `vocab152k` (Qwen2.5's 151,936-token vocabulary on a tiny body: isolates the logits' cost) and
 `qwen2.5-0.5b` (the real shape). Peak memory is CUDA max-allocated on GPU, the process's peak
 RSS on CPU. Prints one table and writes JSON (`--json`).
+
+`--compile` and `--liger` switch on `model.compile` and `model.liger_kernel` for the sft and
+prefopt modes (TRL's modes stay as TRL runs them: the baseline).
 """
 
 from __future__ import annotations
@@ -182,7 +182,6 @@ def run_worker(args) -> dict:
             padding_free=args.mode in ("dpo_padfree", "dpo_packed"),
         )
         reference_model = build_model(args.model, seq_len, dtype).to(device)
-        reference_model = with_speedups(reference_model, args, is_policy=False)
         if args.mode == "dpo_cached":
             with torch.no_grad():
                 first, second = completion_logps(reference_model, batch, chunk).split(args.pairs)
@@ -191,6 +190,7 @@ def run_worker(args) -> dict:
             )
             del reference_model  # as on a cache hit: no reference model in memory
         else:
+            reference_model = with_speedups(reference_model, args, is_policy=False)
             reference = OnlineReference(reference_model, chunk, packing)
         module = PreferenceModule(
             policy,
@@ -394,11 +394,6 @@ def main() -> None:
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="model.logits_chunk_size (0: prefopt's default)"
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument(
-        "--modes", nargs="+", choices=MODES, default=["sft", "dpo_online", "dpo_cached"]
-    )
     parser.add_argument(
         "--compile", action="store_true", help="model.compile=true for the sft and prefopt modes"
     )
@@ -406,6 +401,11 @@ def main() -> None:
         "--liger",
         action="store_true",
         help="model.liger_kernel=true for the sft and prefopt modes (liger-kernel, CUDA)",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=["sft", "dpo_online", "dpo_cached"]
     )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
