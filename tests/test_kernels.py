@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,6 +132,20 @@ def test_compiled_decoder_layers_train_to_the_same_loss_and_gradients(compose_co
         grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_liger_kernel_is_an_extra_of_its_own():
+    """liger-kernel needs triton and a CUDA GPU: only `.[liger]` installs it, never the default
+    or CI's `.[dev]`."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    project = project["project"]
+    assert project["optional-dependencies"]["liger"] == ["liger-kernel>=0.5"]
+    others = [project["dependencies"]] + [
+        reqs for name, reqs in project["optional-dependencies"].items() if name != "liger"
+    ]
+    assert not [r for reqs in others for r in reqs if "liger" in r]
 
 
 def _installed(name: str) -> bool:
