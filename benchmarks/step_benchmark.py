@@ -22,6 +22,9 @@ Models are random-initialised from a config (no download): `toy` (the toy world'
 `vocab152k` (Qwen2.5's 151,936-token vocabulary on a tiny body: isolates the logits' cost) and
 `qwen2.5-0.5b` (the real shape). Peak memory is CUDA max-allocated on GPU, the process's peak
 RSS on CPU. Prints one table and writes JSON (`--json`).
+
+`--compile` and `--liger` switch on `model.compile` and `model.liger_kernel` for the sft and
+prefopt modes (TRL's modes stay as TRL runs them: the baseline).
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ def run_worker(args) -> dict:
     if args.mode.startswith("trl"):
         return run_trl(args, policy, batch)
 
+    policy = with_speedups(policy, args, is_policy=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     model_tokens = None
     if args.mode == "sft":
@@ -186,6 +190,7 @@ def run_worker(args) -> dict:
             )
             del reference_model  # as on a cache hit: no reference model in memory
         else:
+            reference_model = with_speedups(reference_model, args, is_policy=False)
             reference = OnlineReference(reference_model, chunk, packing)
         module = PreferenceModule(
             policy,
@@ -220,6 +225,21 @@ def run_worker(args) -> dict:
         "model_tokens_per_pair": (model_tokens or batch["input_ids"].numel()) / args.pairs,
         "peak_memory_mb": peak_memory_mb(device),
     }
+
+
+def with_speedups(model: torch.nn.Module, args, is_policy: bool) -> torch.nn.Module:
+    """`--liger` and `--compile` as `model.liger_kernel` (policy and reference) and
+    `model.compile` (the policy's decoder layers) apply them; TRL's modes run without."""
+    if args.liger:
+        from prefopt.model.liger import apply_liger_kernels
+
+        apply_liger_kernels(model)
+    if args.compile and is_policy:
+        from prefopt.config.schema import ModelConfig
+        from prefopt.model.loading import prepare_policy
+
+        model = prepare_policy(model, ModelConfig(path="benchmark", compile=True))
+    return model
 
 
 def run_trl(args, policy, batch) -> dict:
@@ -373,6 +393,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--chunk-size", type=int, default=0, help="model.logits_chunk_size (0: prefopt's default)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="model.compile=true for the sft and prefopt modes"
+    )
+    parser.add_argument(
+        "--liger",
+        action="store_true",
+        help="model.liger_kernel=true for the sft and prefopt modes (liger-kernel, CUDA)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

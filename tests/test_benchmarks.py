@@ -1,5 +1,6 @@
 """The benchmarks run end to end at a CI-friendly size (their timings are not asserted)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "step_benchmark.py"
+RATIO_TABLE = BENCHMARK.parent / "device" / "ratio_table.py"
 
 
 def run_step_benchmark(tmp_path, modes: list[str]) -> tuple[list[str], dict[str, dict]]:
@@ -30,11 +32,22 @@ def run_step_benchmark(tmp_path, modes: list[str]) -> tuple[list[str], dict[str,
     return table, results
 
 
-def test_step_benchmark_prints_its_table_and_writes_json(tmp_path):
+def test_step_benchmark_prints_its_table_and_writes_json(tmp_path, capsys):
     _, results = run_step_benchmark(tmp_path, ["sft", "dpo_cached", "dpo_packed"])
     # Shared prompts and no padding: fewer token slots through the model than padded pairs.
     padded = results["dpo_cached"]["model_tokens_per_pair"]
     assert results["dpo_packed"]["model_tokens_per_pair"] < padded
+    # gpu_check.sh's ratio table reads the JSON (tests/test_gpu_check.py checks it further).
+    spec = importlib.util.spec_from_file_location("ratio_table", RATIO_TABLE)
+    ratio_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ratio_table)
+    ratio_table.main([str(tmp_path / "bench.json"), "--baselines", "dpo_cached"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if "| dpo_packed |" in line)
+    packed, cached = results["dpo_packed"], results["dpo_cached"]
+    assert row.strip("| ").split(" | ")[4:] == [
+        f"{packed['tokens_per_s'] / cached['tokens_per_s']:.2f}",
+        f"{packed['peak_memory_mb'] / cached['peak_memory_mb']:.2f}",
+    ]
 
 
 @pytest.mark.slow  # importing TRL and building its trainer: ~15 s more on 2 cores

@@ -50,6 +50,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
 def train(cfg: DictConfig) -> TrainResult:
     loss = check_config(cfg)
     checks.check_accelerator(cfg.trainer)  # this machine's GPUs; a valid config may need others
+    checks.check_model_kernels(cfg.model, cfg.trainer)  # e.g. liger-kernel: its package, a GPU
     tracking_uri = resolve_tracking_uri(cfg.logger.tracking_uri)
     resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path, tracking_uri)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

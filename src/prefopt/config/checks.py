@@ -9,7 +9,8 @@ value and the fix. `check_config` is the entry point's call of them all.
 Among them, the checks that no input reaches the network or a library by mistake: keys added
 with `+key=value` that no schema has (`check_known_keys`), and data and model paths that can
 only be local but do not exist (never sent to the hub: `data.sources.looks_local`).
-`check_accelerator` checks the machine rather than the config: the GPUs asked for are there.
+`check_accelerator` and `check_model_kernels` check the machine rather than the config: the
+GPUs asked for are there, and the packages of the kernels asked for.
 
 `check_overrides` runs even before Hydra composes the config, so that a misspelled group option
 (`loss=dpoo`) or choice (`optim.scheduler=cosin`) gets the same kind of line listing the valid
@@ -187,6 +188,18 @@ def check_accelerator(trainer: DictConfig) -> None:
             f"trainer.devices={devices}: needs {needed} GPUs, this machine has {available}; "
             f"set trainer.devices={available} or fewer (devices are counted per node)"
         )
+
+
+def check_model_kernels(model: DictConfig, trainer: DictConfig) -> None:
+    """The kernels `model` asks for run on this machine and `trainer`'s accelerator: with
+    `model.liger_kernel`, the liger-kernel package and a CUDA GPU (a check of the machine,
+    made beside `check_accelerator`, before any model loads)."""
+    if not model.get("liger_kernel"):
+        return
+    from prefopt.model.liger import liger_kernel_problem
+
+    if problem := liger_kernel_problem(trainer.accelerator):
+        raise PrefoptError(f"model.liger_kernel=true: {problem}")
 
 
 def _devices_needed(devices: Any) -> int | None:

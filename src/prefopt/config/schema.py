@@ -66,6 +66,11 @@ class ModelConfig:
     logits_chunk_size: int = 512
     """Completion tokens sent through the output layer at once (bounds the logits' memory: 512
     tokens of a 152k vocabulary are 311 MB in fp32); 0 = full [batch, seq, vocab] logits."""
+    liger_kernel: bool = False
+    """Swap the policy's and an online reference's RMSNorm, SwiGLU MLP and rotary embedding for
+    the fused Triton kernels of the `liger-kernel` package (`pip install -e '.[liger]'`; a CUDA
+    GPU). Layer kernels only: prefopt computes completion log-probs itself, chunked, so Liger's
+    fused linear cross-entropy is not used."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (HF `gradient_checkpointing_enable`)."""
     compile: bool = False

@@ -36,8 +36,14 @@ class Checkpoints:
         return cls(model_cfg, policy, model_cfg.reference_path or policy)
 
     def load(self, path: str | None = None) -> torch.nn.Module:
-        """The checkpoint at `path` (default: the policy's), with the section's dtype."""
-        return load_causal_lm(path or self.policy_path, self.model_cfg)
+        """The checkpoint at `path` (default: the policy's), with the section's dtype, and
+        Liger's layer kernels with `model.liger_kernel` (policy and reference alike)."""
+        model = load_causal_lm(path or self.policy_path, self.model_cfg)
+        if self.model_cfg.liger_kernel:
+            from prefopt.model.liger import apply_liger_kernels
+
+            apply_liger_kernels(model)
+        return model
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         return load_tokenizer(self.policy_path, self.model_cfg)
