@@ -73,7 +73,9 @@ def test_soft_sync_every_two_steps_by_hand(tmp_path, accumulate):
     assert reference.weight.item() == -0.25
     assert sync.sync_count == 2 and sync.synced_step == 4
     by_step = dict(seen)  # the last value seen at each step
-    assert by_step == {1: 1.0, 2: 0.5, 3: 0.5, 4: -0.25}
+    first_batch = {0: 1.0} if accumulate == 2 else {}  # a batch that does not step
+    assert by_step == {**first_batch, 1: 1.0, 2: 0.5, 3: 0.5, 4: -0.25}
+    assert len(seen) == 4 * accumulate
     assert [sync.next_sync_step(s) for s in (0, 1, 2, 3)] == [2, 2, 4, 4]
 
 
