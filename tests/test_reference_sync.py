@@ -22,6 +22,7 @@ from prefopt.reference import ReferenceSync, build_reference_sync
 from prefopt.reference.online import OnlineReference
 from prefopt.reference.sync import check_sync, mix_into
 from prefopt.train import train
+from prefopt.training.checkpoint import LAST, ResumeCheckpoint
 
 from .conftest import quiet_trainer, tiny_llama
 
@@ -77,6 +78,35 @@ def test_soft_sync_every_two_steps_by_hand(tmp_path, accumulate):
     assert by_step == {**first_batch, 1: 1.0, 2: 0.5, 3: 0.5, 4: -0.25}
     assert len(seen) == 4 * accumulate
     assert [sync.next_sync_step(s) for s in (0, 1, 2, 3)] == [2, 2, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("saved_at", "sync_first"), [(3, True), (2, True), (2, False)], ids=["step3", "step2", "late"]
+)
+def test_the_synced_reference_resumes_from_a_checkpoint_by_hand(tmp_path, saved_at, sync_first):
+    """As above (α = 0.5, every 2 steps), resumed from the checkpoint of step 3 (or 2) into
+    fresh models (w = 1, π_ref = 1): the checkpoint brings back π_ref = 0.5, so step 4 gives
+    π_ref = 0.5·(-1.0) + 0.5·0.5 = -0.25 as without the stop (from the initial π_ref = 1 it
+    would be 0.5·(-1.0) + 0.5·1.0 = 0). "late": the checkpoint callback runs before the sync,
+    so step 2's checkpoint holds π_ref = 1 and the resumed run does step 2's sync first, from
+    the checkpointed w = 0."""
+    ckpt_dir = tmp_path / "checkpoints"
+
+    def fit(max_steps: int, ckpt_path=None) -> tuple[OneWeight, ReferenceSync]:
+        module = OneWeight(1.0)
+        sync = ReferenceSync(copy.deepcopy(module.policy).requires_grad_(False), 2, mix=0.5)
+        saver = ResumeCheckpoint(ckpt_dir, every_n_steps=saved_at)
+        callbacks = [sync, saver] if sync_first else [saver, sync]
+        trainer = quiet_trainer(tmp_path, max_steps=max_steps, callbacks=callbacks)
+        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+        return module, sync
+
+    fit(saved_at)
+    assert torch.load(ckpt_dir / LAST, weights_only=True)["global_step"] == saved_at
+    module, sync = fit(4, ckpt_dir / LAST)
+    assert module.policy.weight.item() == -1.0
+    assert sync.reference_model.weight.item() == -0.25
+    assert (sync.sync_count, sync.synced_step) == (2, 4)
 
 
 def test_a_mix_is_computed_in_fp32_and_cast_to_the_reference_dtype():
@@ -291,6 +321,7 @@ def test_a_hard_sync_makes_the_reference_score_as_the_policy(compose_config, mon
     torch.testing.assert_close(reference_logps.summed, policy_logps.summed, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # three short trainings (~30 s on 2 busy cores); the hand-worked one is fast
 def test_a_resumed_run_goes_on_with_the_checkpointed_reference(
     compose_config, monkeypatch, tmp_path
 ):
