@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from prefopt.config import checks
 from prefopt.config.schema import ReferenceConfig
 from prefopt.errors import PrefoptError
-from prefopt.reference import ReferenceSync, build_reference_sync
+from prefopt.reference import ReferenceSync, SamplingModel, build_reference_sync
 from prefopt.reference.online import OnlineReference
 from prefopt.reference.sync import check_sync, mix_into
 from prefopt.train import train
@@ -202,6 +202,16 @@ def test_a_reference_free_loss_with_sync_warns_and_moves_nothing(caplog):
         "(evaluation still compares with the initial one)"
     ]
     assert build_reference_sync(ReferenceConfig(), OnlineReference(tiny_llama())) is None
+
+
+def test_a_moving_reference_whose_model_evaluation_shares_is_refused():
+    """Evaluation's π_ref must stay the initial one: sync may not move the model it samples."""
+    shared = OnlineReference(tiny_llama())
+    with pytest.raises(ValueError, match="needs a SamplingModel of its own"):
+        build_reference_sync(ReferenceConfig(sync_every_n_steps=2), shared)
+    own = OnlineReference(tiny_llama(), sampling_model=SamplingModel())
+    sync = build_reference_sync(ReferenceConfig(sync_every_n_steps=2, sync_mix=0.7), own)
+    assert (sync.reference_model, sync.every_n_steps, sync.mix) == (own.model, 2, 0.7)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ def build_reference_sync(reference_cfg: ReferenceConfig, reference) -> Reference
             f"reference.sync_every_n_steps={every}: the reference ({type(reference).__name__}) "
             f"holds no model of its own to move (a LoRA policy's base, or cached log-probs); {_OFF}"
         )
+    if reference.sampling_model.model is reference.model:
+        raise ValueError(
+            "a moving OnlineReference needs a SamplingModel of its own (evaluation compares "
+            "with the initial reference): build it with build_reference, or pass sampling_model"
+        )
     return ReferenceSync(reference.model, every, reference_cfg.sync_mix)
 
 
