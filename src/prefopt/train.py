@@ -84,6 +84,7 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) ->
     toy_data = cfg.data.source == "toy"
     judge = build_judge(cfg.judge, toy_data) if cfg.eval.num_prompts > 0 else None
     callbacks = build_callbacks(cfg.eval, cfg.model, judge, loss, tokenizer, reference_model)
+    callbacks += assemble.reference_callbacks(cfg.reference, module)  # TR-DPO's moving π_ref
     hints = assemble.fault_hints(cfg.optim, cfg.trainer, cfg.loss)
     trainer = assemble.build_trainer(
         cfg.trainer, cfg.checkpoint, module, logger, cfg.output_dir, callbacks, hints

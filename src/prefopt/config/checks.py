@@ -40,6 +40,7 @@ from prefopt.evaluation import check_eval_config
 from prefopt.judges import check_judge_config
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.loading import check_model_config
+from prefopt.reference.sync import check_sync
 from prefopt.tracking import check_tracking_uri
 
 log = logging.getLogger("prefopt")
@@ -91,6 +92,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     check_eval_config(cfg.eval)
     check_judge_config(cfg.judge)
     check_checkpoint(cfg.checkpoint, resuming=bool(cfg.resume or cfg.ckpt_path))
+    check_sync(cfg.reference, cfg.model, cfg.trainer)
     check_tracking_uri(cfg.logger.tracking_uri)
     return loss
 

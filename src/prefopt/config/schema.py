@@ -261,6 +261,14 @@ class ReferenceConfig:
     across the jobs of a sweep); false = run the reference model at every step."""
     cache_dir: str | None = None
     """null = $PREFOPT_CACHE/reference, or ~/.cache/prefopt/reference."""
+    sync_every_n_steps: int = 0
+    """A moving reference (TR-DPO, Gorbatovski et al. 2024, "Learn Your Reference Model for
+    Real Good Alignment"): every this many optimizer steps, π_ref ← α·π_θ + (1−α)·π_ref with
+    α = `sync_mix`. 0 = the reference stays the initial policy. A moving reference runs
+    online (its log-probs cannot be cached); evaluation still compares with the initial one."""
+    sync_mix: float = 1.0
+    """α of the update above, in (0, 1]: 1 = a hard copy of the policy into the reference
+    (TR-DPO's hard update, τ = `sync_every_n_steps`), below 1 TR-DPO's soft update."""
 
 
 @dataclass

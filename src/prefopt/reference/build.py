@@ -5,8 +5,10 @@
 - `reference.cache=true` (the default): that reference scores all data once, before training,
   and training reads the stored log-probs (`CachedReference`); on a cache hit no model is
   loaded. A model loaded only to fill the cache is dropped afterwards.
-- `reference.cache=false`, or a checkpoint with no local files to fingerprint: the reference
-  runs online at every step (`OnlineReference`, or the adapter-disabled policy).
+- `reference.cache=false`, a moving reference (`reference.sync_every_n_steps`, `sync.py`),
+  or a checkpoint with no local files to fingerprint: the reference runs online at every step
+  (`OnlineReference`, or the adapter-disabled policy). A moving one gets its own
+  `SamplingModel`, so that evaluation keeps comparing with the initial reference.
 """
 
 from __future__ import annotations
@@ -65,13 +67,23 @@ def build_reference(
 
     loaded: Reference | None = held
 
+    moving = reference_cfg.sync_every_n_steps > 0
+    # A moving reference's own model changes: evaluation keeps the initial one apart.
+    sampling_model = build_sampling_model(model_cfg, reference_path, load_model) if moving else None
+
     def run_online() -> Reference:
         nonlocal loaded
         if loaded is None:
-            loaded = OnlineReference(load_model(reference_path), chunk_size, packing)
+            model = load_model(reference_path)
+            loaded = OnlineReference(model, chunk_size, packing, sampling_model)
         return loaded
 
-    if not reference_cfg.cache:
+    if reference_cfg.cache and moving and held is None:
+        log.info(
+            "reference.sync_every_n_steps: the reference moves, so it runs online (its "
+            "log-probs cannot be cached)"
+        )
+    if not reference_cfg.cache or (moving and held is None):
         return run_online()
     checkpoint = local_checkpoint(reference_path)
     if checkpoint is None:

@@ -1,8 +1,9 @@
 """`OnlineReference`: a frozen model, run on every batch that needs reference log-probs.
 
 It is held outside the LightningModule's submodules on purpose: it is then never in the
-optimizer, never in a checkpoint, never switched to train mode by Lightning, and never touched
-by gradient clipping. It runs in eval mode under `inference_mode`.
+optimizer, never switched to train mode by Lightning, and never touched by gradient clipping.
+It runs in eval mode under `inference_mode`. Only a moving reference (`sync.py`) changes its
+weights, and that callback's state puts them in the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class OnlineReference:
         model: nn.Module,
         chunk_size: int | None = DEFAULT_CHUNK_SIZE,
         packing: PairPacking | None = None,
+        sampling_model: SamplingModel | None = None,
     ):
         model.eval()
         model.requires_grad_(False)
@@ -31,8 +33,9 @@ class OnlineReference:
         """Paired batches only (off for KTO): shared prompts / padding-free rows."""
         self.forward_calls = 0
         """How many batches the reference has scored (lets tests and benchmarks count them)."""
-        self.sampling_model = SamplingModel(model)
-        """Evaluation samples from this very model: no second copy."""
+        self.sampling_model = sampling_model or SamplingModel(model)
+        """Evaluation samples from this very model (no second copy), unless another is given:
+        a moving reference (`sync.py`) leaves evaluation a frozen initial one."""
 
     def logps(
         self, batch: dict[str, Tensor], split: str = "train", shared_prefix: bool = False

@@ -27,7 +27,12 @@ from prefopt.data import PreferenceDataModule
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.loading import Checkpoints, prepare_policy
 from prefopt.model.packing import PairPacking
-from prefopt.reference import SamplingModel, build_reference, build_sampling_model
+from prefopt.reference import (
+    SamplingModel,
+    build_reference,
+    build_reference_sync,
+    build_sampling_model,
+)
 from prefopt.tracking import log_datasets
 from prefopt.training import strategies
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, ResumeCheckpoint
@@ -123,6 +128,14 @@ def evaluation_reference(module: PreferenceModule, checkpoints: Checkpoints) -> 
     if module.reference is not None:
         return module.reference.sampling_model
     return build_sampling_model(checkpoints.model_cfg, checkpoints.reference_path, checkpoints.load)
+
+
+def reference_callbacks(reference_cfg: ReferenceConfig, module: PreferenceModule) -> list:
+    """The callback that moves the reference during training (`reference.sync_every_n_steps`,
+    TR-DPO), or none. Pass it before the checkpoint callbacks (`build_trainer` appends them
+    after its `callbacks`), so a checkpoint at a sync step holds the synced reference."""
+    sync = build_reference_sync(reference_cfg, module.reference)
+    return [sync] if sync is not None else []
 
 
 def fault_hints(optim_cfg: OptimConfig, trainer_cfg, loss_cfg) -> dict[str, object]:
