@@ -213,17 +213,24 @@ def sliding_window(model: nn.Module) -> tuple[int | None, list[str] | None]:
     return int(window), layer_types
 
 
+BLOCK = 128
+"""FlexAttention's block size: the mask says, per 128×128 block, none, some or all."""
+
+
 def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int | None = None):
     """The `BlockMask` of packed rows: query i sees key j of its own group with j <= i, unless
     i is a rejected-completion token and j a chosen-completion one; with `window`, only keys
-    less than `window` positions back (as the model's own sliding-window mask). Built block by
-    block by `create_block_mask` (compiled), never as a [T, T] tensor."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    less than `window` positions back (as the model's own sliding-window mask).
+
+    Built one block of queries at a time ([rows, 128, T] booleans, never [T, T]) without
+    `torch.compile`: `create_block_mask(_compile=True)` takes ~40 s to compile on CPU, and
+    without compiling it evaluates the whole [rows, T, T] mask at once."""
+    from torch.nn.attention.flex_attention import BlockMask
 
     rows, width = groups.shape
     # Lengths are padded to whole blocks (-2: a group of its own) so mask_mod never reads past.
-    padded = -(-width // 128) * 128
-    pad = (0, padded - width)
+    n_blocks = -(-width // BLOCK)
+    pad = (0, n_blocks * BLOCK - width)
     groups = nn.functional.pad(groups, pad, value=-2)
     branches = nn.functional.pad(branches, pad, value=0)
     positions = nn.functional.pad(positions, pad, value=0)
@@ -235,6 +242,27 @@ def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int 
             allowed = allowed & (positions[b, q] - positions[b, kv] < window)
         return allowed
 
-    return create_block_mask(
-        mask_mod, rows, None, width, width, device=groups.device, _compile=True
+    device = groups.device
+    batch = torch.arange(rows, device=device)[:, None, None]
+    keys = torch.arange(n_blocks * BLOCK, device=device)[None, None, :]
+    some = torch.zeros(rows, n_blocks, n_blocks, dtype=torch.bool, device=device)
+    every = torch.zeros_like(some)
+    for qb in range(n_blocks):
+        queries = torch.arange(qb * BLOCK, (qb + 1) * BLOCK, device=device)[None, :, None]
+        tile = mask_mod(batch, 0, queries, keys).view(rows, BLOCK, n_blocks, BLOCK)
+        some[:, qb] = tile.any(3).any(1)
+        every[:, qb] = tile.all(3).all(1)
+    partial = some & ~every
+
+    def listed(flags: Tensor) -> tuple[Tensor, Tensor]:
+        # Listed blocks first (a stable sort keeps them in order); counts say how many.
+        order = (~flags).to(torch.int8).argsort(dim=-1, stable=True).to(torch.int32)
+        return flags.sum(-1, dtype=torch.int32)[:, None], order[:, None]
+
+    return BlockMask.from_kv_blocks(
+        *listed(partial),
+        *listed(every),
+        BLOCK_SIZE=BLOCK,
+        mask_mod=mask_mod,
+        seq_lengths=(width, width),
     )
