@@ -123,46 +123,67 @@ def _flex_or_sdpa(module, query, key, value, attention_mask, **kwargs):
 def _blockwise_attention(
     query: Tensor, key: Tensor, value: Tensor, block_mask, scale: float | None, dropout: float
 ) -> Tensor:
-    """Attention under `block_mask`, one block of queries at a time over the key blocks the mask
-    lists (partial ones masked by its `mask_mod`): the scores held at once are [heads, 128,
-    listed keys], not [heads, T, T]. Differentiable (SDPA per block)."""
+    """Attention under `block_mask` without a [T, T] score matrix: each block of 128 queries
+    attends to the span of key blocks its mask lists (masked by `mask_mod` inside the span), all
+    blocks in one SDPA call over [rows × blocks, heads, 128, span]. The span is at most a
+    group's length, so the work grows with T × the longest sequence, not T². One gather builds
+    the spans (slicing per block would cost a full-size gradient per slice in the backward)."""
     q_block, kv_block = block_mask.BLOCK_SIZE
-    n_tokens, n_keys = query.shape[-2], key.shape[-2]
-    partial_counts = block_mask.kv_num_blocks.tolist()
-    partial_indices = block_mask.kv_indices.tolist()
-    full_counts = block_mask.full_kv_num_blocks
-    full_counts = full_counts.tolist() if full_counts is not None else None
-    full_indices = block_mask.full_kv_indices.tolist() if full_counts is not None else None
-    offsets = torch.arange(kv_block, device=query.device)
-    rows = []
-    for b in range(query.shape[0]):
-        mb = b if len(partial_counts) > 1 else 0  # a mask may be shared by every row
-        pieces = []
-        for qb, start in enumerate(range(0, n_tokens, q_block)):
-            blocks = partial_indices[mb][0][qb][: partial_counts[mb][0][qb]]
-            if full_counts is not None:
-                blocks = blocks + full_indices[mb][0][qb][: full_counts[mb][0][qb]]
-            blocks = sorted(blocks)
-            q_index = torch.arange(start, min(start + q_block, n_tokens), device=query.device)
-            kv_index = torch.tensor(blocks, device=query.device)[:, None] * kv_block + offsets
-            kv_index = kv_index.flatten()
-            kv_index = kv_index[kv_index < n_keys]
-            allowed = block_mask.mask_mod(
-                torch.tensor(b, device=query.device), 0, q_index[:, None], kv_index[None, :]
-            )
-            pieces.append(
-                nn.functional.scaled_dot_product_attention(
-                    query[b : b + 1, :, q_index],
-                    key[b : b + 1, :, kv_index],
-                    value[b : b + 1, :, kv_index],
-                    attn_mask=allowed,
-                    dropout_p=dropout,
-                    scale=scale,
-                    enable_gqa=query.shape[1] != key.shape[1],
-                )
-            )
-        rows.append(torch.cat(pieces, dim=2))
-    return torch.cat(rows)
+    rows, heads, n_tokens, dim = query.shape
+    n_keys = key.shape[-2]
+    device = query.device
+    counts = block_mask.kv_num_blocks[:, 0]  # [rows or 1, q blocks]
+    listed = _listed(counts, block_mask.kv_indices[:, 0])
+    if block_mask.full_kv_num_blocks is not None:
+        listed = listed | _listed(
+            block_mask.full_kv_num_blocks[:, 0], block_mask.full_kv_indices[:, 0]
+        )
+    listed = listed.expand(rows, -1, -1)[:, : -(-n_tokens // q_block)]
+    n_q = listed.shape[1]
+    blocks = torch.arange(listed.shape[-1], device=device)
+    first = torch.where(listed, blocks, listed.shape[-1]).amin(-1)  # [rows, q blocks]
+    last = torch.where(listed, blocks, -1).amax(-1)
+    first = torch.minimum(first, last)  # a block listing nothing (only padding): an empty span
+    span = int((last - first + 1).max()) * kv_block
+    keys = first[..., None] * kv_block + torch.arange(span, device=device)  # [rows, q, span]
+    in_range = (keys < ((last + 1) * kv_block)[..., None]) & (keys < n_keys)
+    keys_clamped = keys.clamp(max=n_keys - 1)
+    queries = torch.arange(n_q * q_block, device=device).view(1, n_q, q_block, 1)
+    row = torch.arange(rows, device=device).view(rows, 1, 1, 1)
+    allowed = block_mask.mask_mod(row, 0, queries, keys_clamped[:, :, None, :])
+    allowed = allowed & in_range[:, :, None]
+    # Queries past the end (the last block's padding) see one key: no empty softmax row.
+    allowed = allowed | ((queries >= n_tokens) & (keys[:, :, None, :] == keys[:, :, None, :1]))
+    row_index = torch.arange(rows, device=device).view(rows, 1, 1)
+
+    def spans(
+        states: Tensor,
+    ) -> Tensor:  # [rows, kv heads, T, dim] -> [rows·q, kv heads, span, dim]
+        gathered = states.transpose(1, 2)[row_index, keys_clamped]  # [rows, q, span, heads, dim]
+        return gathered.flatten(0, 1).transpose(1, 2)
+
+    padded = nn.functional.pad(query, (0, 0, 0, n_q * q_block - n_tokens))
+    blocked = padded.view(rows, heads, n_q, q_block, dim).transpose(1, 2).flatten(0, 1)
+    out = nn.functional.scaled_dot_product_attention(
+        blocked,
+        spans(key),
+        spans(value),
+        attn_mask=allowed.flatten(0, 1)[:, None],
+        dropout_p=dropout,
+        scale=scale,
+        enable_gqa=heads != key.shape[1],
+    )
+    out = out.view(rows, n_q, heads, q_block, dim).transpose(1, 2).reshape(rows, heads, -1, dim)
+    return out[:, :, :n_tokens]
+
+
+def _listed(counts: Tensor, indices: Tensor) -> Tensor:
+    """[rows, q blocks, kv blocks] booleans from a BlockMask's counts and index lists."""
+    n_kv = indices.shape[-1]
+    used = torch.arange(n_kv, device=indices.device) < counts[..., None]
+    flags = torch.zeros(*indices.shape[:-1], n_kv + 1, dtype=torch.bool, device=indices.device)
+    flags.scatter_(-1, torch.where(used, indices.long(), n_kv), True)
+    return flags[..., :n_kv]
 
 
 # --- the masks of packed rows ---------------------------------------------------------------
