@@ -23,7 +23,8 @@ Modes (each measured in a fresh process, so peak memory is its own):
 
 `--attention` (sdpa, flex, flash_varlen) is `model.attention` for the prefopt modes and
 `--row-tokens` is `data.packing_row_tokens`; each prefopt mode also reports how far its
-policy log-probs are from the standard padded path's (`max_logp_diff`, no gradient).
+policy log-probs are from the standard padded path's (`max_logp_diff`, and relative to the
+sequence's summed log-prob `max_logp_rel_diff`; no gradient).
 
 Models are random-initialised from a config (no download): `toy` (the toy world's shape),
 `vocab152k` (Qwen2.5's 151,936-token vocabulary on a tiny body: isolates the logits' cost) and
@@ -176,7 +177,7 @@ def run_worker(args) -> dict:
         return run_trl(args, policy, batch)
 
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
-    model_tokens = None
+    model_tokens = max_logp_diff = max_logp_rel_diff = None
     if args.mode == "sft":
         labels = batch["input_ids"].masked_fill(~batch["completion_mask"], -100)
 
@@ -216,6 +217,9 @@ def run_worker(args) -> dict:
             expected = completion_logps(standard_policy, batch, chunk).summed
             got = packing.logps(policy, batch, chunk).summed
         max_logp_diff = float((got - expected).abs().max())
+        # fp32 sums of ~1,000 log-probs round at ~1e-4 absolute: the relative distance is the
+        # one a 1e-5 tolerance applies to.
+        max_logp_rel_diff = float(((got - expected).abs() / expected.abs().clamp(min=1)).max())
         del standard_policy
 
         def step():
@@ -235,7 +239,8 @@ def run_worker(args) -> dict:
     return {
         "mode": args.mode,
         "attention": args.attention if args.mode != "sft" else "default",
-        "max_logp_diff": None if args.mode == "sft" else max_logp_diff,
+        "max_logp_diff": max_logp_diff,
+        "max_logp_rel_diff": max_logp_rel_diff,
         "median_step_s": median,
         "tokens_per_s": tokens / median,
         "pairs_per_s": args.pairs / median,
@@ -368,6 +373,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
         "mode": rounds[0]["mode"],
         "attention": rounds[0].get("attention"),
         "max_logp_diff": rounds[0].get("max_logp_diff"),
+        "max_logp_rel_diff": rounds[0].get("max_logp_rel_diff"),
         "median_step_s": median,
         "tokens_per_s": rounds[0]["tokens_per_s"] * rounds[0]["median_step_s"] / median,
         "pairs_per_s": rounds[0]["pairs_per_s"] * rounds[0]["median_step_s"] / median,
@@ -446,7 +452,7 @@ def main() -> None:
     )
     print(
         f"{'mode':<17} {'step ms':>9} {'× sft':>7} {'tokens/s':>10} {'pairs/s':>8} "
-        f"{'model tokens/pair':>18} {'peak MB':>9} {'max |Δlogp|':>12}"
+        f"{'model tokens/pair':>18} {'peak MB':>9} {'max |Δlogp|':>12} {'relative':>9}"
     )
     for r in results:
         if "skipped" in r:
@@ -456,7 +462,8 @@ def main() -> None:
         print(
             f"{r['mode']:<17} {1000 * r['median_step_s']:9.1f} {ratio:7.2f} {r['tokens_per_s']:10.0f} "
             f"{r['pairs_per_s']:8.2f} {r['model_tokens_per_pair']:18.0f} {r['peak_memory_mb']:9.0f} "
-            f"{'' if r.get('max_logp_diff') is None else format(r['max_logp_diff'], '12.1e')}"
+            f"{'' if r.get('max_logp_diff') is None else format(r['max_logp_diff'], '12.1e')} "
+            f"{'' if r.get('max_logp_rel_diff') is None else format(r['max_logp_rel_diff'], '9.1e')}"
         )
     if args.json:
         with open(args.json, "w") as handle:
