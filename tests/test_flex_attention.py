@@ -227,6 +227,13 @@ def test_flex_loads_as_the_registered_implementation(fresh_resolution, tmp_path)
             atol=1e-5,
             rtol=0,
         )
+        # Generation (left-padded prompts, a KV cache) too, as evaluation samples.
+        prompts = {"input_ids": torch.tensor([[0, 0, 5, 6], [3, 4, 5, 6]])}
+        prompts["attention_mask"] = (prompts["input_ids"] != 0).long()
+        sample = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(
+            model.generate(**prompts, **sample), standard.generate(**prompts, **sample)
+        )
 
 
 TRAIN_BRIEFLY = [
