@@ -4,7 +4,7 @@ A packed row (`prefopt.data.packing`: shared prompts, several sequences per row)
 token attend only inside its own sequence, and a rejected completion never sees the chosen
 one. `sdpa` and `eager` take that as a dense [rows, 1, T, T] mask, whose cost grows with the
 square of the row. `flex` describes it as a FlexAttention `BlockMask` built from each token's
-group, branch and position (`block_masks`): blocks of 128×128 that nothing attends to are
+group, branch and position (`block_mask`): blocks of 128×128 that nothing attends to are
 skipped, so a row may hold many pairs. `flash_varlen` runs plain padding-free rows through the
 model's flash-attention varlen path, which reads the sequence boundaries from the position ids.
 
@@ -12,8 +12,10 @@ Models load flex as `prefopt_flex` (`FLEX`), an attention function registered wi
 transformers: a `BlockMask` goes to FlexAttention (the compiled kernel, on a GPU), anything
 else to transformers' SDPA function with its mask, so unpacked batches and generation run as
 under `sdpa`. FlexAttention has no backward pass on CPU (torch 2.13 refuses one), so on CPU a
-`BlockMask` is applied block by block instead (`_blockwise_attention`): for each block of
-queries, SDPA over the key blocks the mask lists, never the whole [T, T] score matrix.
+`BlockMask` is applied by `_blockwise_attention` instead: each block of queries attends, in
+one SDPA call, to the span of key blocks the mask lists, never the whole [T, T] score matrix.
+On CPU that costs more than SDPA under a dense boolean mask (whose CPU kernel does not
+materialise the scores either), so `auto` keeps `sdpa` there; docs/performance.md has figures.
 """
 
 from __future__ import annotations
