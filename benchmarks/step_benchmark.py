@@ -5,6 +5,9 @@
         --modes sft dpo_full_logits dpo_online
     python benchmarks/step_benchmark.py --model qwen2.5-0.5b --device cuda --dtype bfloat16 \\
         --pairs 4 --prompt-len 256 --completion-len 768      # on a GPU
+    python benchmarks/step_benchmark.py --model small --pairs 16 --prompt-len 600 \\
+        --completion-len 200 --ragged --modes dpo_online dpo_packed --attention flex \\
+        --row-tokens 4096                  # packed rows under a block-sparse mask
 
 Modes (each measured in a fresh process, so peak memory is its own):
   sft              plain PyTorch SFT step on the same 2·pairs sequences (full logits, HF loss): the floor
@@ -18,6 +21,11 @@ Modes (each measured in a fresh process, so peak memory is its own):
   trl_precomputed  TRL's DPOTrainer with `precompute_ref_log_probs=True`
                    (both only when `trl` is installed: pip install -e ".[bench]")
 
+`--attention` (sdpa, flex, flash_varlen) is `model.attention` for the prefopt modes and
+`--row-tokens` is `data.packing_row_tokens`; each prefopt mode also reports how far its
+policy log-probs are from the standard padded path's (`max_logp_diff`, and relative to the
+sequence's summed log-prob `max_logp_rel_diff`; no gradient).
+
 Models are random-initialised from a config (no download): `toy` (the toy world's shape),
 `vocab152k` (Qwen2.5's 151,936-token vocabulary on a tiny body: isolates the logits' cost) and
 `qwen2.5-0.5b` (the real shape). Peak memory is CUDA max-allocated on GPU, the process's peak
@@ -30,6 +38,7 @@ prefopt modes (TRL's modes stay as TRL runs them: the baseline).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -147,6 +156,7 @@ def run_worker(args) -> dict:
     """Measure one mode in this process."""
     from prefopt.config.schema import OptimConfig
     from prefopt.losses import DPOLoss
+    from prefopt.model.attention import implementation
     from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
     from prefopt.model.packing import PairPacking
     from prefopt.reference.cached import CachedReference
@@ -159,6 +169,10 @@ def run_worker(args) -> dict:
     dtype = getattr(torch, args.dtype)
     seq_len = max_length(args)
     policy = build_model(args.model, seq_len, dtype).to(device)
+    standard_policy = None
+    if args.mode.startswith("dpo"):
+        standard_policy = copy.deepcopy(policy)  # the standard path's log-probs, for the check
+        policy.set_attn_implementation(implementation(args.attention))
     batch = make_batch(args, policy.config.vocab_size, device)
     tokens = int(batch["attention_mask"].sum())  # real tokens: padding is not throughput
 
@@ -167,7 +181,7 @@ def run_worker(args) -> dict:
 
     policy = with_speedups(policy, args, is_policy=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
-    model_tokens = None
+    model_tokens = max_logp_diff = max_logp_rel_diff = None
     if args.mode == "sft":
         labels = batch["input_ids"].masked_fill(~batch["completion_mask"], -100)
 
@@ -180,8 +194,10 @@ def run_worker(args) -> dict:
         packing = PairPacking(
             "true" if args.mode in ("dpo_shared", "dpo_packed") else "false",
             padding_free=args.mode in ("dpo_padfree", "dpo_packed"),
+            row_tokens=args.row_tokens or None,
         )
         reference_model = build_model(args.model, seq_len, dtype).to(device)
+        reference_model.set_attn_implementation(implementation(args.attention))
         if args.mode == "dpo_cached":
             with torch.no_grad():
                 first, second = completion_logps(reference_model, batch, chunk).split(args.pairs)
@@ -200,7 +216,16 @@ def run_worker(args) -> dict:
             chunk_size=chunk,
             packing=packing,
         )
-        model_tokens = packing.pack(batch)["input_ids"].numel() if packing.requested else None
+        if packing.requested:
+            model_tokens = packing.layout(batch, policy)["input_ids"].numel()
+        with torch.no_grad():
+            expected = completion_logps(standard_policy, batch, chunk).summed
+            got = packing.logps(policy, batch, chunk).summed
+        max_logp_diff = float((got - expected).abs().max())
+        # fp32 sums of ~1,000 log-probs round at ~1e-4 absolute: the relative distance is the
+        # one a 1e-5 tolerance applies to.
+        max_logp_rel_diff = float(((got - expected).abs() / expected.abs().clamp(min=1)).max())
+        del standard_policy
 
         def step():
             module.compute_loss(batch).loss.backward()
@@ -218,6 +243,9 @@ def run_worker(args) -> dict:
     median = statistics.median(times)
     return {
         "mode": args.mode,
+        "attention": args.attention if args.mode != "sft" else "default",
+        "max_logp_diff": max_logp_diff,
+        "max_logp_rel_diff": max_logp_rel_diff,
         "median_step_s": median,
         "tokens_per_s": tokens / median,
         "pairs_per_s": args.pairs / median,
@@ -363,6 +391,9 @@ def combine_rounds(rounds: list[dict]) -> dict:
     median = statistics.median(r["median_step_s"] for r in rounds)
     return {
         "mode": rounds[0]["mode"],
+        "attention": rounds[0].get("attention"),
+        "max_logp_diff": rounds[0].get("max_logp_diff"),
+        "max_logp_rel_diff": rounds[0].get("max_logp_rel_diff"),
         "median_step_s": median,
         "tokens_per_s": rounds[0]["tokens_per_s"] * rounds[0]["median_step_s"] / median,
         "pairs_per_s": rounds[0]["pairs_per_s"] * rounds[0]["median_step_s"] / median,
@@ -407,6 +438,18 @@ def main() -> None:
     parser.add_argument(
         "--modes", nargs="+", choices=MODES, default=["sft", "dpo_online", "dpo_cached"]
     )
+    parser.add_argument(
+        "--attention",
+        choices=("sdpa", "flex", "flash_varlen"),
+        default="sdpa",
+        help="model.attention of the prefopt modes",
+    )
+    parser.add_argument(
+        "--row-tokens",
+        type=int,
+        default=0,
+        help="data.packing_row_tokens of the packed modes (0: rows as long as the longest block)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -432,11 +475,12 @@ def main() -> None:
     print(
         f"\nmodel={args.model} pairs={args.pairs} prompt={args.prompt_len} completion={args.completion_len} "
         f"ragged={args.ragged} "
-        f"device={args.device} dtype={args.dtype} threads={args.threads or torch.get_num_threads()}"
+        f"device={args.device} dtype={args.dtype} threads={args.threads or torch.get_num_threads()} "
+        f"attention={args.attention} row_tokens={args.row_tokens or None}"
     )
     print(
         f"{'mode':<17} {'step ms':>9} {'× sft':>7} {'tokens/s':>10} {'pairs/s':>8} "
-        f"{'model tokens/pair':>18} {'peak MB':>9}"
+        f"{'model tokens/pair':>18} {'peak MB':>9} {'max |Δlogp|':>12} {'relative':>9}"
     )
     for r in results:
         if "skipped" in r:
@@ -445,7 +489,9 @@ def main() -> None:
         ratio = r["median_step_s"] / floor["median_step_s"] if floor else float("nan")
         print(
             f"{r['mode']:<17} {1000 * r['median_step_s']:9.1f} {ratio:7.2f} {r['tokens_per_s']:10.0f} "
-            f"{r['pairs_per_s']:8.2f} {r['model_tokens_per_pair']:18.0f} {r['peak_memory_mb']:9.0f}"
+            f"{r['pairs_per_s']:8.2f} {r['model_tokens_per_pair']:18.0f} {r['peak_memory_mb']:9.0f} "
+            f"{'' if r.get('max_logp_diff') is None else format(r['max_logp_diff'], '12.1e')} "
+            f"{'' if r.get('max_logp_rel_diff') is None else format(r['max_logp_rel_diff'], '9.1e')}"
         )
     if args.json:
         with open(args.json, "w") as handle:

@@ -87,3 +87,18 @@ def test_data_benchmark_compares_with_trl(tmp_path):
     assert results["prefopt cold"]["pairs"] == 300
     assert results["trl cold"]["pairs"] > 0 and results["trl warm"]["seconds"] > 0
     assert "prefopt is" in stdout
+
+
+def test_step_benchmark_flex_rows_score_as_padded_pairs(tmp_path):
+    out = tmp_path / "flex.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARK), "--model", "toy", "--pairs", "3", "--prompt-len", "8",
+         "--completion-len", "6", "--ragged", "--steps", "1", "--warmup", "1", "--repeats", "1",
+         "--modes", "dpo_packed", "--attention", "flex", "--row-tokens", "64",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (packed,) = json.loads(out.read_text())["results"]
+    assert packed["attention"] == "flex"
+    assert packed["max_logp_rel_diff"] < 1e-5

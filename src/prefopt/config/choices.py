@@ -21,6 +21,14 @@ class Choice(str, Enum):
         return [member.value for member in cls]
 
 
+class Attention(Choice):
+    auto = "auto"
+    sdpa = "sdpa"
+    flex = "flex"
+    flash_varlen = "flash_varlen"
+    eager = "eager"
+
+
 class ModelDtype(Choice):
     float32 = "float32"
     bfloat16 = "bfloat16"

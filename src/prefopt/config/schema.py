@@ -25,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from prefopt.config.choices import (  # noqa: F401  (re-exported: the schemas' field types)
+    Attention,
     Choice,
     DataFormat,
     DataSource,
@@ -75,6 +76,12 @@ class ModelConfig:
     """Recompute activations in the backward pass (HF `gradient_checkpointing_enable`)."""
     compile: bool = False
     """`torch.compile` each decoder layer (GPU; the first steps are slow while it compiles)."""
+    attention: Attention = Attention.auto
+    """Attention kernel: sdpa (packed rows carry a dense [T, T] mask), flex (FlexAttention: packed
+    and shared-prompt rows carry a block-sparse mask, sliding windows included), flash_varlen
+    (GPU with flash-attn: padding-free rows through the varlen kernel; shared prompts are not
+    packed), eager, or auto (flex on a GPU where available, else sdpa; one info line). A choice
+    the machine cannot run falls back with one info line; see `prefopt.model.attention`."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     # A string, not a Choice: Hydra reads `prefix_sharing=true` as a bool, which an Enum field
     # refuses; `prefopt.model.packing.prefix_sharing_mode` checks it instead.
@@ -162,6 +169,11 @@ class DataConfig:
     as long as its longest one, each sequence with its own position ids, so little padding runs
     through the model
     (paired losses, models that can take a 4-D attention mask; others keep padded batches)."""
+    packing_row_tokens: int | None = None
+    """With `packing`: fill rows up to this many tokens (first fit, longest block first), so a
+    batch of ragged pairs runs with almost no padding; null = rows as long as the batch's
+    longest block. Meant for `model.attention=flex`: under a dense mask a row costs T² (a
+    warning says so)."""
 
 
 def default_optimizer() -> dict[str, Any]:

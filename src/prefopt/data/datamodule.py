@@ -136,7 +136,11 @@ class PreferenceDataModule(L.LightningDataModule):
         computed with the batch: in the DataLoader's workers when there are some, not in the
         training step. Set once the policy is known to take packed pairs."""
         if self.paired:
-            self.packed_layout = {"shared_prefix": shared_prefix, "padding_free": padding_free}
+            self.packed_layout = {
+                "shared_prefix": shared_prefix,
+                "padding_free": padding_free,
+                "row_tokens": self.cfg.packing_row_tokens,
+            }
 
     def _collate(self):
         # A partial of a module-level function pickles, so worker processes can receive it.

@@ -54,21 +54,29 @@ class _Block:
 
 
 def pack_pairs(
-    batch: dict[str, Tensor], shared_prefix: bool = True, padding_free: bool = False
+    batch: dict[str, Tensor],
+    shared_prefix: bool = True,
+    padding_free: bool = False,
+    row_tokens: int | None = None,
 ) -> dict[str, Tensor]:
     """The standard paired batch of `collate_pairs` (right padded, chosen rows first) laid out
     with shared prompts and/or without padding, ready for `completion_logps`; see the module
     docstring."""
-    return with_mask(layout_pairs(batch, shared_prefix, padding_free))
+    return with_mask(layout_pairs(batch, shared_prefix, padding_free, row_tokens))
 
 
 def layout_pairs(
-    batch: dict[str, Tensor], shared_prefix: bool = True, padding_free: bool = False
+    batch: dict[str, Tensor],
+    shared_prefix: bool = True,
+    padding_free: bool = False,
+    row_tokens: int | None = None,
 ) -> dict[str, Tensor]:
     """`pack_pairs` without the attention mask: the token layout and the scoring tensors, plus
     each token's group and branch from which `with_mask` builds the mask where it is used.
     Cheap to send to a GPU (the mask has T² entries per row); `collate_packed_pairs` computes it
-    in the DataLoader's workers."""
+    in the DataLoader's workers. A sparse model (`prefopt.model.attention`) builds its mask from
+    the groups and branches itself. `row_tokens`: padding-free rows this long (at least the
+    longest block)."""
     n_rows = batch["input_ids"].shape[0]
     lengths = batch["attention_mask"].sum(-1).tolist()
     ids = [row[:n] for row, n in zip(batch["input_ids"].tolist(), lengths, strict=True)]
@@ -77,7 +85,8 @@ def layout_pairs(
     pairs = [_pair_blocks(ids, scored, i, n_pairs + i, shared_prefix) for i in range(n_pairs)]
     # Padding-free rows are filled block by block (a shared pair, or one sequence); otherwise
     # each pair takes a row of its own.
-    rows = _fill_rows([b for blocks in pairs for b in blocks]) if padding_free else pairs
+    blocks = [block for pair in pairs for block in pair]
+    rows = _fill_rows(blocks, row_tokens) if padding_free else pairs
     layout = _assemble(rows)
     layout["token_counts"] = batch["completion_mask"][:, 1:].sum(-1).cpu()
     device = batch["input_ids"].device
@@ -97,13 +106,17 @@ PACKED = "packed_"
 
 
 def collate_packed_pairs(
-    examples, pad_token_id: int, shared_prefix: bool, padding_free: bool
+    examples,
+    pad_token_id: int,
+    shared_prefix: bool,
+    padding_free: bool,
+    row_tokens: int | None = None,
 ) -> dict[str, Tensor]:
     """`collate_pairs`, plus the packed layout of the same batch under `packed_*` keys: the
     standard rows stay for whatever reads them (metrics, the cached reference, a model that
     cannot be packed), the layout is ready when the model can."""
     batch = collate_pairs(examples, pad_token_id)
-    layout = layout_pairs(batch, shared_prefix, padding_free)
+    layout = layout_pairs(batch, shared_prefix, padding_free, row_tokens)
     batch.update({PACKED + k: v for k, v in layout.items()})
     return batch
 
@@ -151,12 +164,13 @@ def _pair_blocks(
     return [block]
 
 
-def _fill_rows(blocks: list[_Block]) -> list[list[_Block]]:
-    """Blocks end to end in rows as long as the longest block, first fit, longest first: little
-    padding is left, and no row is longer than a shared pair or a sequence. One row for the whole batch would leave
-    none, but attention under a 4-D mask is dense over its row: its cost would grow with the
-    square of the batch's tokens (4.6x slower than padded rows for 16 pairs on CPU)."""
-    width = max(len(block.ids) for block in blocks)
+def _fill_rows(blocks: list[_Block], row_tokens: int | None = None) -> list[list[_Block]]:
+    """Blocks end to end in rows of `row_tokens` (by default, and at least, as long as the
+    longest block), first fit, longest first: little padding is left. By default no row is
+    longer than a shared pair or a sequence: attention under a dense 4-D mask costs the square
+    of its row (one row for 16 pairs ran 4.6x slower than padded rows on CPU). A sparse mask
+    (`model.attention=flex`) costs what its blocks hold, so rows may hold many pairs."""
+    width = max([len(block.ids) for block in blocks] + [row_tokens or 0])
     rows: list[list[_Block]] = []
     room: list[int] = []
     for block in sorted(blocks, key=lambda b: -len(b.ids)):

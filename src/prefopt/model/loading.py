@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from prefopt.config.schema import ModelConfig
 from prefopt.errors import PrefoptError
+from prefopt.model.attention import implementation, resolve_attention
 from prefopt.model.packing import prefix_sharing_mode
 
 log = logging.getLogger("prefopt.models")
@@ -52,6 +53,7 @@ class Checkpoints:
 def check_model_config(cfg: ModelConfig, path: str) -> None:
     """Fail before loading anything when the config cannot work."""
     prefix_sharing_mode(cfg.prefix_sharing)
+    resolve_attention(cfg.attention)
     for key, value in (("model.path", path), ("model.reference_path", cfg.reference_path)):
         if value and _looks_local(value) and not Path(value).exists():
             raise PrefoptError(
@@ -91,9 +93,23 @@ def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
     """Weights load from safetensors, or from .bin files with weights_only=True (transformers
     does that itself); code shipped with a checkpoint runs only with model.trust_remote_code."""
     with _load_errors(path, "model"):
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
-        )
+        attention = resolve_attention(cfg.attention)
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=DTYPES[cfg.dtype],
+                trust_remote_code=cfg.trust_remote_code,
+                # sdpa: transformers' default (sdpa where the model has it, else eager).
+                attn_implementation=None if attention == "sdpa" else implementation(attention),
+            )
+        except ValueError as error:
+            if attention != "flex":
+                raise
+            # A model outside transformers' attention registry: as it loads by default.
+            log.info("model.attention: %s cannot use %s (%s); using sdpa", path, attention, error)
+            return AutoModelForCausalLM.from_pretrained(
+                path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+            )
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from prefopt.losses.base import CompletionLogps
+from prefopt.model.attention import packed_attention_mask
 
 DEFAULT_CHUNK_SIZE = 512
 """At 152k vocabulary: 311 MB of fp32 logits per chunk (measured peak RSS for 4 pairs of 512
@@ -148,11 +149,22 @@ def _scoring(batch: dict[str, Tensor]) -> _Scoring:
 
 
 def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if "position_ids" in batch:  # packed: a boolean 4-D mask, several sequences per row
-        inputs["attention_mask"] = model_attention_mask(model, batch["attention_mask"])
-        inputs["position_ids"] = batch["position_ids"]
-    return inputs
+    if "position_ids" not in batch:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    # Packed, several sequences per row: a boolean 4-D mask (sdpa, eager), or the layout's
+    # groups and branches, from which a sparse model builds its own (`attention.py`).
+    if "attention_mask" in batch:
+        mask = model_attention_mask(model, batch["attention_mask"])
+    else:
+        try:
+            mask = packed_attention_mask(model, batch)
+        except ValueError as error:
+            raise UnsupportedModel(str(error)) from None
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": mask,
+        "position_ids": batch["position_ids"],
+    }
 
 
 class UnsupportedModel(Exception):

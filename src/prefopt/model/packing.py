@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.data.collate import pad_sequences
-from prefopt.data.packing import PACKED, pack_pairs, packed_part, with_mask
+from prefopt.data.packing import PACKED, layout_pairs, packed_part, with_mask
 from prefopt.errors import PrefoptError
 from prefopt.losses.base import CompletionLogps
+from prefopt.model.attention import FLASH, SPARSE_IMPLEMENTATIONS, model_implementation
 from prefopt.model.logprobs import UnsupportedModel, completion_logps
 
 log = logging.getLogger("prefopt.packing")
@@ -55,17 +56,46 @@ class PairPacking:
     tiny pairs scored both ways); the verdict is kept per model, so one `PairPacking` serves the
     policy and the reference."""
 
-    def __init__(self, prefix_sharing: str = "false", padding_free: bool = False):
+    def __init__(
+        self,
+        prefix_sharing: str = "false",
+        padding_free: bool = False,
+        row_tokens: int | None = None,
+    ):
         self.prefix_sharing = prefix_sharing_mode(prefix_sharing)
         self.padding_free = padding_free
+        self.row_tokens = row_tokens
+        """`data.packing_row_tokens`: padding-free rows at least this long (None: the longest
+        block's length)."""
         self._verdicts: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+        self._said: set[str] = set()
 
     @property
     def requested(self) -> bool:
         return self.prefix_sharing != "false" or self.padding_free
 
     def pack(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return pack_pairs(batch, self.prefix_sharing != "false", self.padding_free)
+        """The packed layout with its dense mask (sdpa, eager)."""
+        return with_mask(self.layout(batch))
+
+    def layout(self, batch: dict[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
+        """The packed layout without a mask, as `model` takes it (`shares_prompts`)."""
+        shared = self.shares_prompts(model) if model is not None else self.prefix_sharing != "false"
+        return layout_pairs(batch, shared, self.padding_free, self.row_tokens)
+
+    def shares_prompts(self, model: nn.Module) -> bool:
+        """Whether pairs share their prompt in `model`'s rows: asked for, and not flash varlen,
+        whose sequences cannot hide one completion from the other (one info line)."""
+        if self.prefix_sharing == "false":
+            return False
+        if model_implementation(model) == FLASH:
+            self._say("flash varlen rows cannot hold shared prompts: pairs are packed unshared")
+            return False
+        return True
+
+    def _pack_for(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        layout = self.layout(batch, model)
+        return layout if sparse_attention(model) else with_mask(layout)
 
     def logps(
         self, model: nn.Module, batch: dict[str, Tensor], chunk_size: int | None, **extras: bool
@@ -75,7 +105,10 @@ class PairPacking:
         its `shared_prefix` and `wpo` flags."""
         if self.requested and self.supported(model, chunk_size):
             layout = packed_part(batch)
-            batch = with_mask(layout) if layout is not None else self.pack(batch)
+            if layout is None:
+                batch = self._pack_for(model, batch)
+            else:  # a sparse model builds its own mask from the layout's groups and branches
+                batch = layout if sparse_attention(model) else with_mask(layout)
         else:
             batch = {k: v for k, v in batch.items() if not k.startswith(PACKED)}
         return completion_logps(model, batch, chunk_size, **extras)
@@ -86,8 +119,19 @@ class PairPacking:
         return self._verdicts[model]
 
     def _decide(self, model: nn.Module, chunk_size: int | None) -> bool:
-        problem = _window_problem(model) or probe(model, self.pack, chunk_size)
+        # A sparse mask keeps the model's sliding window (`attention.block_mask`).
+        problem = None if sparse_attention(model) else _window_problem(model)
+        problem = problem or probe(model, lambda batch: self._pack_for(model, batch), chunk_size)
         if problem is None:
+            if self.row_tokens and self.padding_free and not sparse_attention(model):
+                # Warned, not capped: the user asked for these rows, and on short ones the
+                # dense mask is cheap; the warning names the fix.
+                log.warning(
+                    "data.packing_row_tokens=%d with a dense attention mask (%s): each row "
+                    "costs T² in memory and time; model.attention=flex keeps it sparse",
+                    self.row_tokens,
+                    model_implementation(model),
+                )
             return True
         name = type(_unwrap(model)).__name__
         if self.prefix_sharing == "true":
@@ -97,6 +141,16 @@ class PairPacking:
             )
         log.info("prefix sharing: %s %s; scoring pairs as separate sequences", name, problem)
         return False
+
+    def _say(self, line: str) -> None:
+        if line not in self._said:
+            self._said.add(line)
+            log.info(line)
+
+
+def sparse_attention(model: nn.Module) -> bool:
+    """Whether `model` takes packed rows without a dense mask (flex, flash varlen)."""
+    return model_implementation(model) in SPARSE_IMPLEMENTATIONS
 
 
 def _window_problem(model: nn.Module) -> str | None:

@@ -82,7 +82,11 @@ def build_module(
     # One verdict per model on shared prompts / padding-free rows, for the policy and the
     # reference alike (its cached log-probs included); KTO scores its rows as they are.
     data_cfg = datamodule.cfg
-    packing = PairPacking(model_cfg.prefix_sharing, data_cfg.packing) if loss.paired else None
+    packing = (
+        PairPacking(model_cfg.prefix_sharing, data_cfg.packing, data_cfg.packing_row_tokens)
+        if loss.paired
+        else None
+    )
     policy = None
     if model_cfg.lora.enabled and not model_cfg.reference_path:
         # LoRA: π_ref is the policy with its adapter disabled, so the policy comes first.
@@ -118,7 +122,7 @@ def build_module(
     )
     if packing is not None and packing.requested and packing.supported(policy, module.chunk_size):
         # Decided now (the probe), so batches come with their packed layout from the loader.
-        datamodule.pack_batches(packing.prefix_sharing != "false", packing.padding_free)
+        datamodule.pack_batches(packing.shares_prompts(policy), packing.padding_free)
     return module
 
 

@@ -1,0 +1,291 @@
+"""Which attention kernel a model runs (`model.attention`), and the sparse masks of packed rows.
+
+A packed row (`prefopt.data.packing`: shared prompts, several sequences per row) lets each
+token attend only inside its own sequence, and a rejected completion never sees the chosen
+one. `sdpa` and `eager` take that as a dense [rows, 1, T, T] mask, whose cost grows with the
+square of the row. `flex` describes it as a FlexAttention `BlockMask` built from each token's
+group, branch and position (`block_mask`): blocks of 128×128 that nothing attends to are
+skipped, so a row may hold many pairs. `flash_varlen` runs plain padding-free rows through the
+model's flash-attention varlen path, which reads the sequence boundaries from the position ids.
+
+Models load flex as `prefopt_flex` (`FLEX`), an attention function registered with
+transformers: a `BlockMask` goes to FlexAttention (the compiled kernel, on a GPU), anything
+else to transformers' SDPA function with its mask, so unpacked batches and generation run as
+under `sdpa`. FlexAttention has no backward pass on CPU (torch 2.13 refuses one), so on CPU a
+`BlockMask` is applied by `_blockwise_attention` instead: each block of queries attends, in
+one SDPA call, to the span of key blocks the mask lists, never the whole [T, T] score matrix.
+On CPU that costs more than SDPA under a dense boolean mask (whose CPU kernel does not
+materialise the scores either), so `auto` keeps `sdpa` there; docs/performance.md has figures.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from prefopt.errors import PrefoptError
+
+log = logging.getLogger("prefopt.attention")
+
+ATTENTION = ("auto", "sdpa", "flex", "flash_varlen", "eager")
+FLEX = "prefopt_flex"
+"""The attention implementation name a `flex` model is loaded with (see the module docstring)."""
+FLASH = "flash_attention_2"
+SPARSE_IMPLEMENTATIONS = (FLEX, FLASH)
+"""Implementations whose packed rows carry no dense mask (`packed_attention_mask`)."""
+
+# Branches of a shared layout (`prefopt.data.packing`): the rejected completion may not see the
+# chosen one.
+_CHOSEN, _REJECTED = 1, 2
+
+
+def flex_available() -> bool:
+    """Whether FlexAttention can run here: torch's `flex_attention` and transformers' attention
+    registry. The one place that decides it (`auto` falls back to `sdpa` when False)."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+        from transformers import AttentionInterface, AttentionMaskInterface  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def flash_varlen_available() -> bool:
+    """A CUDA device and the `flash-attn` package."""
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+@functools.cache
+def resolve_attention(requested: str) -> str:
+    """`model.attention` as the kernel this machine runs: sdpa, flex, flash_varlen or eager.
+    `auto` picks flex on a GPU where FlexAttention is available, else sdpa (on CPU the flex
+    path's backward is block by block, which only pays for long packed rows), in one info line;
+    an explicit choice this machine cannot run falls back with one info line. Cached: the policy
+    and the reference resolve once."""
+    mode = str(requested).lower()
+    if mode not in ATTENTION:
+        raise PrefoptError(f"model.attention={requested!r}: choose one of {', '.join(ATTENTION)}")
+    if mode == "auto":
+        chosen = "flex" if torch.cuda.is_available() and flex_available() else "sdpa"
+        why = "a GPU with FlexAttention" if chosen == "flex" else "no GPU with FlexAttention"
+        log.info("model.attention=auto: %s (%s)", chosen, why)
+        return chosen
+    if mode == "flex" and not flex_available():
+        log.info("model.attention=flex: FlexAttention is not available here; using sdpa")
+        return "sdpa"
+    if mode == "flash_varlen" and not flash_varlen_available():
+        fallback = "flex" if flex_available() else "sdpa"
+        log.info("model.attention=flash_varlen: needs a GPU and flash-attn; using %s", fallback)
+        return fallback
+    return mode
+
+
+def implementation(attention: str) -> str:
+    """The `attn_implementation` a model loads with for a resolved `model.attention`."""
+    if attention == "flex":
+        register_flex()
+        return FLEX
+    return {"flash_varlen": FLASH}.get(attention, attention)
+
+
+def model_implementation(model: nn.Module) -> str | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_attn_implementation", None)
+
+
+@functools.cache
+def register_flex() -> None:
+    """Register `prefopt_flex` with transformers: `_flex_or_sdpa` as its attention function,
+    SDPA's mask builder for the masks transformers makes itself (unpacked rows)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(FLEX, _flex_or_sdpa)
+    AttentionMaskInterface.register(FLEX, sdpa_mask)
+
+
+def _flex_or_sdpa(module, query, key, value, attention_mask, **kwargs):
+    from torch.nn.attention.flex_attention import BlockMask
+    from transformers.integrations.flex_attention import flex_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not isinstance(attention_mask, BlockMask):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if query.device.type != "cpu":
+        return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
+    out = _blockwise_attention(query, key, value, attention_mask, kwargs.get("scaling"), dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _blockwise_attention(
+    query: Tensor, key: Tensor, value: Tensor, block_mask, scale: float | None, dropout: float
+) -> Tensor:
+    """Attention under `block_mask` without a [T, T] score matrix: each block of 128 queries
+    attends to the span of key blocks its mask lists (masked by `mask_mod` inside the span), all
+    blocks in one SDPA call over [rows × blocks, heads, 128, span]. The span is at most a
+    group's length, so the work grows with T × the longest sequence, not T². One gather builds
+    the spans (slicing per block would cost a full-size gradient per slice in the backward)."""
+    q_block, kv_block = block_mask.BLOCK_SIZE
+    rows, heads, n_tokens, dim = query.shape
+    n_keys = key.shape[-2]
+    device = query.device
+    counts = block_mask.kv_num_blocks[:, 0]  # [rows or 1, q blocks]
+    listed = _listed(counts, block_mask.kv_indices[:, 0])
+    if block_mask.full_kv_num_blocks is not None:
+        listed = listed | _listed(
+            block_mask.full_kv_num_blocks[:, 0], block_mask.full_kv_indices[:, 0]
+        )
+    listed = listed.expand(rows, -1, -1)[:, : -(-n_tokens // q_block)]
+    n_q = listed.shape[1]
+    blocks = torch.arange(listed.shape[-1], device=device)
+    first = torch.where(listed, blocks, listed.shape[-1]).amin(-1)  # [rows, q blocks]
+    last = torch.where(listed, blocks, -1).amax(-1)
+    first = torch.minimum(first, last)  # a block listing nothing (only padding): an empty span
+    span = int((last - first + 1).max()) * kv_block
+    keys = first[..., None] * kv_block + torch.arange(span, device=device)  # [rows, q, span]
+    in_range = (keys < ((last + 1) * kv_block)[..., None]) & (keys < n_keys)
+    keys_clamped = keys.clamp(max=n_keys - 1)
+    queries = torch.arange(n_q * q_block, device=device).view(1, n_q, q_block, 1)
+    row = torch.arange(rows, device=device).view(rows, 1, 1, 1)
+    allowed = block_mask.mask_mod(row, 0, queries, keys_clamped[:, :, None, :])
+    allowed = allowed & in_range[:, :, None]
+    # Queries past the end (the last block's padding) see one key: no empty softmax row.
+    allowed = allowed | ((queries >= n_tokens) & (keys[:, :, None, :] == keys[:, :, None, :1]))
+    row_index = torch.arange(rows, device=device).view(rows, 1, 1)
+
+    def spans(
+        states: Tensor,
+    ) -> Tensor:  # [rows, kv heads, T, dim] -> [rows·q, kv heads, span, dim]
+        gathered = states.transpose(1, 2)[row_index, keys_clamped]  # [rows, q, span, heads, dim]
+        return gathered.flatten(0, 1).transpose(1, 2)
+
+    padded = nn.functional.pad(query, (0, 0, 0, n_q * q_block - n_tokens))
+    blocked = padded.view(rows, heads, n_q, q_block, dim).transpose(1, 2).flatten(0, 1)
+    out = nn.functional.scaled_dot_product_attention(
+        blocked,
+        spans(key),
+        spans(value),
+        attn_mask=allowed.flatten(0, 1)[:, None],
+        dropout_p=dropout,
+        scale=scale,
+        enable_gqa=heads != key.shape[1],
+    )
+    out = out.view(rows, n_q, heads, q_block, dim).transpose(1, 2).reshape(rows, heads, -1, dim)
+    return out[:, :, :n_tokens]
+
+
+def _listed(counts: Tensor, indices: Tensor) -> Tensor:
+    """[rows, q blocks, kv blocks] booleans from a BlockMask's counts and index lists."""
+    n_kv = indices.shape[-1]
+    used = torch.arange(n_kv, device=indices.device) < counts[..., None]
+    flags = torch.zeros(*indices.shape[:-1], n_kv + 1, dtype=torch.bool, device=indices.device)
+    flags.scatter_(-1, torch.where(used, indices.long(), n_kv), True)
+    return flags[..., :n_kv]
+
+
+# --- the masks of packed rows ---------------------------------------------------------------
+
+
+def packed_attention_mask(model: nn.Module, layout: dict[str, Tensor]):
+    """The attention mask a sparse model takes for a packed layout (groups, branches, position
+    ids; no dense mask): a `BlockMask` (or one per layer type) for flex, None for flash varlen
+    (the position ids mark where each sequence starts). None of them is [T, T] dense."""
+    name = model_implementation(model)
+    if name == FLASH:
+        if (layout["branches"] == _REJECTED).any():
+            raise ValueError("flash varlen rows cannot hold shared prompts")
+        return None
+    if name != FLEX:
+        raise ValueError(f"attention implementation {name!r} takes a dense 4-D mask")
+    window, layer_types = sliding_window(model)
+    alternating = bool(window and layer_types and "full_attention" in layer_types)
+    tensors = (layout["groups"], layout["branches"], layout["position_ids"])
+    cached = _last_masks.get("key")
+    if cached and all(a is b for a, b in zip(cached[0], tensors)) and cached[1] == window:
+        masks = _last_masks["masks"]
+    else:
+        masks = {
+            w: block_mask(*tensors, window=w) for w in {window, None if alternating else window}
+        }
+        _last_masks.update(key=(tensors, window), masks=masks)
+    if alternating:
+        # Models whose layers alternate (Qwen2 with max_window_layers) take one mask per type.
+        return {"full_attention": masks[None], "sliding_attention": masks[window]}
+    return masks[window]
+
+
+_last_masks: dict = {}
+"""The masks of the last layout: the policy and the reference score the same packed batch."""
+
+
+def sliding_window(model: nn.Module) -> tuple[int | None, list[str] | None]:
+    """The model's sliding attention window (None without one) and its layer types."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None, None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and "sliding_attention" not in layer_types:
+        return None, None
+    return int(window), layer_types
+
+
+BLOCK = 128
+"""FlexAttention's block size: the mask says, per 128×128 block, none, some or all."""
+
+
+def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int | None = None):
+    """The `BlockMask` of packed rows: query i sees key j of its own group with j <= i, unless
+    i is a rejected-completion token and j a chosen-completion one; with `window`, only keys
+    less than `window` positions back (as the model's own sliding-window mask).
+
+    Built one block of queries at a time ([rows, 128, T] booleans, never [T, T]) without
+    `torch.compile`: `create_block_mask(_compile=True)` takes ~40 s to compile on CPU, and
+    without compiling it evaluates the whole [rows, T, T] mask at once."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    rows, width = groups.shape
+    # Lengths are padded to whole blocks (-2: a group of its own) so mask_mod never reads past.
+    n_blocks = -(-width // BLOCK)
+    pad = (0, n_blocks * BLOCK - width)
+    groups = nn.functional.pad(groups, pad, value=-2)
+    branches = nn.functional.pad(branches, pad, value=0)
+    positions = nn.functional.pad(positions, pad, value=0)
+
+    def mask_mod(b, h, q, kv):
+        allowed = (groups[b, q] == groups[b, kv]) & (q >= kv)
+        allowed = allowed & ~((branches[b, q] == _REJECTED) & (branches[b, kv] == _CHOSEN))
+        if window is not None:
+            allowed = allowed & (positions[b, q] - positions[b, kv] < window)
+        return allowed
+
+    device = groups.device
+    batch = torch.arange(rows, device=device)[:, None, None]
+    keys = torch.arange(n_blocks * BLOCK, device=device)[None, None, :]
+    some = torch.zeros(rows, n_blocks, n_blocks, dtype=torch.bool, device=device)
+    every = torch.zeros_like(some)
+    for qb in range(n_blocks):
+        queries = torch.arange(qb * BLOCK, (qb + 1) * BLOCK, device=device)[None, :, None]
+        tile = mask_mod(batch, 0, queries, keys).view(rows, BLOCK, n_blocks, BLOCK)
+        some[:, qb] = tile.any(3).any(1)
+        every[:, qb] = tile.all(3).all(1)
+    partial = some & ~every
+
+    def listed(flags: Tensor) -> tuple[Tensor, Tensor]:
+        # Listed blocks first (a stable sort keeps them in order); counts say how many.
+        order = (~flags).to(torch.int8).argsort(dim=-1, stable=True).to(torch.int32)
+        return flags.sum(-1, dtype=torch.int32)[:, None], order[:, None]
+
+    return BlockMask.from_kv_blocks(
+        *listed(partial),
+        *listed(every),
+        BLOCK_SIZE=BLOCK,
+        mask_mod=mask_mod,
+        seq_lengths=(width, width),
+    )
