@@ -42,7 +42,9 @@ def qwen25_05b_shape(tiny: bool) -> Qwen2Config:
             tie_word_embeddings=True,
         )
     # The real shape is the one the step benchmark uses: one definition for both scripts.
-    return Qwen2Config(**SHAPES["qwen2.5-0.5b"], max_position_embeddings=32768, tie_word_embeddings=True)
+    return Qwen2Config(
+        **SHAPES["qwen2.5-0.5b"], max_position_embeddings=32768, tie_word_embeddings=True
+    )
 
 
 class Batches(torch.utils.data.IterableDataset):

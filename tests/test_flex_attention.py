@@ -174,16 +174,18 @@ def fresh_resolution():
     resolve_attention.cache_clear()
 
 
-def test_auto_picks_flex_on_a_gpu_and_sdpa_on_cpu(monkeypatch, fresh_resolution, caplog):
+def test_auto_keeps_sdpa_until_flex_is_measured_on_a_gpu(monkeypatch, fresh_resolution, caplog):
     with caplog.at_level(logging.INFO, logger="prefopt.attention"):
         assert resolve_attention("auto") == "sdpa"  # this machine: CPU only
         resolve_attention.cache_clear()
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        assert resolve_attention("auto") == "flex"
-        assert resolve_attention("auto") == "flex"  # resolved once: one line
+        assert resolve_attention("auto") == "sdpa"
+        assert resolve_attention("auto") == "sdpa"  # resolved once: one line
+        assert resolve_attention("flex") == "flex"  # opt-in where FlexAttention is there
+    opt_in = "(flex and flash_varlen are opt-in: model.attention=flex)"
     assert [r.getMessage() for r in caplog.records] == [
-        "model.attention=auto: sdpa (no GPU with FlexAttention)",
-        "model.attention=auto: flex (a GPU with FlexAttention)",
+        f"model.attention=auto: sdpa on CPU {opt_in}",
+        f"model.attention=auto: sdpa on a GPU {opt_in}",
     ]
 
 

@@ -80,8 +80,9 @@ class ModelConfig:
     """Attention kernel: sdpa (packed rows carry a dense [T, T] mask), flex (FlexAttention: packed
     and shared-prompt rows carry a block-sparse mask, sliding windows included), flash_varlen
     (GPU with flash-attn: padding-free rows through the varlen kernel; shared prompts are not
-    packed), eager, or auto (flex on a GPU where available, else sdpa; one info line). A choice
-    the machine cannot run falls back with one info line; see `prefopt.model.attention`."""
+    packed), eager, or auto (sdpa, in one info line: flex and flash_varlen are opt-in until
+    measured on a GPU). A choice the machine cannot run falls back with one info line; see
+    `prefopt.model.attention`."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     # A string, not a Choice: Hydra reads `prefix_sharing=true` as a bool, which an Enum field
     # refuses; `prefopt.model.packing.prefix_sharing_mode` checks it instead.

@@ -16,6 +16,7 @@ under `sdpa`. FlexAttention has no backward pass on CPU (torch 2.13 refuses one)
 one SDPA call, to the span of key blocks the mask lists, never the whole [T, T] score matrix.
 On CPU that costs more than SDPA under a dense boolean mask (whose CPU kernel does not
 materialise the scores either), so `auto` keeps `sdpa` there; docs/performance.md has figures.
+No GPU has run the flex and flash_varlen paths yet, so `auto` keeps `sdpa` on a GPU too.
 """
 
 from __future__ import annotations
@@ -62,18 +63,24 @@ def flash_varlen_available() -> bool:
 @functools.cache
 def resolve_attention(requested: str) -> str:
     """`model.attention` as the kernel this machine runs: sdpa, flex, flash_varlen or eager.
-    `auto` picks flex on a GPU where FlexAttention is available, else sdpa (on CPU the flex
-    path's backward is block by block, which only pays for long packed rows), in one info line;
+    `auto` picks sdpa, in one info line: on CPU the flex path costs more (docs/performance.md),
+    and on a GPU flex and flash_varlen stay opt-in until `benchmarks/device/gpu_check.sh` has
+    measured them against sdpa (a kernel that fails only in its backward would pass the packing
+    probe, which runs forwards); an explicit choice this machine cannot run falls back with one
+    info line;
     an explicit choice this machine cannot run falls back with one info line. Cached: the policy
     and the reference resolve once."""
     mode = str(requested).lower()
     if mode not in ATTENTION:
         raise PrefoptError(f"model.attention={requested!r}: choose one of {', '.join(ATTENTION)}")
     if mode == "auto":
-        chosen = "flex" if torch.cuda.is_available() and flex_available() else "sdpa"
-        why = "a GPU with FlexAttention" if chosen == "flex" else "no GPU with FlexAttention"
-        log.info("model.attention=auto: %s (%s)", chosen, why)
-        return chosen
+        where = "a GPU" if torch.cuda.is_available() else "CPU"
+        log.info(
+            "model.attention=auto: sdpa on %s (flex and flash_varlen are opt-in: "
+            "model.attention=flex)",
+            where,
+        )
+        return "sdpa"
     if mode == "flex" and not flex_available():
         log.info("model.attention=flex: FlexAttention is not available here; using sdpa")
         return "sdpa"
