@@ -206,3 +206,31 @@ def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
         with torch.no_grad():
             expected = reward_model(input_ids=ids).logits[0, 0].item()
         assert abs(row["reward_policy"] - expected) < 1e-4
+
+
+def test_a_moving_reference_turns_the_margin_check_off(compose_config, caplog, tmp_path):
+    """The same contradictory data as above, with the reference synced every 2 steps: the margin
+    is measured against a reference that follows the policy, so no stall is flagged."""
+    rows, _ = toy_rows(compose_config(), split="val")
+    rows = rows[:32]
+    rows += [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
+    data = write_jsonl(tmp_path / "contradictory.jsonl", rows)
+    cfg = compose_config(
+        "data=local",
+        f"data.path={data}",
+        f"data.val_path={data}",
+        "export=false",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+        "eval.num_prompts=0",
+        "reference.sync_every_n_steps=2",
+    )
+    with caplog.at_level(logging.INFO):
+        result = train(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    assert history(client, result.run_id, "diagnostics/margin_stalled") == []
+    assert "diagnostics.margin_stalled" not in client.get_run(result.run_id).data.tags
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "not increasing" in m]
+    assert sum("the margin check is off: the reference moves" in m for m in messages) == 1

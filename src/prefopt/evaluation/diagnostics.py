@@ -11,7 +11,8 @@
 - A margin that does not rise: if `val/rewards/margins` rose by no more than
   `margin_min_increase` over the last K validations, the reference is mismatched with the
   preference data: warned once, metric `diagnostics/margin_stalled` (0/1) at every validation
-  from the K-th on, tag `diagnostics.margin_stalled`.
+  from the K-th on, tag `diagnostics.margin_stalled`. Off under a moving reference
+  (`reference.sync_every_n_steps`), whose margin need not rise.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from prefopt.config.schema import DiagnosticsConfig
 from prefopt.data.collate import collate_pairs
 from prefopt.data.unpaired import collate_unpaired
 from prefopt.losses.base import PreferenceLoss
-from prefopt.reference import Reference
+from prefopt.reference import Reference, ReferenceSync
 from prefopt.tracking import set_tags
 
 log = logging.getLogger("prefopt.diagnostics")
@@ -78,6 +79,9 @@ class DiagnosticsCallback(L.Callback):
         self.margins: list[float] = []
         self.stalled = False
         self.collapse_share: float | None = None
+        self.reference_moves = False
+        """True under `reference.sync_every_n_steps`: the margin is measured against a reference
+        that keeps catching up with the policy, so a flat margin says nothing about the data."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         advice = beta_advice(self.loss)
@@ -86,9 +90,18 @@ class DiagnosticsCallback(L.Callback):
         if getattr(self.loss, "beta", None) is not None and self.loss.recommended_beta:
             _tag(trainer, "diagnostics.beta_range", "outside" if advice else "inside")
         self._check_reference_collapse(trainer, pl_module)
+        self.reference_moves = any(isinstance(c, ReferenceSync) for c in trainer.callbacks)
+        if self.reference_moves:
+            log.info(
+                "diagnostics: the margin check is off: the reference moves "
+                "(reference.sync_every_n_steps), so %s need not rise",
+                MARGIN_METRIC,
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or MARGIN_METRIC not in trainer.callback_metrics:
+            return
+        if self.reference_moves:
             return
         self.margins.append(float(trainer.callback_metrics[MARGIN_METRIC]))
         stalled = margin_stalled(self.margins, self.cfg.margin_window, self.cfg.margin_min_increase)
