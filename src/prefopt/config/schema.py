@@ -32,6 +32,7 @@ from prefopt.config.choices import (  # noqa: F401  (re-exported: the schemas' f
     OnInvalid,
     Scheduler,
 )
+from prefopt.config.loop_schema import LoopConfig
 
 
 @dataclass
@@ -349,6 +350,8 @@ class Config:
     toy: ToyWorldConfig = field(default_factory=ToyWorldConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     eval: EvalConfig = MISSING
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """Offline (the data's pairs) or online (sampled from the policy each round): `conf/loop/`."""
     seed: int = 0
     output_dir: str = MISSING
     """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
@@ -398,5 +401,6 @@ GROUP_SCHEMAS: dict[str, type] = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "eval": EvalConfig,
+    "loop": LoopConfig,
 }
 """The schema each `conf/<group>/*.yaml` extends (through `<group>_schema` in its defaults)."""
