@@ -96,13 +96,13 @@ def test_online_kto_labels_samples_by_the_prompt_median(compose_config):
     assert math.isfinite(metrics["train/loss"])
 
 
-RESUME = [*ONLINE, "trainer.max_steps=6", "loop.steps_per_round=3", "checkpoint.every_n_steps=4"]
+RESUME = [*ONLINE, "trainer.max_steps=7", "loop.steps_per_round=3", "checkpoint.every_n_steps=4"]
 
 
 def test_resuming_in_the_middle_of_a_round_ends_as_the_uninterrupted_run(compose_config, tmp_path):
-    """The uninterrupted run checkpoints at step 4 (kept as previous.ckpt after the final one),
-    one step into its second round; a run resumed from it continues that round's pairs without
-    sampling again and ends with the same metrics."""
+    """The uninterrupted run (7 steps, rounds of 3) checkpoints at step 4, one step into its
+    second round (kept as previous.ckpt after the final one); a run resumed from it continues
+    that round's pairs without sampling again and ends with the same metrics and third round."""
     whole = train(compose_config(*RESUME))
     middle = tmp_path / "middle.ckpt"
     shutil.copy(tmp_path / "out" / CHECKPOINT_DIR / PREVIOUS, middle)
@@ -119,16 +119,25 @@ def test_resuming_in_the_middle_of_a_round_ends_as_the_uninterrupted_run(compose
             f"logger.tracking_uri=sqlite:///{tmp_path / 'resumed.db'}",
         )  # fmt: skip
     )
-    compared = [k for k in whole.metrics if k.startswith(("val/", "eval/", "round/"))]
-    assert any(k.startswith("round/") for k in compared)
+    compared = [k for k in whole.metrics if k.startswith(("val/", "eval/"))]
+    assert compared
     for key in compared:
-        if key.endswith(("tokens_per_s", "seconds")):
-            continue  # timings
-        assert math.isclose(resumed.metrics.get(key, math.nan), whole.metrics[key],
-                            rel_tol=1e-4, abs_tol=1e-5), key  # fmt: skip
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'resumed.db'}")
-    rounds = client.get_metric_history(resumed.run_id, "round/index")
-    assert [m.value for m in rounds] == [2.0]  # round 1 was not sampled again
+        assert math.isclose(resumed.metrics[key], whole.metrics[key], rel_tol=1e-4,
+                            abs_tol=1e-5), key  # fmt: skip
+    # the round made after the resume (round 2, at step 6) is the uninterrupted run's
+    stores = [tmp_path / "mlflow.db", tmp_path / "resumed.db"]
+    last_rounds = []
+    for store, result in zip(stores, (whole, resumed)):
+        client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+        metrics = client.get_run(result.run_id).data.metrics
+        last_rounds.append({k: v for k, v in metrics.items() if k.startswith("round/")})
+        history = client.get_metric_history(result.run_id, "round/index")
+        indices = [m.value for m in history]
+        assert indices == ([0.0, 1.0, 2.0] if store == stores[0] else [2.0])  # no resampling
+    assert last_rounds[0]["round/index"] == 2.0
+    for key, value in last_rounds[0].items():
+        if not key.endswith(("tokens_per_s", "seconds")):  # timings
+            assert math.isclose(last_rounds[1][key], value, rel_tol=1e-4, abs_tol=1e-5), key
 
 
 @pytest.mark.parametrize(
