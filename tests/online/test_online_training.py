@@ -151,3 +151,25 @@ def test_resuming_in_the_middle_of_a_round_ends_as_the_uninterrupted_run(compose
 def test_an_online_loop_that_cannot_work_is_one_line_at_start(compose_config, override, message):
     with pytest.raises(PrefoptError, match=message):
         check_config(compose_config("loop=online", override))
+
+
+@pytest.mark.slow  # two command-line jobs of the small toy world: ~1 min on 2 cores
+def test_a_multirun_over_loops_is_one_parent_with_an_offline_and_an_online_child(
+    tmp_path, toy_cache
+):
+    from ..test_sweeps import run_sweep, sweep_runs
+
+    args = ["loop=offline,online", *ONLINE[1:], "eval.num_prompts=4"]
+    proc = run_sweep(tmp_path, args, toy_cache, tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    offline, online = children
+    assert offline.info.status == online.info.status == "FINISHED"
+    assert not any(k.startswith("round/") for k in offline.data.metrics)
+    assert online.data.metrics["round/pairs_kept"] > 0
+    for child in children:
+        assert "eval/win_rate_vs_ref" in child.data.metrics
+        assert child.data.params["loop"] in child.info.run_name
+    assert (offline.data.params["loop"], online.data.params["loop"]) == ("offline", "online")
