@@ -55,7 +55,8 @@ class LoopConfig:
     whose samples all tie, are left out)."""
     threshold: float = 0.0
     """The score above which a sample is desirable, with `label=threshold`."""
-    generation_batch_size: int = 64
-    """Sequences per `generate`, scoring and judge call."""
+    generation_batch_size: int = 256
+    """Sequences per `generate`, scoring and judge call (a small model costs per token step
+    rather than per sequence: the larger, the faster)."""
     seed: int = 0
     """Seed of each round's prompt choice, batch order and sampling (with the round's index)."""
