@@ -35,7 +35,7 @@ def run(loop: str, beta: float, work: Path, overrides: list[str]) -> dict[str, f
     cmd = [
         sys.executable, "-m", "prefopt.train", f"loop={loop}", f"loss.beta={beta}",
         f"output_dir={out}", f"logger.tracking_uri=sqlite:///{work / 'mlflow.db'}",
-        f"logger.experiment_name={EXPERIMENT}", f"logger.run_name={loop} β={beta:g}",
+        f"logger.experiment_name={EXPERIMENT}", f"logger.run_name={loop}_beta{beta:g}",
         "trainer.enable_progress_bar=false", "export=false", *overrides,
     ]  # fmt: skip
     start = time.perf_counter()
@@ -46,7 +46,7 @@ def run(loop: str, beta: float, work: Path, overrides: list[str]) -> dict[str, f
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     [found] = client.search_runs(
-        [experiment.experiment_id], f"attributes.run_name = '{loop} β={beta:g}'"
+        [experiment.experiment_id], f"attributes.run_name = '{loop}_beta{beta:g}'"
     )
     metrics = dict(found.data.metrics)
     result = {"wall_s": wall, **metrics}
