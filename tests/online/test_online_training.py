@@ -96,6 +96,26 @@ def test_online_kto_labels_samples_by_the_prompt_median(compose_config):
     assert math.isfinite(metrics["train/loss"])
 
 
+def test_a_round_s_reference_log_probs_computed_once_equal_the_reference_run_online(
+    compose_config, tmp_path
+):
+    """reference.cache=true: the reference scores each round's batches when the round is made
+    (never the offline cache); cache=false: it runs at every step. Same losses either way."""
+    losses = []
+    for cache in ("true", "false"):
+        cfg = compose_config(
+            *ONLINE, "trainer.max_steps=3", "eval.num_prompts=0", f"reference.cache={cache}",
+            f"output_dir={tmp_path / cache}", f"logger.tracking_uri=sqlite:///{tmp_path / cache}.db",
+        )  # fmt: skip
+        result = train(cfg)
+        client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+        history = client.get_metric_history(result.run_id, "train/loss")
+        losses.append([m.value for m in sorted(history, key=lambda m: m.step)])
+    assert len(losses[0]) == 3
+    for cached, online in zip(*losses):
+        assert math.isclose(cached, online, rel_tol=1e-5, abs_tol=1e-6), losses
+
+
 RESUME = [*ONLINE, "trainer.max_steps=7", "loop.steps_per_round=3", "checkpoint.every_n_steps=4"]
 
 
