@@ -85,7 +85,9 @@ def test_online_dpo_trains_on_pairs_its_judge_ranked_and_tracks_each_round(
 
 
 def test_online_kto_labels_samples_by_the_prompt_median(compose_config):
-    cfg = compose_config(*ONLINE, "loss=kto", "trainer.max_steps=2", "eval.num_prompts=0")
+    cfg = compose_config(
+        *ONLINE, "loss=kto", "trainer.max_steps=2", "eval.num_prompts=0", "data.max_rows=64"
+    )
     result = train(cfg)
     client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     metrics = client.get_run(result.run_id).data.metrics
