@@ -23,7 +23,14 @@ from prefopt.judges import build_judge
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.export import export_policy
 from prefopt.model.loading import Checkpoints
-from prefopt.toy import build_toy_world
+from prefopt.online import (
+    OnlineSummary,
+    build_online_data,
+    check_loop_config,
+    is_online,
+    online_trainer_config,
+)
+from prefopt.toy import build_toy_world, reward
 from prefopt.tracking import (
     default_run_name,
     log_summary,
@@ -44,6 +51,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     loss = checks.check_config(cfg)
     strategies.check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
     check_model_logging(cfg.model, cfg.export)
+    check_loop_config(cfg.loop, cfg.trainer)
     return loss
 
 
@@ -81,13 +89,24 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) ->
         cfg.model, cfg.reference, cfg.optim, loss, checkpoints, datamodule
     )
     reference_model = assemble.evaluation_reference(module, checkpoints)
-    toy_data = cfg.data.source == "toy"
-    judge = build_judge(cfg.judge, toy_data) if cfg.eval.num_prompts > 0 else None
+    toy_data = cfg.data.source == "toy"  # the toy world's reward is the ground truth
+    online = is_online(cfg.loop)
+    # One judge for evaluation and the online loop: a reward model loads once.
+    judge = build_judge(cfg.judge, toy_data) if cfg.eval.num_prompts > 0 or online else None
     callbacks = build_callbacks(cfg.eval, cfg.model, judge, loss, tokenizer, reference_model)
     callbacks += assemble.reference_callbacks(cfg.reference, module)  # TR-DPO's moving π_ref
+    trainer_cfg = cfg.trainer
+    if online:  # pairs sampled from the policy each round (prefopt.online)
+        datamodule = build_online_data(
+            cfg.loop, datamodule, module, tokenizer, judge, reference_model,
+            true_reward=reward if toy_data else None,
+            progress=cfg.trainer.enable_progress_bar,
+        )  # fmt: skip
+        callbacks.append(OnlineSummary())
+        trainer_cfg = online_trainer_config(cfg.trainer)
     hints = assemble.fault_hints(cfg.optim, cfg.trainer, cfg.loss)
     trainer = assemble.build_trainer(
-        cfg.trainer, cfg.checkpoint, module, logger, cfg.output_dir, callbacks, hints
+        trainer_cfg, cfg.checkpoint, module, logger, cfg.output_dir, callbacks, hints
     )
     with assemble.launched(trainer):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

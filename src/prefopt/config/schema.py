@@ -33,6 +33,7 @@ from prefopt.config.choices import (  # noqa: F401  (re-exported: the schemas' f
     OnInvalid,
     Scheduler,
 )
+from prefopt.config.loop_schema import LoopConfig
 
 
 @dataclass
@@ -354,6 +355,8 @@ class Config:
     """The judge of evaluation and of the online loop, a `_target_` node (`conf/judge/`): toy,
     reward_model (`judge.path`), python (`judge.function`) or none (null `_target_`); typed by
     its option's schema in `config/judges_schema.py`."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """Offline (the data's pairs) or online (sampled from the policy each round): `conf/loop/`."""
     seed: int = 0
     output_dir: str = MISSING
     """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
@@ -405,5 +408,6 @@ GROUP_SCHEMAS: dict[str, type] = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "eval": EvalConfig,
+    "loop": LoopConfig,
 }
 """The schema each `conf/<group>/*.yaml` extends (through `<group>_schema` in its defaults)."""
