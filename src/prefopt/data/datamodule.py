@@ -142,7 +142,9 @@ class PreferenceDataModule(L.LightningDataModule):
                 "row_tokens": self.cfg.packing_row_tokens,
             }
 
-    def _collate(self):
+    def collate_fn(self):
+        """How this data's examples become a batch (padded, packed or unpaired): the loaders' and
+        the online rounds' `collate_fn`."""
         # A partial of a module-level function pickles, so worker processes can receive it.
         if not self.paired:
             return functools.partial(collate_unpaired, pad_token_id=self.pad_token_id)
@@ -167,7 +169,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self._train_loader = ResumableLoader(
             self.train_examples,
             batch_sampler=ResumableBatches(batches),
-            collate_fn=self._collate(),
+            collate_fn=self.collate_fn(),
             num_workers=self.cfg.num_workers,
             progress=self._batches_done,
         )
@@ -240,7 +242,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _loader(self, examples: list, **kwargs) -> DataLoader:
         return DataLoader(
-            examples, collate_fn=self._collate(), num_workers=self.cfg.num_workers, **kwargs
+            examples, collate_fn=self.collate_fn(), num_workers=self.cfg.num_workers, **kwargs
         )
 
     def _require_setup(self) -> None:

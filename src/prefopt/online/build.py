@@ -90,7 +90,7 @@ def build_online_data(
         stop_ids=stop_token_ids(tokenizer, module.policy),
         paired=datamodule.paired,
         batch_size=datamodule.cfg.batch_size,
-        collate=datamodule._collate(),
+        collate=datamodule.collate_fn(),
         reference_batch_logps=precompute,
         chunk_size=module.chunk_size,
         true_reward=true_reward,
