@@ -73,6 +73,7 @@ def run_data_benchmark(tmp_path, modes: list[str]) -> tuple[str, dict]:
     return result.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # prepares HH-shaped data for a sweep (about 25 s on 2 cores)
 def test_data_benchmark_prepares_once_for_a_sweep(tmp_path):
     _, results = run_data_benchmark(tmp_path, ["prefopt", "sweep"])
     assert results["prefopt cold"]["tokenized"] and not results["prefopt warm"]["tokenized"]

@@ -64,24 +64,26 @@ def test_liger_kernel_without_the_package_stops_before_anything_loads(
 ):
     if _installed("liger_kernel"):  # CI never installs it (the `liger` extra is opt-in)
         pytest.skip("liger-kernel is installed here")
-    cfg = compose_config("model.liger_kernel=true")
+    fresh_cache = tmp_path / "toy"  # the session's toy cache may hold a world already
+    cfg = compose_config("model.liger_kernel=true", f"toy.cache_dir={fresh_cache}")
     with pytest.raises(PrefoptError, match=r"model\.liger_kernel=true: .*pip install") as error:
         train(cfg)
     assert "\n" not in str(error.value)  # one line
     assert "model.liger_kernel=false" in str(error.value)
-    assert not any(toy_cache.iterdir())  # no toy world built, no model loaded
+    assert not fresh_cache.exists()  # no toy world built, no model loaded
     assert not (tmp_path / "mlflow.db").exists()  # the MLflow run never started
 
 
 def test_liger_kernel_on_the_cpu_stops_before_anything_loads(
     stand_in_liger, compose_config, toy_cache, tmp_path
 ):
-    cfg = compose_config("model.liger_kernel=true", "trainer=cpu")
+    fresh_cache = tmp_path / "toy"  # the session's toy cache may hold a world already
+    cfg = compose_config("model.liger_kernel=true", "trainer=cpu", f"toy.cache_dir={fresh_cache}")
     with pytest.raises(PrefoptError, match=r"model\.liger_kernel=true: .*CUDA GPU") as error:
         train(cfg)
     assert "\n" not in str(error.value)
     assert "trainer.accelerator=cpu" in str(error.value)
-    assert not any(toy_cache.iterdir())
+    assert not fresh_cache.exists()
     assert not (tmp_path / "mlflow.db").exists()  # the MLflow run never started
     assert stand_in_liger == []
 

@@ -21,6 +21,7 @@ def test_each_loss_learns_the_toy_preference(compose_config, overrides):
     assert_learns(train(compose_config(*overrides, "export=false", "eval.num_prompts=0")))
 
 
+@pytest.mark.slow  # the full default toy world (about 25 s on 2 cores)
 def test_simpo_learns_the_default_toy_world(compose_config, tmp_path):
     """The default world, not the small test world (about 25 s, building it included)."""
     defaults = [

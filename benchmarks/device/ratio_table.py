@@ -32,12 +32,12 @@ def load_rows(paths: list[Path]) -> list[dict]:
 
 
 def label(mode: str, args: dict) -> str:
-    """`dpo_packed flex +compile`: the mode and the settings that change how prefopt runs it
-    (TRL's modes run as TRL runs them, whatever the flags)."""
+    """`dpo_packed flex +compile`: the mode and the settings that change how prefopt runs it,
+    the defaults unnamed (TRL's modes run as TRL runs them, whatever the flags)."""
     if mode.startswith("trl"):
         return mode
     parts = [mode]
-    if args.get("attention") not in (None, "auto"):
+    if args.get("attention") not in (None, "auto", "sdpa"):  # sdpa: step_benchmark's default
         parts.append(str(args["attention"]))
     parts += [f"+{flag}" for flag in ("compile", "liger") if args.get(flag)]
     return " ".join(parts)
