@@ -6,9 +6,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 
-def tiny_llama(seed: int = 0, vocab_size: int = 32) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+def tiny_llama_config(vocab_size: int = 32, **overrides) -> LlamaConfig:
+    """A one-layer Llama of width 16: the shape of every tiny test model (causal or classifier)."""
+    settings = dict(
         vocab_size=vocab_size,
         hidden_size=16,
         intermediate_size=32,
@@ -20,7 +20,12 @@ def tiny_llama(seed: int = 0, vocab_size: int = 32) -> LlamaForCausalLM:
         bos_token_id=1,
         eos_token_id=2,
     )
-    return LlamaForCausalLM(config)
+    return LlamaConfig(**{**settings, **overrides})
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = 32) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size))
 
 
 def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:

@@ -123,14 +123,14 @@ def test_reference_collapse_and_beta_range_fire_on_data_built_for_them(
     assert beta and beta[0].levelno == logging.INFO
 
 
-def test_a_margin_that_cannot_rise_is_flagged(compose_config, caplog, tmp_path):
+def contradictory_run_config(compose_config, tmp_path, *overrides: str):
     """Contradictory preferences: every pair also appears with chosen and rejected swapped, so
-    the mean validation margin stays at 0 however the policy moves."""
+    the mean validation margin stays at 0 however the policy moves; 6 steps, validated every 2."""
     rows, _ = toy_rows(compose_config(), split="val")
     rows = rows[:32]
     rows += [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
     data = write_jsonl(tmp_path / "contradictory.jsonl", rows)
-    cfg = compose_config(
+    return compose_config(
         "data=local",
         f"data.path={data}",
         f"data.val_path={data}",
@@ -139,7 +139,12 @@ def test_a_margin_that_cannot_rise_is_flagged(compose_config, caplog, tmp_path):
         "trainer.max_steps=6",
         "trainer.val_check_interval=2",
         "eval.num_prompts=0",
+        *overrides,
     )
+
+
+def test_a_margin_that_cannot_rise_is_flagged(compose_config, caplog, tmp_path):
+    cfg = contradictory_run_config(compose_config, tmp_path)
     with caplog.at_level(logging.WARNING):
         result = train(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)
@@ -209,23 +214,9 @@ def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
 
 
 def test_a_moving_reference_turns_the_margin_check_off(compose_config, caplog, tmp_path):
-    """The same contradictory data as above, with the reference synced every 2 steps: the margin
-    is measured against a reference that follows the policy, so no stall is flagged."""
-    rows, _ = toy_rows(compose_config(), split="val")
-    rows = rows[:32]
-    rows += [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
-    data = write_jsonl(tmp_path / "contradictory.jsonl", rows)
-    cfg = compose_config(
-        "data=local",
-        f"data.path={data}",
-        f"data.val_path={data}",
-        "export=false",
-        "trainer.max_epochs=-1",
-        "trainer.max_steps=6",
-        "trainer.val_check_interval=2",
-        "eval.num_prompts=0",
-        "reference.sync_every_n_steps=2",
-    )
+    """The same contradictory data, with the reference synced every 2 steps: the margin is
+    measured against a reference that follows the policy, so no stall is flagged."""
+    cfg = contradictory_run_config(compose_config, tmp_path, "reference.sync_every_n_steps=2")
     with caplog.at_level(logging.INFO):
         result = train(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)

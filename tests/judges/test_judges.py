@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+from transformers import LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 from prefopt.config import checks, config_dir
 from prefopt.config.judges_schema import (
@@ -22,25 +22,14 @@ from prefopt.judges.reward_model import RewardModelJudge
 from prefopt.judges.toy import ToyJudge
 from prefopt.toy import reward
 
+from ..conftest import tiny_llama_config
 from ..evaluation.conftest import word_tokenizer
 
 
 def save_reward_model(path, num_labels=1, seed=0, vocab_size=32):
     """A tiny Llama sequence classifier (one logit = the reward) and its tokenizer, on disk."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = tiny_llama_config(vocab_size, num_labels=num_labels)
     LlamaForSequenceClassification(config).save_pretrained(path)
     word_tokenizer().save_pretrained(path)
     return path
@@ -142,17 +131,7 @@ def test_a_reward_model_of_another_family_reads_text_through_its_own_tokenizer(t
     policy_tokenizer = word_tokenizer()
     assert own.get_vocab() != policy_tokenizer.get_vocab()
     torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=len(own),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        num_labels=1,
-        pad_token_id=own.pad_token_id,
-    )
+    config = tiny_llama_config(len(own), num_labels=1, pad_token_id=own.pad_token_id)
     model = LlamaForSequenceClassification(config).eval()
     model.save_pretrained(tmp_path / "rm")
     own.save_pretrained(tmp_path / "rm")
