@@ -58,3 +58,18 @@ class Scheduler(Choice):
     constant = "constant"
     linear = "linear"
     cosine = "cosine"
+
+
+class LoopKind(Choice):
+    offline = "offline"
+    online = "online"
+
+
+class PairSelection(Choice):
+    best_vs_worst = "best_vs_worst"
+    all_ranked = "all_ranked"
+
+
+class KtoLabel(Choice):
+    threshold = "threshold"
+    median = "median"

@@ -8,22 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefopt.config.choices import Choice
-
-
-class LoopKind(Choice):
-    offline = "offline"
-    online = "online"
-
-
-class PairSelection(Choice):
-    best_vs_worst = "best_vs_worst"
-    all_ranked = "all_ranked"
-
-
-class KtoLabel(Choice):
-    threshold = "threshold"
-    median = "median"
+from prefopt.config.choices import KtoLabel, LoopKind, PairSelection
 
 
 @dataclass
