@@ -1,7 +1,7 @@
 """`OnlineDataModule`: one Lightning epoch is one round of pairs sampled from the current policy.
 
 The Lightning shape: the trainer runs with `max_epochs=-1` and
-`reload_dataloaders_every_n_epochs=1` (`online.trainer_overrides`), bounded by `max_steps`, so
+`reload_dataloaders_every_n_epochs=1` (`online.build.online_trainer_config`), bounded by `max_steps`, so
 it asks for a new training loader at the start of every epoch. `train_dataloader` then makes
 the next round (`rounds.RoundMaker`) from the policy as it is at that moment, reached through
 `self.trainer.lightning_module`, and returns a loader over the round's
