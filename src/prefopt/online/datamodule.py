@@ -1,8 +1,8 @@
 """`OnlineDataModule`: one Lightning epoch is one round of pairs sampled from the current policy.
 
 The Lightning shape: the trainer runs with `max_epochs=-1` and
-`reload_dataloaders_every_n_epochs=1` (`online.build.online_trainer_config`), bounded by `max_steps`, so
-it asks for a new training loader at the start of every epoch. `train_dataloader` then makes
+`reload_dataloaders_every_n_epochs=1` (`online.build.online_trainer_config`), bounded by
+`max_steps`, so it asks for a new training loader at the start of every epoch. `train_dataloader` then makes
 the next round (`rounds.RoundMaker`) from the policy as it is at that moment, reached through
 `self.trainer.lightning_module`, and returns a loader over the round's
 `steps_per_round × accumulate_grad_batches` batches, collated by the offline data module's
