@@ -14,7 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from prefopt.errors import PrefoptError
 from prefopt.train import check_config, train
-from prefopt.training.checkpoint import CHECKPOINT_DIR, PREVIOUS, safe_load
+from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, PREVIOUS, safe_load
+
+from ..conftest import SMALL_TOY
+from ..test_fault_files import run_killed_at
 
 ONLINE = [
     "loop=online",
@@ -190,3 +193,56 @@ def test_a_multirun_over_loops_is_one_parent_with_an_offline_and_an_online_child
         assert "eval/win_rate_vs_ref" in child.data.metrics
         assert child.data.params["loop"] in child.info.run_name
     assert (offline.data.params["loop"], online.data.params["loop"]) == ("offline", "online")
+
+
+KILLED = [*ONLINE, "trainer.max_steps=8", "loop.steps_per_round=4", "checkpoint.every_n_steps=2"]
+
+
+@pytest.mark.slow  # a killed subprocess, then two runs: about 40 s on 2 cores
+def test_a_run_killed_mid_round_resumes_with_the_round_and_ends_as_the_uninterrupted_run(
+    compose_config, toy_cache, reference_cache, tmp_path
+):
+    """kill -9 in the third step of the first round (rounds of 4, a checkpoint every 2 steps):
+    `resume=true` continues that round's last two batches from the checkpoint of step 2, in the
+    same MLflow run, then samples round 1 as the uninterrupted run did."""
+    args = [
+        *SMALL_TOY,
+        f"toy.cache_dir={toy_cache}",
+        f"reference.cache_dir={reference_cache}",
+        f"output_dir={tmp_path / 'out'}",
+        f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "trainer.enable_progress_bar=false",
+        "eval.num_prompts=8",
+        *KILLED,
+    ]
+    run_killed_at("training", args, tmp_path)  # dies in the step at batch index 2 of round 0
+    saved = safe_load(tmp_path / "out" / CHECKPOINT_DIR / LAST)
+    assert saved["global_step"] == 2
+    state = saved["OnlineDataModule"]
+    assert state["round"]["index"] == 0 and state["batches_done"] == 2
+
+    resumed = train(compose_config(*KILLED, "resume=true"))
+    whole = train(
+        compose_config(
+            *KILLED,
+            f"output_dir={tmp_path / 'whole'}",
+            f"logger.tracking_uri=sqlite:///{tmp_path / 'whole.db'}",
+        )  # fmt: skip
+    )
+    compared = [k for k in whole.metrics if k.startswith(("val/", "eval/"))]
+    assert compared
+    for key in compared:
+        assert math.isclose(resumed.metrics[key], whole.metrics[key], rel_tol=1e-4,
+                            abs_tol=1e-5), key  # fmt: skip
+    rounds = []
+    for store, result in (("mlflow.db", resumed), ("whole.db", whole)):
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / store}")
+        [run] = client.search_runs(client.search_experiments()[0].experiment_id)
+        assert run.info.run_id == result.run_id and run.info.status == "FINISHED"
+        indices = [m.value for m in client.get_metric_history(result.run_id, "round/index")]
+        assert sorted(indices) == [0.0, 1.0]  # the killed round logged once, never resampled
+        rounds.append({k: v for k, v in run.data.metrics.items() if k.startswith("round/")})
+    assert rounds[1]["round/index"] == 1.0
+    for key, value in rounds[1].items():  # round 1, sampled after the resume, as uninterrupted
+        if not key.endswith(("tokens_per_s", "seconds")):  # timings
+            assert math.isclose(rounds[0][key], value, rel_tol=1e-4, abs_tol=1e-5), key
