@@ -47,7 +47,10 @@ def test_every_schema_field_and_loss_hyperparameter_is_on_the_page():
         assert f"`data.{name}`" in page
     for name in schema_fields["LoraConfig"]:
         assert f"`model.lora.{name}`" in page
-    for name in schema_fields["DiagnosticsConfig"]:
+    eval_fields = dataclass_fields(ROOT / "src" / "prefopt" / "config" / "eval_schema.py")
+    for name in set(eval_fields["EvalConfig"]) - {"diagnostics"}:  # a table of its own
+        assert f"`eval.{name}`" in page
+    for name in eval_fields["DiagnosticsConfig"]:
         assert f"`eval.diagnostics.{name}`" in page
     trl_losses = "hinge robust bco_pair exo_pair nca_pair sppo_hard aot aot_unpaired"
     trl_losses += " apo_zero apo_down discopop sigmoid_norm"

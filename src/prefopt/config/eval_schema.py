@@ -1,0 +1,49 @@
+"""The `eval` config group: generation-based evaluation and the diagnostics (`conf/eval/`).
+
+The judge it uses is the `judge` group's (`config/judges_schema.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DiagnosticsConfig:
+    """The seed's failure modes, checked during the run and reported as warnings, metrics, tags."""
+
+    enabled: bool = True
+    margin_window: int = 3
+    """K: warn when `val/rewards/margins` rose by no more than `margin_min_increase` over the
+    last K validations (the reference is mismatched with the data, or β is off)."""
+    margin_min_increase: float = 1e-3
+    collapse_logp: float = -5.0
+    """A chosen completion whose mean per-token log-prob under the reference is below this
+    (nats; -5 = perplexity 148) counts as nearly impossible for the reference."""
+    collapse_max_share: float = 0.25
+    """Warn before training when more than this share of chosen completions is below `collapse_logp`."""
+    collapse_sample: int = 256
+    """Chosen completions (a seeded sample of the training data) scored for that check."""
+
+
+@dataclass
+class EvalConfig:
+    """Generation-based evaluation: sample from policy and reference on held-out prompts, judge
+    both with the `judge` section's judge, and log win rate, rewards, KL and a table of
+    generations (`conf/eval/`)."""
+
+    num_prompts: int = 64
+    """Held-out prompts (a seeded sample of the validation prompts); 0 = no generation eval."""
+    every_n_steps: int = 0
+    """Evaluate at the first validation at least this many steps after the last evaluation;
+    0 = at every validation. Always once more at the end of training."""
+    temperature: float = 1.0
+    """Sampling temperature; 1 samples the policy itself (what `eval/kl_seq` assumes), 0 = greedy."""
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    """Prompts per generate / scoring call, and per judge call of the policy's completions."""
+    seed: int = 0
+    """Seed of the prompt choice and of sampling (the same at every evaluation)."""
+    table_rows: int = 16
+    """Generations per evaluation written to the `eval/generations.json` table."""
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
