@@ -116,6 +116,15 @@ def test_a_round_s_reference_log_probs_computed_once_equal_the_reference_run_onl
         assert math.isclose(cached, online, rel_tol=1e-5, abs_tol=1e-6), losses
 
 
+def assert_same_final_metrics(result, expected) -> None:
+    """The final `val/` and `eval/` metrics of two runs agree (to fp32 rounding)."""
+    compared = [k for k in expected.metrics if k.startswith(("val/", "eval/"))]
+    assert compared
+    for key in compared:
+        assert math.isclose(result.metrics[key], expected.metrics[key], rel_tol=1e-4,
+                            abs_tol=1e-5), key  # fmt: skip
+
+
 RESUME = [*ONLINE, "trainer.max_steps=7", "loop.steps_per_round=3", "checkpoint.every_n_steps=4"]
 
 
@@ -139,11 +148,7 @@ def test_resuming_in_the_middle_of_a_round_ends_as_the_uninterrupted_run(compose
             f"logger.tracking_uri=sqlite:///{tmp_path / 'resumed.db'}",
         )  # fmt: skip
     )
-    compared = [k for k in whole.metrics if k.startswith(("val/", "eval/"))]
-    assert compared
-    for key in compared:
-        assert math.isclose(resumed.metrics[key], whole.metrics[key], rel_tol=1e-4,
-                            abs_tol=1e-5), key  # fmt: skip
+    assert_same_final_metrics(resumed, whole)
     # the round made after the resume (round 2, at step 6) is the uninterrupted run's
     stores = [tmp_path / "mlflow.db", tmp_path / "resumed.db"]
     last_rounds = []
@@ -229,11 +234,7 @@ def test_a_run_killed_mid_round_resumes_with_the_round_and_ends_as_the_uninterru
             f"logger.tracking_uri=sqlite:///{tmp_path / 'whole.db'}",
         )  # fmt: skip
     )
-    compared = [k for k in whole.metrics if k.startswith(("val/", "eval/"))]
-    assert compared
-    for key in compared:
-        assert math.isclose(resumed.metrics[key], whole.metrics[key], rel_tol=1e-4,
-                            abs_tol=1e-5), key  # fmt: skip
+    assert_same_final_metrics(resumed, whole)
     rounds = []
     for store, result in (("mlflow.db", resumed), ("whole.db", whole)):
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / store}")
