@@ -73,7 +73,9 @@ def plot(results: dict[tuple[str, float], dict[str, float]], path: Path) -> None
         for kl, reward, beta in points:
             ax.annotate(f"β={beta:g}", (kl, reward), fontsize=8, xytext=(3, 3),
                         textcoords="offset points")  # fmt: skip
-    ax.set_xlabel("KL(π‖π_ref) on held-out prompts (eval/kl_seq)")
+    # KL spans two orders of magnitude between the loops: a log axis keeps both frontiers legible.
+    ax.set_xscale("log")
+    ax.set_xlabel("KL(π‖π_ref) on held-out prompts (eval/kl_seq, log scale)")
     ax.set_ylabel("ground-truth reward of the policy (eval/reward_policy)")
     ax.set_title("toy world: reward vs KL, offline and online DPO", fontsize=10)
     ax.grid(alpha=0.3)
