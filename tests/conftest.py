@@ -132,3 +132,33 @@ def compose_config(toy_cache, reference_cache, tmp_path):
             return compose("config", overrides=[*defaults, *overrides])
 
     return _compose
+
+
+def user_error(capsys, fn, *args) -> str:
+    """Run `fn` as the CLI does; the one stderr line (after asserting exit status 2)."""
+    from prefopt.config import checks
+
+    with pytest.raises(SystemExit) as exit_info:
+        with checks.reported_errors():
+            fn(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("prefopt: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def loaded_checkpoints(monkeypatch) -> list[str]:
+    """The paths every model load of the test goes to (all loads pass `load_causal_lm`)."""
+    from prefopt.model import loading as model_loading
+
+    loaded: list[str] = []
+    real_load = model_loading.load_causal_lm
+
+    def counting_load(path, cfg):
+        loaded.append(path)
+        return real_load(path, cfg)
+
+    monkeypatch.setattr(model_loading, "load_causal_lm", counting_load)
+    return loaded

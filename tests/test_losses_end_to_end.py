@@ -4,7 +4,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from prefopt.config.schema import ToyWorldConfig
-from prefopt.model import loading as model_loading  # every checkpoint loads through it
 from prefopt.train import train
 
 
@@ -47,19 +46,11 @@ def assert_learns(result) -> None:
         assert metrics["val/rewards/accuracies"] > 0.5, metrics
 
 
-def test_simpo_never_loads_or_runs_a_reference(compose_config, monkeypatch):
-    loaded = []
-    real_load = model_loading.load_causal_lm
-
-    def counting_load(path, cfg):
-        loaded.append(path)
-        return real_load(path, cfg)
-
-    monkeypatch.setattr(model_loading, "load_causal_lm", counting_load)
+def test_simpo_never_loads_or_runs_a_reference(compose_config, loaded_checkpoints):
     result = train(
         compose_config("loss=simpo", "export=false", "trainer.max_steps=3", "eval.num_prompts=0")
     )
-    assert len(loaded) == 1  # the policy only
+    assert len(loaded_checkpoints) == 1  # the policy only
     assert result.module.reference is None
 
 

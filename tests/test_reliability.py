@@ -29,23 +29,10 @@ from prefopt.tracking import run_datasets
 from prefopt.train import train
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, RUN_FILE, safe_load
 
-from .conftest import SMALL_TOY
+from .conftest import SMALL_TOY, user_error
 from .mlflow_servers import free_port, start_mlflow_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def user_error(capsys, fn, *args):
-    """Run `fn` as the CLI does; return the one stderr line (asserting exit status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        with checks.reported_errors():
-            fn(*args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("prefopt: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def runs_in(cfg):

@@ -21,21 +21,11 @@ from prefopt.data.sources import load_split, looks_local
 from prefopt.errors import PrefoptError
 from prefopt.train import train
 
+from ..conftest import user_error
+
 REPO = Path(__file__).resolve().parents[2]
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the error without a GPU")
 MONITOR = "+trainer.callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"
-
-
-def user_error(capsys, fn, *args) -> str:
-    """Run `fn` as the CLI does; the one stderr line (after asserting exit status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        with checks.reported_errors():
-            fn(*args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("prefopt: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def no_store(cfg) -> bool:
