@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prefopt.evaluation.generation import decode_completions, generate, score
+from prefopt.evaluation.generation import Samples, decode_completions, generate, score
 from prefopt.evaluation.metrics import mean, sequence_kl
 from prefopt.judges import score_completions
 from prefopt.online.pairs import as_example, as_pair, kto_labels, rank_pairs, round_batches
@@ -110,12 +110,13 @@ def training_prompts(examples: Sequence[dict]) -> list[list[int]]:
 def round_prompts(prompt_set: int, index: int, per_round: int, seed: int) -> list[int]:
     """Indices of round `index`'s prompts: the prompt set in a seeded order, pass after pass
     (each pass its own order), `per_round` at a time; a round never depends on earlier ones."""
-    chosen = []
+    chosen, orders = [], {}
     for position in range(index * per_round, (index + 1) * per_round):
         n_pass, offset = divmod(position, prompt_set)
-        order = list(range(prompt_set))
-        random.Random(seed * 1_000_003 + n_pass).shuffle(order)
-        chosen.append(order[offset])
+        if n_pass not in orders:  # one shuffle per pass a round touches, not one per prompt
+            orders[n_pass] = list(range(prompt_set))
+            random.Random(seed * 1_000_003 + n_pass).shuffle(orders[n_pass])
+        chosen.append(orders[n_pass][offset])
     return chosen
 
 
@@ -192,8 +193,7 @@ class RoundMaker:
                     for b in batches
                 ]
         generated = sum(len(ids) for ids in flat)
-        stop = set(self.stop_ids)
-        lengths = [len(ids) - (1 if ids and ids[-1] in stop else 0) for ids in flat]
+        lengths = Samples(flat, texts).lengths(set(self.stop_ids))
         finite = [s for s in scores if math.isfinite(s)]
         metrics = {
             "round/index": float(index),
