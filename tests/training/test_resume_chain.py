@@ -358,7 +358,49 @@ def test_ctrl_c_on_the_command_line_saves_stops_killed_and_resumes_as_if_never_s
     assert_ends_as_if_never_interrupted(resumed.metrics, uninterrupted)
 
 
-def test_a_second_signal_or_one_outside_a_step_stops_at_once(caplog):
+class _OneWriterStream(io.StringIO):
+    """A stream that, like `io.BufferedWriter`, refuses a write that starts inside another;
+    the first write sends `signum` to this process, as a Ctrl-C arriving mid-log would."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum, self.writing, self.sent = signum, False, False
+
+    def write(self, text: str) -> int:
+        if self.writing:
+            raise RuntimeError("reentrant call inside the log stream")
+        self.writing = True
+        try:
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), self.signum)
+            return super().write(text)
+        finally:
+            self.writing = False
+
+
+def test_a_signal_arriving_while_a_log_line_is_written_does_not_reenter_the_stream():
+    """The CI failure this guards: Ctrl-C landed while the checkpoint's log line was being
+    flushed, the handler logged to the same stream, and a traceback was printed."""
+    from prefopt.training.faults import defer_stops, graceful_interrupts, stop_requested
+
+    stream = _OneWriterStream(signal.SIGINT)
+    handler = logging.StreamHandler(stream)
+    handler.handleError = lambda record: (_ for _ in ()).throw(RuntimeError("logging error"))
+    logger = logging.getLogger("prefopt")
+    logger.addHandler(handler)
+    try:
+        with graceful_interrupts():
+            defer_stops(True)
+            logger.warning("checkpoint at step 4")  # the signal arrives inside this write
+            assert stop_requested()
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "checkpoint at step 4" and lines[1].startswith("SIGINT: stopping once")
+
+
+def test_a_second_signal_or_one_outside_a_step_stops_at_once(caplog, capfd):
     from prefopt.training.faults import defer_stops, graceful_interrupts, stop_requested
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
@@ -367,7 +409,9 @@ def test_a_second_signal_or_one_outside_a_step_stops_at_once(caplog):
             os.kill(os.getpid(), signal.SIGINT)  # not within a step: at once
         defer_stops(True)  # a step is running
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop_requested()
+        assert "SIGTERM received: the run stops once this step ends" in capfd.readouterr().err
+        assert not caplog.records  # logged by the step's end, not by the handler
+        assert stop_requested() and stop_requested()
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
             os.kill(os.getpid(), signal.SIGTERM)  # asked twice: at once
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

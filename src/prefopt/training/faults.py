@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -71,6 +72,11 @@ class _StopRequests:
 
     deferring = False
     requested: str | None = None
+    announced = False  # whether the request has been logged
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.deferring, cls.requested, cls.announced = False, None, False
 
 
 def defer_stops(deferring: bool) -> None:
@@ -79,6 +85,15 @@ def defer_stops(deferring: bool) -> None:
 
 
 def stop_requested() -> bool:
+    """Whether a signal asked for a stop; the first call that sees one logs it (a signal
+    handler itself must not: logging there can re-enter a stream that is mid-write)."""
+    if _StopRequests.requested is not None and not _StopRequests.announced:
+        _StopRequests.announced = True
+        log.warning(
+            "%s: stopping once this step ends and its checkpoint is written "
+            "(send it again to stop at once; resume=true continues)",
+            _StopRequests.requested,
+        )
     return _StopRequests.requested is not None
 
 
@@ -86,11 +101,10 @@ def _on_signal(signum, frame) -> None:
     name = signal.Signals(signum).name
     if _StopRequests.deferring and _StopRequests.requested is None:
         _StopRequests.requested = name
-        log.warning(
-            "%s: stopping once this step ends and its checkpoint is written "
-            "(send it again to stop at once; resume=true continues)",
-            name,
-        )
+        # Acknowledge at once, as one unbuffered write: the handler may run while a logging
+        # handler or `print` is inside the same buffered stream, and re-entering it raises.
+        with contextlib.suppress(OSError):  # no stderr (a daemon): the log line still comes
+            os.write(2, f"\n{name} received: the run stops once this step ends\n".encode())
         return
     raise KeyboardInterrupt(f"signal {signum} ({name})")
 
@@ -98,7 +112,7 @@ def _on_signal(signum, frame) -> None:
 @contextlib.contextmanager
 def graceful_interrupts():
     """Within the block, SIGINT and SIGTERM stop the run as the module docstring says."""
-    _StopRequests.deferring, _StopRequests.requested = False, None
+    _StopRequests.reset()
     try:
         previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread (e.g. a launcher's worker thread): leave it
@@ -109,4 +123,4 @@ def graceful_interrupts():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _StopRequests.deferring, _StopRequests.requested = False, None
+        _StopRequests.reset()
