@@ -71,6 +71,10 @@ def write_jsonl(path: Path, rows) -> Path:
             "data.max_prompt_length=64 must be positive and below data.max_length=64",
         ),
         (["data.path=pairs.jsonl"], "data.path=pairs.jsonl has no effect with data.source=toy"),
+        (
+            ["data.packing=true", "data.packing_row_tokens=0"],
+            "data.packing_row_tokens=0: it must be >= 1, or null",
+        ),
         (["resume=true"], "resume=true: no unfinished run with a checkpoint"),
     ],
 )

@@ -265,6 +265,11 @@ def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
         raise PrefoptError(
             f"data.num_proc={data.num_proc}: it must be >= 1, or null for one per CPU core"
         )
+    if data.packing_row_tokens is not None and data.packing_row_tokens < 1:
+        raise PrefoptError(
+            f"data.packing_row_tokens={data.packing_row_tokens}: it must be >= 1, or null for "
+            "rows as long as the batch's longest pair"
+        )
 
 
 def check_data_paths(data: DictConfig) -> None:

@@ -12,11 +12,10 @@ Models load flex as `prefopt_flex` (`FLEX`), an attention function registered wi
 transformers: a `BlockMask` goes to FlexAttention (the compiled kernel, on a GPU), anything
 else to transformers' SDPA function with its mask, so unpacked batches and generation run as
 under `sdpa`. FlexAttention has no backward pass on CPU (torch 2.13 refuses one), so on CPU a
-`BlockMask` is applied by `_blockwise_attention` instead: each block of queries attends, in
-one SDPA call, to the span of key blocks the mask lists, never the whole [T, T] score matrix.
-On CPU that costs more than SDPA under a dense boolean mask (whose CPU kernel does not
-materialise the scores either), so `auto` keeps `sdpa` there; docs/performance.md has figures.
-No GPU has run the flex and flash_varlen paths yet, so `auto` keeps `sdpa` on a GPU too.
+`BlockMask` is applied by `_segment_attention` instead, from the layout the mask was built from:
+one SDPA call per sequence of the row, so the work grows with the sum of the squared sequence
+lengths rather than T². docs/performance.md has figures. No GPU has run the flex and
+flash_varlen paths yet, so `auto` keeps `sdpa` everywhere until they are measured.
 """
 
 from __future__ import annotations
@@ -63,13 +62,11 @@ def flash_varlen_available() -> bool:
 @functools.cache
 def resolve_attention(requested: str) -> str:
     """`model.attention` as the kernel this machine runs: sdpa, flex, flash_varlen or eager.
-    `auto` picks sdpa, in one info line: on CPU the flex path costs more (docs/performance.md),
-    and on a GPU flex and flash_varlen stay opt-in until `benchmarks/device/gpu_check.sh` has
-    measured them against sdpa (a kernel that fails only in its backward would pass the packing
-    probe, which runs forwards); an explicit choice this machine cannot run falls back with one
-    info line;
-    an explicit choice this machine cannot run falls back with one info line. Cached: the policy
-    and the reference resolve once."""
+    `auto` picks sdpa, in one info line: flex and flash_varlen stay opt-in until
+    `benchmarks/device/gpu_check.sh` has measured them against sdpa on a GPU (a kernel that
+    fails only in its backward would pass the packing probe, which runs forwards). An explicit
+    choice this machine cannot run falls back with one info line. Cached: the policy and the
+    reference resolve once."""
     mode = str(requested).lower()
     if mode not in ATTENTION:
         raise PrefoptError(f"model.attention={requested!r}: choose one of {', '.join(ATTENTION)}")
@@ -125,74 +122,75 @@ def _flex_or_sdpa(module, query, key, value, attention_mask, **kwargs):
     if query.device.type != "cpu":
         return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
     dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
-    out = _blockwise_attention(query, key, value, attention_mask, kwargs.get("scaling"), dropout)
+    layout = attention_mask.prefopt_layout
+    out = _segment_attention(query, key, value, *layout, kwargs.get("scaling"), dropout)
     return out.transpose(1, 2).contiguous(), None
 
 
-def _blockwise_attention(
-    query: Tensor, key: Tensor, value: Tensor, block_mask, scale: float | None, dropout: float
+def _segment_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    groups: Tensor,
+    branches: Tensor,
+    positions: Tensor,
+    window: int | None,
+    scale: float | None,
+    dropout: float,
 ) -> Tensor:
-    """Attention under `block_mask` without a [T, T] score matrix: each block of 128 queries
-    attends to the span of key blocks its mask lists (masked by `mask_mod` inside the span), all
-    blocks in one SDPA call over [rows × blocks, heads, 128, span]. The span is at most a
-    group's length, so the work grows with T × the longest sequence, not T². One gather builds
-    the spans (slicing per block would cost a full-size gradient per slice in the backward)."""
-    q_block, kv_block = block_mask.BLOCK_SIZE
-    rows, heads, n_tokens, dim = query.shape
-    n_keys = key.shape[-2]
-    device = query.device
-    counts = block_mask.kv_num_blocks[:, 0]  # [rows or 1, q blocks]
-    listed = _listed(counts, block_mask.kv_indices[:, 0])
-    if block_mask.full_kv_num_blocks is not None:
-        listed = listed | _listed(
-            block_mask.full_kv_num_blocks[:, 0], block_mask.full_kv_indices[:, 0]
-        )
-    listed = listed.expand(rows, -1, -1)[:, : -(-n_tokens // q_block)]
-    n_q = listed.shape[1]
-    blocks = torch.arange(listed.shape[-1], device=device)
-    first = torch.where(listed, blocks, listed.shape[-1]).amin(-1)  # [rows, q blocks]
-    last = torch.where(listed, blocks, -1).amax(-1)
-    first = torch.minimum(first, last)  # a block listing nothing (only padding): an empty span
-    span = int((last - first + 1).max()) * kv_block
-    keys = first[..., None] * kv_block + torch.arange(span, device=device)  # [rows, q, span]
-    in_range = (keys < ((last + 1) * kv_block)[..., None]) & (keys < n_keys)
-    keys_clamped = keys.clamp(max=n_keys - 1)
-    queries = torch.arange(n_q * q_block, device=device).view(1, n_q, q_block, 1)
-    row = torch.arange(rows, device=device).view(rows, 1, 1, 1)
-    allowed = block_mask.mask_mod(row, 0, queries, keys_clamped[:, :, None, :])
-    allowed = allowed & in_range[:, :, None]
-    # Queries past the end (the last block's padding) see one key: no empty softmax row.
-    allowed = allowed | ((queries >= n_tokens) & (keys[:, :, None, :] == keys[:, :, None, :1]))
-    row_index = torch.arange(rows, device=device).view(rows, 1, 1)
-
-    def spans(
-        states: Tensor,
-    ) -> Tensor:  # [rows, kv heads, T, dim] -> [rows·q, kv heads, span, dim]
-        gathered = states.transpose(1, 2)[row_index, keys_clamped]  # [rows, q, span, heads, dim]
-        return gathered.flatten(0, 1).transpose(1, 2)
-
-    padded = nn.functional.pad(query, (0, 0, 0, n_q * q_block - n_tokens))
-    blocked = padded.view(rows, heads, n_q, q_block, dim).transpose(1, 2).flatten(0, 1)
-    out = nn.functional.scaled_dot_product_attention(
-        blocked,
-        spans(key),
-        spans(value),
-        attn_mask=allowed.flatten(0, 1)[:, None],
-        dropout_p=dropout,
-        scale=scale,
-        enable_gqa=heads != key.shape[1],
-    )
-    out = out.view(rows, n_q, heads, q_block, dim).transpose(1, 2).reshape(rows, heads, -1, dim)
-    return out[:, :, :n_tokens]
+    """Attention of packed rows on CPU, one SDPA call per sequence (group): a group's tokens are
+    contiguous in its row and see only each other, so the work and the masks grow with the sum
+    of the squared group lengths, not T². A group that holds only one sequence without a window
+    runs `is_causal` with no mask at all; a shared pair gets its own [L, L] mask. `unbind` and
+    `split` views keep the backward to one concatenation per tensor (slicing would allocate a
+    full-size gradient per slice)."""
+    heads = query.shape[1]
+    gqa = heads != key.shape[1]
+    rows = []
+    for r, (q_row, k_row, v_row) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
+        starts = _group_starts(groups[r])
+        lengths = torch.diff(torch.tensor([*starts, groups.shape[1]])).tolist()
+        pieces = []
+        for start, q, k, v in zip(
+            starts, q_row.split(lengths, 1), k_row.split(lengths, 1), v_row.split(lengths, 1)
+        ):
+            end = start + q.shape[1]
+            if groups[r, start] < 0:  # padding: its outputs are never scored
+                pieces.append(torch.zeros_like(q))
+                continue
+            mask = _group_mask(branches[r, start:end], positions[r, start:end], window)
+            pieces.append(
+                nn.functional.scaled_dot_product_attention(
+                    q[None], k[None], v[None], attn_mask=mask, dropout_p=dropout,
+                    is_causal=mask is None, scale=scale, enable_gqa=gqa,
+                )[0]
+            )  # fmt: skip
+        rows.append(torch.cat(pieces, 1))
+    return torch.stack(rows)
 
 
-def _listed(counts: Tensor, indices: Tensor) -> Tensor:
-    """[rows, q blocks, kv blocks] booleans from a BlockMask's counts and index lists."""
-    n_kv = indices.shape[-1]
-    used = torch.arange(n_kv, device=indices.device) < counts[..., None]
-    flags = torch.zeros(*indices.shape[:-1], n_kv + 1, dtype=torch.bool, device=indices.device)
-    flags.scatter_(-1, torch.where(used, indices.long(), n_kv), True)
-    return flags[..., :n_kv]
+def _group_starts(groups: Tensor) -> list[int]:
+    """Where each run of one group begins; every group must be one run (as packing lays them)."""
+    starts = [0, *(torch.nonzero(groups[1:] != groups[:-1]).flatten() + 1).tolist()]
+    ids = groups[starts]
+    if len(set(ids[ids >= 0].tolist())) != int((ids >= 0).sum()):
+        raise ValueError("a packed row holds a group in more than one run of tokens")
+    return starts
+
+
+def _group_mask(branches: Tensor, positions: Tensor, window: int | None) -> Tensor | None:
+    """[1, 1, L, L] of one group: causal, a rejected token never sees a chosen one, keys within
+    the window; None where causal alone says it (SDPA's `is_causal`, no mask built)."""
+    shared = bool((branches == _REJECTED).any())
+    if not shared and (window is None or int(positions.max() - positions.min()) < window):
+        return None
+    n = len(positions)
+    allowed = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril()
+    if shared:
+        allowed &= ~((branches[:, None] == _REJECTED) & (branches[None, :] == _CHOSEN))
+    if window is not None:
+        allowed &= positions[:, None] - positions[None, :] < window
+    return allowed[None, None]
 
 
 # --- the masks of packed rows ---------------------------------------------------------------
@@ -258,6 +256,7 @@ def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int 
     from torch.nn.attention.flex_attention import BlockMask
 
     rows, width = groups.shape
+    unpadded = (groups, branches, positions, window)
     # Lengths are padded to whole blocks (-2: a group of its own) so mask_mod never reads past.
     n_blocks = -(-width // BLOCK)
     pad = (0, n_blocks * BLOCK - width)
@@ -289,10 +288,13 @@ def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int 
         order = (~flags).to(torch.int8).argsort(dim=-1, stable=True).to(torch.int32)
         return flags.sum(-1, dtype=torch.int32)[:, None], order[:, None]
 
-    return BlockMask.from_kv_blocks(
+    mask = BlockMask.from_kv_blocks(
         *listed(partial),
         *listed(every),
         BLOCK_SIZE=BLOCK,
         mask_mod=mask_mod,
         seq_lengths=(width, width),
     )
+    # The layout itself, for CPU, where FlexAttention has no backward (`_segment_attention`).
+    mask.prefopt_layout = unpadded
+    return mask
