@@ -156,6 +156,36 @@ def test_packing_row_tokens_fills_fewer_slots_and_scores_the_same():
         )
 
 
+def test_on_cpu_each_sequence_of_a_long_row_attends_on_its_own(monkeypatch):
+    """The CPU path under a block mask: every SDPA call covers one sequence (a shared pair or a
+    plain sequence), never the whole row, and only shared pairs build a mask (no window here)."""
+    _, flex = sdpa_and_flex("llama")
+    batch = ragged_batch(8, seed=2)
+    packing = PairPacking("true", True, row_tokens=120)
+    layout = packing.layout(batch, flex)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, key, value, attn_mask=None, **kwargs):
+        calls.append((query.shape[-2], None if attn_mask is None else attn_mask.shape))
+        return sdpa(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with torch.no_grad():
+        packing.logps(flex, batch, None)
+    longest = max(
+        int((layout["groups"][r] == g).sum())
+        for r in range(layout["groups"].shape[0])
+        for g in layout["groups"][r].unique().tolist()
+        if g >= 0
+    )
+    width = layout["input_ids"].shape[1]
+    assert calls and max(length for length, _ in calls) == longest < width
+    masks = [shape for _, shape in calls if shape is not None]
+    assert masks and all(shape[-2:] == (n, n) for n, shape in calls if shape is not None)
+    assert len(masks) < len(calls)  # sequences without a shared prompt run is_causal alone
+
+
 def test_long_rows_under_a_dense_mask_warn_once(caplog):
     standard, _ = sdpa_and_flex("llama")
     packing = PairPacking("true", True, row_tokens=120)

@@ -119,7 +119,7 @@ def _flex_or_sdpa(module, query, key, value, attention_mask, **kwargs):
 
     if not isinstance(attention_mask, BlockMask):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if query.device.type != "cpu":
+    if query.device.type == "cuda":  # the compiled kernel; elsewhere the per-sequence path
         return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
     dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
     layout = attention_mask.prefopt_layout
