@@ -28,7 +28,7 @@ from torch import Tensor
 from prefopt.data.collate import collate_pairs
 
 # Branch of a token inside a shared layout: the rejected completion may not see the chosen one.
-_COMMON, _CHOSEN, _REJECTED = 0, 1, 2
+COMMON, CHOSEN, REJECTED = 0, 1, 2
 
 
 @dataclass
@@ -97,7 +97,7 @@ def with_mask(layout: dict[str, Tensor]) -> dict[str, Tensor]:
     """A layout with its [rows, 1, T, T] attention mask, built on the layout's device (on a GPU
     in microseconds)."""
     packed = {k: v for k, v in layout.items() if k not in ("groups", "branches")}
-    packed["attention_mask"] = _allowed(layout["groups"], layout["branches"])
+    packed["attention_mask"] = allowed_mask(layout["groups"], layout["branches"])
     return packed
 
 
@@ -147,15 +147,15 @@ def _pair_blocks(
     if not shared:
         blocks = [_Block(), _Block()]
         for block, sequence in zip(blocks, (chosen, rejected)):
-            block.add(ids[sequence], range(len(ids[sequence])), 0, _COMMON)
+            block.add(ids[sequence], range(len(ids[sequence])), 0, COMMON)
             _score(block, ids[sequence], scored[sequence], sequence, lambda q: q)
         return blocks
 
     block = _Block()
-    block.add(ids[chosen][:p], range(p), 0, _COMMON)
-    block.add(ids[chosen][p:], range(p, len(ids[chosen])), 0, _CHOSEN)
+    block.add(ids[chosen][:p], range(p), 0, COMMON)
+    block.add(ids[chosen][p:], range(p, len(ids[chosen])), 0, CHOSEN)
     _score(block, ids[chosen], scored[chosen], chosen, lambda q: q)
-    start = block.add(ids[rejected][p:], range(p, len(ids[rejected])), 0, _REJECTED)
+    start = block.add(ids[rejected][p:], range(p, len(ids[rejected])), 0, REJECTED)
     # The rejected completion's first token is predicted by the LAST PROMPT position; later
     # ones by the rejected tokens, which sit after the chosen completion in packed order.
     _score(
@@ -221,11 +221,11 @@ def _assemble(rows: list[list[_Block]]) -> dict[str, Tensor]:
     }
 
 
-def _allowed(groups: Tensor, branches: Tensor) -> Tensor:
+def allowed_mask(groups: Tensor, branches: Tensor) -> Tensor:
     """[R, 1, T, T] bool, True where query i may attend key j: same group, j <= i, and not a
     rejected-completion query looking at a chosen-completion key."""
     width = groups.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=groups.device).tril()
     same_group = groups[:, :, None] == groups[:, None, :]
-    crossing = (branches[:, :, None] == _REJECTED) & (branches[:, None, :] == _CHOSEN)
+    crossing = (branches[:, :, None] == REJECTED) & (branches[:, None, :] == CHOSEN)
     return (same_group & causal & ~crossing)[:, None]

@@ -27,6 +27,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from prefopt.data.packing import CHOSEN, REJECTED, allowed_mask
 from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.attention")
@@ -37,10 +38,6 @@ FLEX = "prefopt_flex"
 FLASH = "flash_attention_2"
 SPARSE_IMPLEMENTATIONS = (FLEX, FLASH)
 """Implementations whose packed rows carry no dense mask (`packed_attention_mask`)."""
-
-# Branches of a shared layout (`prefopt.data.packing`): the rejected completion may not see the
-# chosen one.
-_CHOSEN, _REJECTED = 1, 2
 
 
 def flex_available() -> bool:
@@ -179,18 +176,15 @@ def _group_starts(groups: Tensor) -> list[int]:
 
 
 def _group_mask(branches: Tensor, positions: Tensor, window: int | None) -> Tensor | None:
-    """[1, 1, L, L] of one group: causal, a rejected token never sees a chosen one, keys within
-    the window; None where causal alone says it (SDPA's `is_causal`, no mask built)."""
-    shared = bool((branches == _REJECTED).any())
+    """[1, 1, L, L] of one group (packing's own rule, within the window); None where causal
+    alone says it (SDPA's `is_causal`, no mask built)."""
+    shared = bool((branches == REJECTED).any())
     if not shared and (window is None or int(positions.max() - positions.min()) < window):
         return None
-    n = len(positions)
-    allowed = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril()
-    if shared:
-        allowed &= ~((branches[:, None] == _REJECTED) & (branches[None, :] == _CHOSEN))
+    allowed = allowed_mask(torch.zeros_like(branches)[None], branches[None])
     if window is not None:
-        allowed &= positions[:, None] - positions[None, :] < window
-    return allowed[None, None]
+        allowed = allowed & (positions[:, None] - positions[None, :] < window)
+    return allowed
 
 
 # --- the masks of packed rows ---------------------------------------------------------------
@@ -202,7 +196,7 @@ def packed_attention_mask(model: nn.Module, layout: dict[str, Tensor]):
     (the position ids mark where each sequence starts). None of them is [T, T] dense."""
     name = model_implementation(model)
     if name == FLASH:
-        if (layout["branches"] == _REJECTED).any():
+        if (layout["branches"] == REJECTED).any():
             raise ValueError("flash varlen rows cannot hold shared prompts")
         return None
     if name != FLEX:
@@ -266,7 +260,7 @@ def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int 
 
     def mask_mod(b, h, q, kv):
         allowed = (groups[b, q] == groups[b, kv]) & (q >= kv)
-        allowed = allowed & ~((branches[b, q] == _REJECTED) & (branches[b, kv] == _CHOSEN))
+        allowed = allowed & ~((branches[b, q] == REJECTED) & (branches[b, kv] == CHOSEN))
         if window is not None:
             allowed = allowed & (positions[b, q] - positions[b, kv] < window)
         return allowed
