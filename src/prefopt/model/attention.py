@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -119,43 +120,59 @@ def _flex_or_sdpa(module, query, key, value, attention_mask, **kwargs):
     if query.device.type == "cuda":  # the compiled kernel; elsewhere the per-sequence path
         return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
     dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
-    layout = attention_mask.prefopt_layout
-    out = _segment_attention(query, key, value, *layout, kwargs.get("scaling"), dropout)
+    segments = attention_mask.prefopt_segments
+    out = _segment_attention(query, key, value, segments, kwargs.get("scaling"), dropout)
     return out.transpose(1, 2).contiguous(), None
+
+
+@dataclass
+class Segments:
+    """The sequences of packed rows, for attention one sequence at a time (`_segment_attention`):
+    a group's tokens are contiguous in its row and see only each other."""
+
+    groups: Tensor
+    branches: Tensor
+    positions: Tensor
+    window: int | None
+
+    @functools.cached_property
+    def rows(self) -> list[list[tuple[int, Tensor | None, bool]]]:
+        """Per row, each run's (length, mask, padding). Worked out once per batch, not per layer:
+        every layer of the policy and of the reference reads the same plan."""
+        plan = []
+        for groups, branches, positions in zip(self.groups, self.branches, self.positions):
+            starts = _group_starts(groups)
+            ends = [*starts[1:], len(groups)]
+            runs = []
+            for start, end in zip(starts, ends):
+                mask = _group_mask(branches[start:end], positions[start:end], self.window)
+                runs.append((end - start, mask, bool(groups[start] < 0)))
+            plan.append(runs)
+        return plan
 
 
 def _segment_attention(
     query: Tensor,
     key: Tensor,
     value: Tensor,
-    groups: Tensor,
-    branches: Tensor,
-    positions: Tensor,
-    window: int | None,
+    segments: Segments,
     scale: float | None,
     dropout: float,
 ) -> Tensor:
-    """Attention of packed rows on CPU, one SDPA call per sequence (group): a group's tokens are
-    contiguous in its row and see only each other, so the work and the masks grow with the sum
-    of the squared group lengths, not T². A group that holds only one sequence without a window
+    """Attention of packed rows on CPU, one SDPA call per sequence, so the work and the masks
+    grow with the sum of the squared sequence lengths, not T². A plain sequence without a window
     runs `is_causal` with no mask at all; a shared pair gets its own [L, L] mask. `unbind` and
     `split` views keep the backward to one concatenation per tensor (slicing would allocate a
     full-size gradient per slice)."""
-    heads = query.shape[1]
-    gqa = heads != key.shape[1]
+    gqa = query.shape[1] != key.shape[1]
     rows = []
-    for r, (q_row, k_row, v_row) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
-        starts = _group_starts(groups[r])
-        lengths = torch.diff(torch.tensor([*starts, groups.shape[1]])).tolist()
+    for plan, *states in zip(segments.rows, query.unbind(0), key.unbind(0), value.unbind(0)):
+        lengths = [length for length, _, _ in plan]
         pieces = []
-        for start, q, k, v in zip(
-            starts, q_row.split(lengths, 1), k_row.split(lengths, 1), v_row.split(lengths, 1)
-        ):
-            end = start + q.shape[1]
-            if groups[r, start] < 0:  # padding: its outputs are never scored
+        for (_, mask, padding), q, k, v in zip(plan, *(s.split(lengths, 1) for s in states)):
+            if padding:  # its outputs are never scored
                 pieces.append(torch.zeros_like(q))
                 continue
-            mask = _group_mask(branches[r, start:end], positions[r, start:end], window)
             pieces.append(
                 nn.functional.scaled_dot_product_attention(
                     q[None], k[None], v[None], attn_mask=mask, dropout_p=dropout,
@@ -250,7 +267,7 @@ def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int 
     from torch.nn.attention.flex_attention import BlockMask
 
     rows, width = groups.shape
-    unpadded = (groups, branches, positions, window)
+    segments = Segments(groups, branches, positions, window)
     # Lengths are padded to whole blocks (-2: a group of its own) so mask_mod never reads past.
     n_blocks = -(-width // BLOCK)
     pad = (0, n_blocks * BLOCK - width)
@@ -289,6 +306,6 @@ def block_mask(groups: Tensor, branches: Tensor, positions: Tensor, window: int 
         mask_mod=mask_mod,
         seq_lengths=(width, width),
     )
-    # The layout itself, for CPU, where FlexAttention has no backward (`_segment_attention`).
-    mask.prefopt_layout = unpadded
+    # The sequences themselves, for CPU, where FlexAttention has no backward.
+    mask.prefopt_segments = segments
     return mask
