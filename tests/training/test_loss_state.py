@@ -58,6 +58,7 @@ def test_training_steps_move_the_baseline_across_ranks_and_validation_does_not(m
     assert train.metrics["reward_baseline"].item() == torch.tensor(seen[0] + 1.0).item()
 
 
+@pytest.mark.numerics
 def test_a_resumed_run_continues_with_the_baseline_of_the_checkpoint(tmp_path):
     """Two epochs in one go, and one epoch + a checkpoint + a resumed second epoch, end with the
     same baseline over the same 4 steps. A resume that lost it would average 2 steps only."""
