@@ -116,6 +116,10 @@ def family(request, tmp_path_factory) -> Family:
 
 @pytest.fixture
 def family_batch() -> dict[str, torch.Tensor]:
+    return pair_batch()
+
+
+def pair_batch() -> dict[str, torch.Tensor]:
     """Two pairs with prompts and completions of different lengths, right-padded (id 0),
     chosen rows first; long enough (12 tokens) to cross Mistral's 4-token window."""
     generator = torch.Generator().manual_seed(1)
