@@ -1,4 +1,8 @@
-"""Completion log-probs: shifted by one, prompt and padding masked, summed per sequence."""
+"""Completion log-probs: shifted by one, prompt and padding masked, summed per sequence.
+
+Every model family's own logits are checked in `tests/models/` (the family matrix)."""
+
+import logging
 
 import pytest
 import torch
@@ -56,10 +60,38 @@ def test_chunked_logps_and_gradients_equal_the_full_logits_path(
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_models_with_logit_softcapping_take_the_full_path(tiny_model_factory, batch):
-    model = tiny_model_factory()
-    model.config.final_logit_softcapping = 30.0  # as in Gemma 2: logits are not lm_head(h)
+def test_logits_beyond_the_output_layer_take_the_full_path_in_one_line(
+    tiny_model_factory, batch, caplog
+):
+    """A model whose logits are more than lm_head(hidden) (here scaled by 4 after the head, as
+    Granite divides by `logits_scaling` and Cohere multiplies by `logit_scale`) is scored
+    through its own logits; the probe that finds it out runs once per model, says so in one
+    line, and leaves the model's mode and the random state as they were."""
+    model = tiny_model_factory()  # train mode, as the policy
+
+    def scaled(module, args, output):
+        output.logits = output.logits * 4
+        return output
+
+    model.register_forward_hook(scaled)
+    rng_before = torch.get_rng_state()
+    with caplog.at_level(logging.INFO, logger="prefopt.models"):
+        first = completion_logps(model, batch, chunk_size=2).summed
+        second = completion_logps(model, batch, chunk_size=2).summed
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert sum("not its output layer" in r.getMessage() for r in caplog.records) == 1
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = torch.log_softmax(logits[:, :-1], -1)
+    picked = logps.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    expected = (picked * batch["completion_mask"][:, 1:]).sum(-1)
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_models_whose_logits_are_their_output_layer_take_the_chunked_path(tiny_model_factory):
     from prefopt.model.logprobs import _split_model
 
-    assert _split_model(model) is None
-    assert _split_model(tiny_model_factory()) is not None
+    model = tiny_model_factory()
+    assert _split_model(model) == (model.model, model.lm_head)

@@ -74,6 +74,11 @@ class ModelConfig:
     the fused Triton kernels of the `liger-kernel` package (`pip install -e '.[liger]'`; a CUDA
     GPU). Layer kernels only: prefopt computes completion log-probs itself, chunked, so Liger's
     fused linear cross-entropy is not used."""
+    disable_dropout: bool = True
+    """Turn dropout off in the policy and the reference at load, in train mode too (GPT-2, OPT,
+    Phi and others ship it on): the policy's log-probs then do not depend on the mode, and at
+    step 0 a policy equal to its reference gets rewards of exactly 0. LoRA adapters keep
+    `model.lora.dropout`."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (HF `gradient_checkpointing_enable`)."""
     compile: bool = False

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from prefopt.config.schema import ModelConfig
 from prefopt.errors import PrefoptError
@@ -95,7 +100,7 @@ def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
     with _load_errors(path, "model"):
         attention = resolve_attention(cfg.attention)
         try:
-            return AutoModelForCausalLM.from_pretrained(
+            model = AutoModelForCausalLM.from_pretrained(
                 path,
                 dtype=DTYPES[cfg.dtype],
                 trust_remote_code=cfg.trust_remote_code,
@@ -107,9 +112,43 @@ def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
                 raise
             # A model outside transformers' attention registry: as it loads by default.
             log.info("model.attention: %s cannot use %s (%s); using sdpa", path, attention, error)
-            return AutoModelForCausalLM.from_pretrained(
+            model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
             )
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    return model
+
+
+DROPOUT_MODULES = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_p", "dropout_rate")
+"""Names of dropout probabilities: GPT-2's `resid_pdrop`, Llama's `attention_dropout`, OPT's
+`dropout`, ..."""
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off for good, in train mode too (`model.disable_dropout`): every `nn.Dropout`'s
+    p, and every float attribute named like a dropout probability, on the modules and on their
+    configs. Module p alone is not enough: many attention layers copy the config's
+    `attention_dropout` at init and pass it to SDPA as `dropout_p` in train mode, never
+    through a module. LoRA adapters, added later, keep `model.lora.dropout`."""
+    for module in model.modules():
+        if isinstance(module, DROPOUT_MODULES):
+            module.p = 0.0
+        owners = [module]
+        if isinstance(config := getattr(module, "config", None), PretrainedConfig):
+            owners.append(config)
+        for owner in owners:
+            for name, value in list(vars(owner).items()):
+                if name.endswith(DROPOUT_SUFFIXES) and type(value) is float:
+                    setattr(owner, name, 0.0)
 
 
 @contextlib.contextmanager

@@ -7,12 +7,17 @@ activation checkpointing, so at most one [chunk, vocab] block of logits exists a
 forward pass and again (recomputed) in the backward pass — the gradients stay exact. For a
 152k vocabulary, 2k tokens of full fp32 logits would take 1.2 GB per sequence.
 
-Models whose logits are more than `lm_head(hidden)` (final logit soft-capping, logit scaling)
-take the plain path through `model(...).logits`.
+The chunked path computes `lm_head(hidden)`, so it is taken only where a one-time probe on the
+model shows that this is exactly the model's own `model(...).logits`; logits that are more
+(Gemma 2's soft cap, Cohere's `logit_scale`, Granite's `logits_scaling`, Falcon-H1's
+`lm_head_multiplier`, or whatever the next family does) take the plain path, in one info line.
+No scoring forward asks for the KV cache (`use_cache=False`): nothing reads it.
 """
 
 from __future__ import annotations
 
+import logging
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -21,6 +26,8 @@ from torch.utils.checkpoint import checkpoint
 
 from prefopt.losses.base import CompletionLogps
 from prefopt.model.attention import packed_attention_mask
+
+log = logging.getLogger("prefopt.models")
 
 DEFAULT_CHUNK_SIZE = 512
 """At 152k vocabulary: 311 MB of fp32 logits per chunk (measured peak RSS for 4 pairs of 512
@@ -150,7 +157,11 @@ def _scoring(batch: dict[str, Tensor]) -> _Scoring:
 
 def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     if "position_ids" not in batch:
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "use_cache": False,
+        }
     # Packed, several sequences per row: a boolean 4-D mask (sdpa, eager), or the layout's
     # groups and branches, from which a sparse model builds its own (`attention.py`).
     if "attention_mask" in batch:
@@ -164,6 +175,7 @@ def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tenso
         "input_ids": batch["input_ids"],
         "attention_mask": mask,
         "position_ids": batch["position_ids"],
+        "use_cache": False,
     }
 
 
@@ -205,11 +217,50 @@ def _split_model(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """(transformer body, output layer) when logits are exactly `head(body(...))`, else None."""
     if hasattr(model, "get_base_model"):  # PEFT: adapters live inside the wrapped model
         model = model.get_base_model()
-    config = getattr(model, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     body = getattr(model, "base_model", None)
     if not isinstance(head, nn.Linear) or body is None or body is model:
         return None
-    return body, head
+    if model not in _HEAD_VERDICTS:
+        _HEAD_VERDICTS[model] = _head_gives_the_logits(model, body, head)
+        if not _HEAD_VERDICTS[model]:
+            log.info(
+                "completion log-probs: %s's logits are not its output layer applied to its "
+                "hidden states (a soft cap or a logit scale): scoring through its full logits, "
+                "model.logits_chunk_size does not apply",
+                type(model).__name__,
+            )
+    return (body, head) if _HEAD_VERDICTS[model] else None
+
+
+_HEAD_VERDICTS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+"""Per model (the PEFT-unwrapped one): whether the chunked path computes its own logits."""
+
+HEAD_PROBE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
+"""Allowed |head(body(x)) − model(x).logits| relative to the logits' largest magnitude: the same
+arithmetic run twice, so a scale or a cap (off by tens of percent) is far outside it. Half
+precision: 1e-2."""
+
+
+def _head_gives_the_logits(model: nn.Module, body: nn.Module, head: nn.Linear) -> bool:
+    """Run eight tokens through `model` and through `head(body(...))`, in eval mode (no dropout),
+    without gradient, and without touching the random state the training goes on with."""
+    device = head.weight.device
+    ids = torch.arange(8, device=device).remainder(head.weight.shape[0]).unsqueeze(0)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            expected = model(**inputs).logits.float()
+            hidden = body(**inputs).last_hidden_state
+            got = nn.functional.linear(hidden, head.weight, head.bias).float()
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return False  # a body that cannot run on its own: its model's own forward can
+    finally:
+        model.train(was_training)
+    if got.shape != expected.shape:
+        return False
+    tolerance = HEAD_PROBE_TOLERANCE.get(head.weight.dtype, 1e-2) * expected.abs().max().item()
+    return bool(((got - expected).abs() <= tolerance).all())

@@ -120,7 +120,8 @@ class PairPacking:
 
     def _decide(self, model: nn.Module, chunk_size: int | None) -> bool:
         # A sparse mask keeps the model's sliding window (`attention.block_mask`).
-        problem = None if sparse_attention(model) else _window_problem(model)
+        problem = _sequence_mixing_problem(model)
+        problem = problem or (None if sparse_attention(model) else _window_problem(model))
         problem = problem or probe(model, lambda batch: self._pack_for(model, batch), chunk_size)
         if problem is None:
             if self.row_tokens and self.padding_free and not sparse_attention(model):
@@ -151,6 +152,20 @@ class PairPacking:
 def sparse_attention(model: nn.Module) -> bool:
     """Whether `model` takes packed rows without a dense mask (flex, flash varlen)."""
     return model_implementation(model) in SPARSE_IMPLEMENTATIONS
+
+
+def _sequence_mixing_problem(model: nn.Module) -> str | None:
+    """A convolution over the sequence (Mamba and the other state-space and short-convolution
+    layers of hybrid models: Falcon-H1, Jamba, Bamba, LFM2, Qwen3-Next) carries one
+    sequence of a row into the next whatever the attention mask says. On random or small
+    weights the leak can sit under the probe's tolerance, so such models are never packed."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d):
+            return (
+                "has a convolution over the sequence (a state-space layer) that no attention "
+                "mask confines"
+            )
+    return None
 
 
 def _window_problem(model: nn.Module) -> str | None:

@@ -103,6 +103,7 @@ def train_sft(
             input_ids=ids,
             attention_mask=(ids != tokenizer.pad_token_id).long(),
             labels=labels[index, :width],
+            use_cache=False,
         ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
