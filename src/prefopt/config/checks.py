@@ -39,6 +39,7 @@ from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
 from prefopt.judges import check_judge_config
 from prefopt.losses.base import PreferenceLoss
+from prefopt.model.compatibility import check_reference_compatible
 from prefopt.model.loading import check_model_config
 from prefopt.reference.sync import check_sync
 from prefopt.tracking import check_tracking_uri
@@ -89,6 +90,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     check_online_strategy(cfg.get("loop"), cfg.trainer)
     check_model_config(cfg.model, cfg.model.path)
     check_local_paths(cfg.model, cfg.judge)
+    check_reference_compatible(cfg.model)  # config.json and tokenizer files only, no weights
     check_data(cfg.data, loss)
     check_eval_config(cfg.eval)
     check_judge_config(cfg.judge)
