@@ -138,7 +138,12 @@ class Segments:
     @functools.cached_property
     def rows(self) -> list[list[tuple[int, Tensor | None, bool]]]:
         """Per row, each run's (length, mask, padding). Worked out once per batch, not per layer:
-        every layer of the policy and of the reference reads the same plan."""
+        every layer of the policy and of the reference reads the same plan, so it is built as
+        normal tensors even when the reference, under inference_mode, reads it first."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self._plan()
+
+    def _plan(self) -> list[list[tuple[int, Tensor | None, bool]]]:
         plan = []
         for groups, branches, positions in zip(self.groups, self.branches, self.positions):
             starts = _group_starts(groups)
@@ -225,9 +230,14 @@ def packed_attention_mask(model: nn.Module, layout: dict[str, Tensor]):
     if cached and all(a is b for a, b in zip(cached[0], tensors)) and cached[1] == window:
         masks = _last_masks["masks"]
     else:
-        masks = {
-            w: block_mask(*tensors, window=w) for w in {window, None if alternating else window}
-        }
+        # Built as normal tensors even when the reference asks first, under inference_mode:
+        # the policy reuses these masks for the same batch, and FlexAttention saves them for
+        # its backward, which refuses inference tensors ("Inference tensors cannot be saved
+        # for backward").
+        with torch.inference_mode(False), torch.no_grad():
+            masks = {
+                w: block_mask(*tensors, window=w) for w in {window, None if alternating else window}
+            }
         _last_masks.update(key=(tensors, window), masks=masks)
     if alternating:
         # Models whose layers alternate (Qwen2 with max_window_layers) take one mask per type.
