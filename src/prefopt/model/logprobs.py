@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from prefopt.losses.base import CompletionLogps
-from prefopt.model.attention import packed_attention_mask
+from prefopt.model.attention import packed_attention_kwargs, packed_attention_mask
 
 DEFAULT_CHUNK_SIZE = 512
 """At 152k vocabulary: 311 MB of fp32 logits per chunk (measured peak RSS for 4 pairs of 512
@@ -153,6 +153,7 @@ def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tenso
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     # Packed, several sequences per row: a boolean 4-D mask (sdpa, eager), or the layout's
     # groups and branches, from which a sparse model builds its own (`attention.py`).
+    extras = {}  # flash varlen: the sequences' boundaries across rows (`attention.py`)
     if "attention_mask" in batch:
         mask = model_attention_mask(model, batch["attention_mask"])
     else:
@@ -160,10 +161,12 @@ def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tenso
             mask = packed_attention_mask(model, batch)
         except ValueError as error:
             raise UnsupportedModel(str(error)) from None
+        extras = packed_attention_kwargs(model, batch)
     return {
         "input_ids": batch["input_ids"],
         "attention_mask": mask,
         "position_ids": batch["position_ids"],
+        **extras,
     }
 
 
