@@ -65,7 +65,7 @@ class KTOLoss(PreferenceLoss):
         has_estimate = mismatched.numel() > 1
         local = mismatched.mean() if has_estimate else mismatched.new_zeros(())
         kl, ranks = mean_across_devices(torch.stack([local, local.new_tensor(float(has_estimate))]))
-        z_ref = (kl / ranks).clamp(min=0) if ranks > 0 else kl.new_zeros(())
+        z_ref = (kl / ranks.clamp(min=1e-12)).clamp(min=0)  # no rank with an estimate: 0 / ε = 0
 
         logratio = policy.completions.summed - reference.completions.summed
         desirable = policy.desirable.bool()
