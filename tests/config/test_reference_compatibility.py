@@ -97,3 +97,24 @@ def test_the_run_stops_in_one_line_before_any_weights_load(
     line = user_error(capsys, train, cfg)
     assert f"model.reference_path={checkpoints['swapped']} cannot be compared with" in line
     assert loaded_checkpoints == []
+
+
+def test_a_hub_id_not_in_the_cache_is_left_for_the_load(checkpoints, monkeypatch):
+    """The config checks never reach the network: a hub id whose files are not cached is
+    checked later (`download=True`, just before the weights load), not looked up here."""
+    from transformers import AutoConfig
+
+    asked = []
+    real = AutoConfig.from_pretrained
+
+    def spy(path, **kwargs):
+        asked.append((path, kwargs.get("local_files_only")))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", spy)
+    cfg = model_cfg("someone/not-cached-model-xyz", checkpoints["swapped"])
+    assert check_reference_compatible(cfg) is False
+    assert asked[0] == ("someone/not-cached-model-xyz", True)
+    # With the policy where it is (as the entry point passes it), the check runs and refuses.
+    with pytest.raises(PrefoptError, match="cannot be compared"):
+        check_reference_compatible(cfg, checkpoints["policy"], download=True)

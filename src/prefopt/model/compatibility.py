@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 from prefopt.errors import PrefoptError
 
@@ -34,16 +35,24 @@ log = logging.getLogger("prefopt")
 SPECIAL = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def check_reference_compatible(model_cfg) -> None:
+def check_reference_compatible(
+    model_cfg, policy_path: str | None = None, download: bool = False
+) -> bool:
     """Refuse a `model.reference_path` whose token space is not the policy's (module docstring).
-    Nothing to check without one, or when either side is the toy world's model (made later)."""
-    policy, reference = model_cfg.path, model_cfg.reference_path
+
+    `policy_path`: where the policy is (default `model.path`; the toy world's model once it is
+    built). Without `download` (the config checks, which never reach the network), a hub id is
+    read from the local Hugging Face cache only, and the check is left for later when its files
+    are not there: the entry point calls it again with `download=True` just before the weights
+    load. True when it compared the two; nothing to compare without a reference or for `toy`."""
+    policy, reference = policy_path or model_cfg.path, model_cfg.reference_path
     if not reference or reference == policy or "toy" in (policy, reference):
-        return
+        return False
     trust = bool(model_cfg.get("trust_remote_code", False))
-    problems = token_space_differences(
-        TokenSpace.of(policy, trust), TokenSpace.of(reference, trust)
-    )
+    spaces = [TokenSpace.of(path, trust, local_only=not download) for path in (policy, reference)]
+    if None in spaces:
+        return False  # a hub checkpoint not in the cache yet: checked before its weights load
+    problems = token_space_differences(*spaces)
     if problems:
         raise PrefoptError(
             f"model.reference_path={reference} cannot be compared with model.path={policy}: "
@@ -51,6 +60,7 @@ def check_reference_compatible(model_cfg) -> None:
             "policy's tokenizer (e.g. the checkpoint the policy was fine-tuned from), or leave "
             "model.reference_path unset (π_ref = the initial policy)"
         )
+    return True
 
 
 class TokenSpace:
@@ -61,16 +71,22 @@ class TokenSpace:
         self.vocab_size, self.vocab, self.special = vocab_size, vocab, special
 
     @classmethod
-    def of(cls, path: str, trust_remote_code: bool = False) -> TokenSpace:
+    def of(
+        cls, path: str, trust_remote_code: bool = False, local_only: bool = False
+    ) -> TokenSpace | None:
+        """None: `local_only` and a hub id whose config is not in the local cache."""
         from transformers import AutoConfig, AutoTokenizer
 
+        options = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
         try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(path, **options)
         except (OSError, ValueError) as error:
+            if local_only and not Path(path).exists():
+                return None
             raise PrefoptError(f"{path}: cannot read its config.json ({error})") from None
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, **options)
         except (OSError, ValueError, TypeError):  # saved without a tokenizer: config alone
             return cls(getattr(text, "vocab_size", None), None, {})
         special = {key: getattr(tokenizer, key, None) for key in SPECIAL}
