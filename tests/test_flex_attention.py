@@ -110,6 +110,30 @@ def test_flex_packed_rows_give_the_logps_and_gradients_of_padded_rows(family, la
         assert set(last) == {"full_attention", "sliding_attention"}
 
 
+def test_a_mask_first_built_for_the_reference_under_inference_mode_serves_the_policy_backward():
+    """`reference.cache=false` (LD-DPO, TR-DPO...): the reference scores each batch first, under
+    inference_mode, and the policy reuses the batch's masks. FlexAttention saves them for its
+    backward (on a GPU), which refuses inference tensors; on CPU the same happens to any op
+    that saves them, reproduced here with a multiplication."""
+    from prefopt.data.packing import collate_packed_pairs
+
+    _, policy = sdpa_and_flex("llama")
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    packing = PairPacking(*LAYOUTS["both"])
+    seen = masks_seen(policy)
+    for seed in (0, 1):  # the first step's probes build their own masks; the second reuses
+        batch = collate_packed_pairs(random_pairs(6, seed), 0, True, True)
+        with torch.inference_mode():
+            packing.logps(reference, batch, 8)
+        packing.logps(policy, batch, 8).summed.sum().backward()
+    mask = seen[-1]
+    tensors = [mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.q_indices]
+    tensors += [m for row in mask.prefopt_segments.rows for _, m, _ in row if m is not None]
+    assert not any(t.is_inference() for t in tensors)
+    weight = torch.ones((), requires_grad=True)
+    (weight * mask.kv_num_blocks).sum().backward()  # saved for backward: no inference tensor
+
+
 @pytest.mark.numerics
 def test_the_block_mask_keeps_the_window():
     """Without its window the mask scores differently: the test above would see a lost window."""

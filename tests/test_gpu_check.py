@@ -60,6 +60,30 @@ def test_gpu_check_runs_issue_21_in_budgeted_steps_under_one_call():
         assert needed in section, needed
 
 
+def test_gpu_check_has_the_correctness_section():
+    """`gpu_check.sh correct` runs gpu_correctness.py's checks in one budgeted step."""
+    text = (DEVICE / "gpu_check.sh").read_text()
+    section = text[text.index("    correct)") : text.index("    7)")]
+    assert "timeout 150 python3 benchmarks/device/gpu_correctness.py" in section
+    spec = importlib.util.spec_from_file_location("gpu_correctness", DEVICE / "gpu_correctness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(module.CHECKS) == {
+        "flash_varlen_rows", "flex_reference_inference_mode", "fsdp_online_refused"
+    }  # fmt: skip
+    # Without flash-attn the flash check says so rather than failing.
+    if not module.flash_varlen_available():
+        assert module.check_flash_varlen().startswith("skipped")
+
+
+def test_the_fsdp_online_check_of_gpu_correctness_passes_on_cpu():
+    """The refusal needs no GPU: the device check is the CPU behaviour, run there again."""
+    spec = importlib.util.spec_from_file_location("gpu_correctness", DEVICE / "gpu_correctness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.check_fsdp_online_refused() == "ok (one line, exit 2)"
+
+
 @pytest.mark.slow  # two step_benchmark.py workers: ~25 s on 2 cores, ~50 s when they are busy
 def test_ratio_table_of_step_benchmark_jsons(tmp_path, capsys):
     """Rows of two files (the second with other flags) are matched to the baseline measured in

@@ -4,10 +4,13 @@
 #
 #   run(carry=[".whl"], timeout_s=590, command="bash benchmarks/device/gpu_check.sh")      # issue 21
 #   run(carry=[".whl"], timeout_s=590, command="bash benchmarks/device/gpu_check.sh 6 7 14")
+#   run(carry=[".whl"], timeout_s=300, command="bash benchmarks/device/gpu_check.sh correct")
 #
 # Sections: 21 (the default: attention kernels, compile and Liger against TRL 1.16, ~530 s);
 # 6 (prefopt vs TRL, 256 + 768 tokens), 7 (full vs LoRA, scale_gpu.py), 14 (HH-shaped shared
-# prompts and padding-free rows): together ~560 s. Each step has its own `timeout`, most
+# prompts and padding-free rows): together ~560 s; correct (gpu_correctness.py: flash_varlen
+# over several packed rows, flex after an inference_mode reference with the policy's backward,
+# fsdp + loop=online refused; ~60 s, may run with any other section). Each step has its own `timeout`, most
 # important first, so a slow step costs only itself and every finished step keeps its JSON.
 # Everything it prints also lands in $OUT (log, JSON, ratio table), which comes back here.
 set -uo pipefail
@@ -80,10 +83,18 @@ for section in "${sections[@]}"; do
         bench 180 step_hh --pairs 8 --prompt-len 176 --completion-len 72 --ragged \
             --modes dpo_online dpo_shared dpo_packed trl
         ;;
+    correct)
+        # GPU paths the CPU tests emulate: packed rows under flash varlen attend per sequence,
+        # flex masks first built for an inference_mode reference serve the policy's backward,
+        # trainer=fsdp loop=online is refused in one line. One line per check, and its JSON.
+        echo "== correct (at most 150s)"
+        timeout 150 python3 benchmarks/device/gpu_correctness.py --json "$out/correctness.json" ||
+            echo "== correct: a check failed or stopped (exit $?)"
+        ;;
     7)
         # Issue 7: full fine-tuning vs LoRA on the same shape.
         timeout 100 python3 benchmarks/scale_gpu.py
         ;;
-    *) echo "unknown section $section (choose from 21 6 7 14)" ;;
+    *) echo "unknown section $section (choose from 21 6 7 14 correct)" ;;
     esac
 done

@@ -21,6 +21,7 @@ from prefopt.config.schema import register_configs
 from prefopt.evaluation import build_callbacks
 from prefopt.judges import build_judge
 from prefopt.losses.base import PreferenceLoss
+from prefopt.model.compatibility import check_reference_compatible
 from prefopt.model.export import export_policy
 from prefopt.model.loading import Checkpoints
 from prefopt.online import (
@@ -83,6 +84,8 @@ def train(cfg: DictConfig) -> TrainResult:
 def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) -> TrainResult:
     world = build_toy_world(cfg.toy) if "toy" in (cfg.model.path, cfg.data.source) else None
     checkpoints = Checkpoints.of(cfg.model, world and world.model_dir)
+    # Again now that the toy model exists and hub files may be fetched: before any weights load.
+    check_reference_compatible(cfg.model, checkpoints.policy_path, download=True)
     tokenizer = checkpoints.load_tokenizer()
     datamodule = assemble.build_datamodule(cfg.data, tokenizer, world, loss, logger)
     module = assemble.build_module(

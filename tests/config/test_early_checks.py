@@ -95,6 +95,16 @@ def no_store(cfg) -> bool:
             ["trainer.accelerator=gpus"],
             "trainer.accelerator=gpus: no such accelerator; did you mean gpu?",
         ),
+        (
+            ["trainer=fsdp", "loop=online", "eval.num_prompts=0"],
+            "trainer.strategy=fsdp with loop=online: sampling with generate on sharded weights "
+            "deadlocks",
+        ),
+        (
+            ["loss=kto", "data.batch_size=1"],
+            "loss=kto with data.batch_size=1: its KL estimate pairs each prompt with another "
+            "example's completion",
+        ),
         pytest.param(
             ["trainer.accelerator=gpu"],
             "trainer.accelerator=gpu: torch finds no GPU on this machine; train on the CPU with "

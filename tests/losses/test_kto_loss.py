@@ -30,8 +30,10 @@ def test_kto_by_hand_with_an_odd_batch():
     out = KTOLoss(beta=0.5)(unpaired(*POLICY), unpaired(*REFERENCE))
     assert out.loss.item() == pytest.approx(0.4638002, abs=1e-6)
     assert out.metrics["kl"].item() == pytest.approx(1.0)
-    assert out.metrics["rewards/chosen"].item() == pytest.approx(0.25)
-    assert out.metrics["rewards/rejected"].item() == pytest.approx(-0.5)
+    assert out.metrics["rewards/chosen"].nanmean().item() == pytest.approx(0.25)
+    assert out.metrics["rewards/rejected"].nanmean().item() == pytest.approx(-0.5)
+    # per example, NaN for the other class: the metrics count each class's examples
+    assert out.metrics["rewards/chosen"].isnan().tolist() == [False, True, False]
     assert out.metrics["count/desirable"].item() == 2
     assert out.metrics["count/undesirable"].item() == 1
 
@@ -63,18 +65,37 @@ def test_kto_reference_point_carries_no_gradient():
 
 
 def test_kto_reference_point_is_averaged_across_devices():
-    """`mean_across_devices` receives the local KL mean; its result is what z_ref uses."""
+    """`mean_across_devices` receives the local KL mean and whether this rank has one (1); the
+    mean of the ranks' estimates is what z_ref uses."""
     seen = []
 
     def fake_all_reduce_mean(t):
-        seen.append(t.item())
-        return (t + 3.0) / 2  # as if another rank had a KL mean of 3
+        seen.append(t.tolist())
+        return (t + torch.tensor([3.0, 1.0])) / 2  # as if another rank had a KL mean of 3
 
     out = KTOLoss(beta=0.5)(
         unpaired(*POLICY), unpaired(*REFERENCE), mean_across_devices=fake_all_reduce_mean
     )
-    assert seen == [1.0]
+    assert seen == [[1.0, 1.0]]
     assert out.metrics["kl"].item() == pytest.approx(2.0)
+
+
+def test_kto_batch_of_one_gives_no_kl_estimate():
+    """One example: its "mismatched" row is itself, with log-ratio r = 1 − (−3)... here policy
+    −2 vs reference −6 gives 4, which would be z_ref = 4 (the implied reward itself). With no
+    other rank, z_ref = 0: desirable r = 1, β = 1: 1 − σ(1) = 0.2689414. With another rank
+    whose estimate is 3, z_ref = 3 (that rank's alone, not (0 + 3) / 2)."""
+    policy, reference = unpaired([-2.0], [-2.0], [True]), unpaired([-3.0], [-6.0], [True])
+    alone = KTOLoss(beta=1.0)(policy, reference)
+    assert alone.metrics["kl"].item() == 0.0
+    assert alone.loss.item() == pytest.approx(0.2689414, abs=1e-6)
+
+    def with_other_rank(t):  # this rank sends (0, 0): no estimate
+        assert t.tolist() == [0.0, 0.0]
+        return (t + torch.tensor([3.0, 1.0])) / 2
+
+    shared = KTOLoss(beta=1.0)(policy, reference, mean_across_devices=with_other_rank)
+    assert shared.metrics["kl"].item() == pytest.approx(3.0)
 
 
 def test_kto_single_class_batches():
@@ -84,13 +105,13 @@ def test_kto_single_class_batches():
         unpaired([-3.0, -3.0], [-6.0, -6.0], [True, True]),
     )
     assert torch.isfinite(only_good.loss)
-    assert torch.isnan(only_good.metrics["rewards/rejected"])
+    assert torch.isnan(only_good.metrics["rewards/rejected"]).all()
     assert only_good.metrics["count/undesirable"].item() == 0
     only_bad = KTOLoss(beta=0.5)(
         unpaired([-2.0], [-5.0], [False]), unpaired([-3.0], [-6.0], [False])
     )
     assert torch.isfinite(only_bad.loss)
-    assert torch.isnan(only_bad.metrics["rewards/chosen"])
+    assert torch.isnan(only_bad.metrics["rewards/chosen"]).all()
 
 
 def test_kto_weight_advice():

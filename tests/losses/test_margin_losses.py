@@ -126,6 +126,33 @@ def test_discopop_by_hand_and_its_gradient():
     assert sharp.loss.item() == pytest.approx(math.exp(-1), abs=1e-7)
 
 
+@pytest.mark.parametrize("rho", [-100.0, -1000.0, 100.0])
+def test_discopop_is_finite_far_from_zero(rho):
+    """ρ = h (β = 1), τ = 0.05, in float32. At ρ < −88.7 the literal form overflows: exp(−ρ) is
+    inf while m = σ(ρ/τ) is 0, and 0·inf is NaN. The float64 reference: at ρ = ±100 the literal
+    form (e^100 fits in float64; σ(−2000) is 0 there too); at ρ = −1000 (e^1000 does not fit)
+    its limit, m·e^−ρ ≤ e^(−20000+1000) = 0: L = softplus(−ρ) = −ρ + log(1 + e^ρ), and
+    ∂L/∂ρ = −(1 − m)σ(−ρ) = −1."""
+    tau = 0.05
+    chosen = torch.tensor([rho], requires_grad=True)
+    policy = PairLogps(
+        CompletionLogps(chosen, torch.ones(1)), CompletionLogps(torch.zeros(1), torch.ones(1))
+    )
+    reference = PairLogps(*(CompletionLogps(torch.zeros(1), torch.ones(1)) for _ in range(2)))
+    out = DiscoPOPLoss(beta=1.0, discopop_tau=tau)(policy, reference)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(chosen.grad).all()
+    r = torch.tensor(rho, dtype=torch.float64, requires_grad=True)
+    if rho > -700:
+        m = sigmoid(r / tau)
+        expected = (1 - m) * -torch.nn.functional.logsigmoid(r) + m * torch.exp(-r)
+        (grad,) = torch.autograd.grad(expected, r)
+    else:
+        expected, grad = -r + math.log1p(math.exp(rho)), torch.tensor(-1.0, dtype=torch.float64)
+    torch.testing.assert_close(out.loss.double(), expected.detach(), rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(chosen.grad.double()[0], grad, rtol=1e-6, atol=1e-30)
+
+
 def test_sigmoid_norm_by_hand_and_its_gradient():
     """Policy chosen −4 over 2 tokens, rejected −9 over 3; reference −5 over 2, −6 over 3.
     Mean log-ratios: chosen −2 − (−2.5) = 0.5, rejected −3 − (−2) = −1, h̄ = 1.5; β = 2:

@@ -19,10 +19,14 @@ def test_a_step_logs_each_metric_s_own_batch_mean_bit_for_bit():
     for _ in range(2):  # a new step replaces the last one
         step.update(metrics, examples=3)
         means = step.compute()
-    assert list(means) == ["loss", "rewards/chosen", "rewards/rejected"]
-    for name, (mean, examples) in means.items():
+    # the margin, which these metrics leave out, is derived from the two class means
+    assert list(means) == ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins"]
+    margin = means.pop("rewards/margins")[0]
+    assert margin == means["rewards/chosen"][0] - means["rewards/rejected"][0]
+    for name, (mean, _) in means.items():
         assert torch.equal(mean, metrics[name].float().nanmean()), name  # v, not (v × 3) / 3
-        assert examples == 3
+    # a per-example vector counts the examples it has a value for
+    assert [int(examples) for _, examples in means.values()] == [3, 3, 2]
 
 
 def test_a_nan_loss_is_logged_as_nan():
@@ -61,6 +65,49 @@ def test_validation_means_are_the_sums_over_batches_divided_by_the_examples():
     assert torch.equal(mean, total / count) and examples == 21
 
 
+def test_kto_class_means_weigh_each_example_once_not_each_batch():
+    """Two validation batches of 8 examples each: the first holds 1 desirable example (reward
+    8), the second 7 (rewards 0, 1, ..., 6). The epoch's `rewards/chosen` is the mean over the 8
+    desirable examples, (8 + 21) / 8 = 3.625, not the mean of the batch means (8 + 3) / 2 = 5.5
+    (nor that weighted by batch size, also 5.5). Undesirable rewards: 7 of −1, then 1 of −9:
+    (−7 − 9) / 8 = −2. The margin is the difference of the class means, 5.625."""
+    from prefopt.losses import CompletionLogps, KTOLoss, UnpairedLogps
+
+    def batch(rewards, desirable):
+        summed = torch.tensor(rewards)  # β = 1, reference 0: rewards are the log-probs
+        side = UnpairedLogps(
+            CompletionLogps(summed, torch.ones(8)),
+            CompletionLogps(torch.zeros(8), torch.ones(8)),
+            torch.tensor(desirable),
+        )
+        zero = UnpairedLogps(
+            CompletionLogps(torch.zeros(8), torch.ones(8)),
+            CompletionLogps(torch.zeros(8), torch.ones(8)),
+            torch.tensor(desirable),
+        )
+        return KTOLoss(beta=1.0)(side, zero).metrics
+
+    first = batch([8.0] + [-1.0] * 7, [True] + [False] * 7)
+    second = batch([0.0, 1, 2, 3, 4, 5, 6, -9], [True] * 7 + [False])
+    for metric in (EpochMeans(), StepMeans()):
+        if isinstance(metric, EpochMeans):
+            metric.update(first, 8)
+            metric.update(second, 8)
+        else:  # a step's means over ranks: the same sums, one rank's per-rank state each
+            metric.update(first, 8)
+            state = metric.per_rank
+            metric.update(second, 8)
+            metric.per_rank = torch.cat([state, metric.per_rank])  # as gathered from 2 ranks
+        means = metric.compute()
+        torch.testing.assert_close(means["rewards/chosen"][0], torch.tensor(3.625))
+        torch.testing.assert_close(means["logps/chosen"][0], torch.tensor(3.625))
+        assert int(means["rewards/chosen"][1]) == 8
+        torch.testing.assert_close(means["rewards/rejected"][0], torch.tensor(-2.0))
+        torch.testing.assert_close(means["rewards/margins"][0], torch.tensor(5.625))
+
+
 def test_mean_across_ranks_is_the_value_itself_on_one_process():
     value = torch.tensor(0.123456789, dtype=torch.float64)
     assert torch.equal(mean_across_ranks(value), value.float())
+    vector = torch.tensor([0.25, 1.0])  # element by element (KTO's estimate and its rank count)
+    assert torch.equal(mean_across_ranks(vector), vector)

@@ -39,6 +39,7 @@ from prefopt.errors import EXIT_USER_ERROR, PrefoptError
 from prefopt.evaluation import check_eval_config
 from prefopt.judges import check_judge_config
 from prefopt.losses.base import PreferenceLoss
+from prefopt.model.compatibility import check_reference_compatible
 from prefopt.model.loading import check_model_config
 from prefopt.reference.sync import check_sync
 from prefopt.tracking import check_tracking_uri
@@ -86,8 +87,10 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     loss = check_loss(cfg.loss)
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
+    check_online_strategy(cfg.get("loop"), cfg.trainer)
     check_model_config(cfg.model, cfg.model.path)
     check_local_paths(cfg.model, cfg.judge)
+    check_reference_compatible(cfg.model)  # config.json and tokenizer files only, no weights
     check_data(cfg.data, loss)
     check_eval_config(cfg.eval)
     check_judge_config(cfg.judge)
@@ -204,6 +207,19 @@ def check_model_kernels(model: DictConfig, trainer: DictConfig) -> None:
         raise PrefoptError(f"model.liger_kernel=true: {problem}")
 
 
+def check_online_strategy(loop: DictConfig | None, trainer: DictConfig) -> None:
+    """`loop=online` samples from the policy on every rank with HF `generate`; under FSDP each
+    forward all-gathers the sharded layers, and ranks whose samples stop at different lengths
+    run different numbers of forwards (no `synced_gpus`): the others wait forever. Evaluation's
+    generation is refused under FSDP for the same reason (`training.strategies`)."""
+    if loop is not None and str(loop.get("kind")) == "online" and trainer.strategy == "fsdp":
+        raise PrefoptError(
+            "trainer.strategy=fsdp with loop=online: sampling with generate on sharded weights "
+            "deadlocks when the ranks' samples end at different lengths; use trainer=ddp (or "
+            "loop=offline)"
+        )
+
+
 def _devices_needed(devices: Any) -> int | None:
     """How many GPUs a `trainer.devices` value needs (a count, or the highest id + 1 for a list
     of ids); None for `auto` / -1 (all there are) or a value Lightning will judge itself."""
@@ -261,6 +277,12 @@ def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
     for key in ("batch_size", "eval_batch_size"):
         if data[key] < 1:
             raise PrefoptError(f"data.{key}={data[key]}: it must be >= 1")
+    if not loss.paired and data.batch_size == 1:
+        raise PrefoptError(
+            f"loss={loss.name} with data.batch_size=1: its KL estimate pairs each prompt with "
+            "another example's completion of the batch, and a batch of one has none; "
+            "use data.batch_size=2 or more"
+        )
     if data.num_proc is not None and data.num_proc < 1:
         raise PrefoptError(
             f"data.num_proc={data.num_proc}: it must be >= 1, or null for one per CPU core"

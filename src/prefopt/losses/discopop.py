@@ -11,6 +11,10 @@ A blend, discovered by an LLM-driven search, of DPO's logistic loss (for pairs r
 how sharply it switches around ρ = 0. TRL's `loss_type="discopop"` with `discopop_tau=τ`.
 
 Rewards are β·log π/π_ref, as for DPO.
+
+Computed in log space: m·exp(−ρ) = exp(log σ(ρ/τ) − ρ) and 1 − m = σ(−ρ/τ). The literal form
+overflows for ρ < −88.7 in float32 (exp(−ρ) = inf while m = 0, and 0·inf is NaN); this one is
+finite, loss and gradient, at any ρ.
 """
 
 from __future__ import annotations
@@ -39,5 +43,7 @@ class DiscoPOPLoss(LogRatioLoss):
 
     def pair_losses(self, chosen: Tensor, rejected: Tensor) -> Tensor:
         logits = self.beta * (chosen - rejected)
-        modulation = (logits / self.discopop_tau).sigmoid()
-        return (1 - modulation) * -F.logsigmoid(logits) + modulation * (-logits).exp()
+        scaled = logits / self.discopop_tau
+        logistic = (-scaled).sigmoid() * -F.logsigmoid(logits)  # (1 − m)·(−log σ(ρ))
+        exponential = (F.logsigmoid(scaled) - logits).exp()  # m·exp(−ρ), never inf·0
+        return logistic + exponential

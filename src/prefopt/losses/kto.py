@@ -9,6 +9,18 @@ and the loss is the mean over the batch's examples. z_ref estimates KL(π‖π_r
 MISMATCHED pairs (each prompt with another example's completion of the same batch):
 z_ref = max(0, mean log π/π_ref), averaged across devices, DETACHED — it sets the reference
 point but carries no gradient. The paper recommends λ_D·n_D / (λ_U·n_U) in [1, 4/3].
+
+A batch of one example has no mismatched pair: its "mismatched" row is the example itself, and
+its log-ratio is the implied reward r, not a KL sample (TRL refuses such batches). Such a rank
+contributes no estimate: z_ref is the mean over the ranks whose batch holds two examples or
+more, and 0 when none does (the KL's lower bound, where the clamp puts any estimate below it;
+the loss is then KTO against the fixed point r = 0). `data.batch_size=1` is refused at start
+(`config.checks`); this rule covers a last, partial batch of one.
+
+Metrics: the per-class values (`rewards/*`, `logps/*`) are per-example vectors, NaN for the
+examples of the other class, so they are averaged over the examples of their class (sums and
+counts, across batches and ranks: `training.metrics`), never weighted by batch size; the margin
+is the difference of the two class means, worked out there at log time.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from prefopt.losses.base import LossOutput, PreferenceLoss, UnpairedLogps, check_positive
@@ -47,8 +60,12 @@ class KTOLoss(PreferenceLoss):
         mean_across_devices: Callable[[Tensor], Tensor] = lambda t: t,
     ) -> LossOutput:
         reference = self._require_reference(reference)
-        kl = mean_across_devices((policy.mismatched.summed - reference.mismatched.summed).mean())
-        z_ref = kl.detach().clamp(min=0)
+        mismatched = (policy.mismatched.summed - reference.mismatched.summed).detach()
+        # A batch of one pairs the example with itself: no KL sample (module docstring).
+        has_estimate = mismatched.numel() > 1
+        local = mismatched.mean() if has_estimate else mismatched.new_zeros(())
+        kl, ranks = mean_across_devices(torch.stack([local, local.new_tensor(float(has_estimate))]))
+        z_ref = (kl / ranks.clamp(min=1e-12)).clamp(min=0)  # no rank with an estimate: 0 / ε = 0
 
         logratio = policy.completions.summed - reference.completions.summed
         desirable = policy.desirable.bool()
@@ -60,14 +77,12 @@ class KTOLoss(PreferenceLoss):
 
         rewards = (self.beta * logratio).detach()
         logps = policy.completions.summed.detach()
-        chosen = masked_mean(rewards, desirable)
-        rejected = masked_mean(rewards, ~desirable)
+        # Per example, NaN for the other class; `rewards/margins` is derived when logged.
         metrics = {
-            "rewards/chosen": chosen,
-            "rewards/rejected": rejected,
-            "rewards/margins": chosen - rejected,
-            "logps/chosen": masked_mean(logps, desirable),
-            "logps/rejected": masked_mean(logps, ~desirable),
+            "rewards/chosen": of_class(rewards, desirable),
+            "rewards/rejected": of_class(rewards, ~desirable),
+            "logps/chosen": of_class(logps, desirable),
+            "logps/rejected": of_class(logps, ~desirable),
             "kl": z_ref,
             "count/desirable": desirable.sum().float(),
             "count/undesirable": (~desirable).sum().float(),
@@ -96,6 +111,7 @@ class KTOLoss(PreferenceLoss):
         )
 
 
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the selected entries; NaN when none is selected (a single-class batch)."""
-    return values[mask].mean() if mask.any() else values.new_tensor(float("nan"))
+def of_class(values: Tensor, members: Tensor) -> Tensor:
+    """`values` of the class's examples, NaN for the others: the metrics count only the former
+    (a single-class batch contributes nothing to the other class's mean)."""
+    return values.where(members, values.new_tensor(float("nan")))

@@ -6,7 +6,8 @@ one. `sdpa` and `eager` take that as a dense [rows, 1, T, T] mask, whose cost gr
 square of the row. `flex` describes it as a FlexAttention `BlockMask` built from each token's
 group, branch and position (`block_mask`): blocks of 128×128 that nothing attends to are
 skipped, so a row may hold many pairs. `flash_varlen` runs plain padding-free rows through the
-model's flash-attention varlen path, which reads the sequence boundaries from the position ids.
+model's flash-attention varlen path, given the sequences' boundaries over all rows
+(`packed_attention_kwargs`: transformers reads them from position ids only for one row).
 
 Models load flex as `prefopt_flex` (`FLEX`), an attention function registered with
 transformers: a `BlockMask` goes to FlexAttention (the compiled kernel, on a GPU), anything
@@ -138,7 +139,12 @@ class Segments:
     @functools.cached_property
     def rows(self) -> list[list[tuple[int, Tensor | None, bool]]]:
         """Per row, each run's (length, mask, padding). Worked out once per batch, not per layer:
-        every layer of the policy and of the reference reads the same plan."""
+        every layer of the policy and of the reference reads the same plan, so it is built as
+        normal tensors even when the reference, under inference_mode, reads it first."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self._plan()
+
+    def _plan(self) -> list[list[tuple[int, Tensor | None, bool]]]:
         plan = []
         for groups, branches, positions in zip(self.groups, self.branches, self.positions):
             starts = _group_starts(groups)
@@ -225,14 +231,44 @@ def packed_attention_mask(model: nn.Module, layout: dict[str, Tensor]):
     if cached and all(a is b for a, b in zip(cached[0], tensors)) and cached[1] == window:
         masks = _last_masks["masks"]
     else:
-        masks = {
-            w: block_mask(*tensors, window=w) for w in {window, None if alternating else window}
-        }
+        # Built as normal tensors even when the reference asks first, under inference_mode:
+        # the policy reuses these masks for the same batch, and FlexAttention saves them for
+        # its backward, which refuses inference tensors ("Inference tensors cannot be saved
+        # for backward").
+        with torch.inference_mode(False), torch.no_grad():
+            masks = {
+                w: block_mask(*tensors, window=w) for w in {window, None if alternating else window}
+            }
         _last_masks.update(key=(tensors, window), masks=masks)
     if alternating:
         # Models whose layers alternate (Qwen2 with max_window_layers) take one mask per type.
         return {"full_attention": masks[None], "sliding_attention": masks[window]}
     return masks[window]
+
+
+def packed_attention_kwargs(model: nn.Module, layout: dict[str, Tensor]) -> dict:
+    """The keyword arguments a sparse model takes besides its mask for a packed layout: for
+    flash varlen, the sequences' boundaries over all rows laid end to end (`cu_seq_lens_q/k`,
+    `max_length_q/k`, transformers' `FlashAttentionKwargs`); none for the others.
+
+    Why: transformers (5.x) reads boundaries from position ids only for a batch of ONE row
+    (`_is_packed_sequence`); with several rows it runs plain causal flash over each whole row,
+    and the sequences packed in a row attend to each other. Given these, its varlen path
+    flattens the rows (batch × T tokens, one after the other) and attends within each sequence:
+    every row starts a sequence (position 0), and so does every position 0 inside a row."""
+    if model_implementation(model) != FLASH:
+        return {}
+    flat = layout["position_ids"].reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    ends = torch.tensor([flat.numel()], device=flat.device)
+    cu_seq_lens = torch.cat([starts, ends]).to(torch.int32)
+    longest = int(cu_seq_lens.diff().max())
+    return {
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 _last_masks: dict = {}

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from prefopt.losses.base import CompletionLogps
-from prefopt.model.attention import packed_attention_mask
+from prefopt.model.attention import packed_attention_kwargs, packed_attention_mask
 
 log = logging.getLogger("prefopt.models")
 
@@ -164,6 +164,7 @@ def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tenso
         }
     # Packed, several sequences per row: a boolean 4-D mask (sdpa, eager), or the layout's
     # groups and branches, from which a sparse model builds its own (`attention.py`).
+    extras = {}  # flash varlen: the sequences' boundaries across rows (`attention.py`)
     if "attention_mask" in batch:
         mask = model_attention_mask(model, batch["attention_mask"])
     else:
@@ -171,11 +172,13 @@ def _model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tenso
             mask = packed_attention_mask(model, batch)
         except ValueError as error:
             raise UnsupportedModel(str(error)) from None
+        extras = packed_attention_kwargs(model, batch)
     return {
         "input_ids": batch["input_ids"],
         "attention_mask": mask,
         "position_ids": batch["position_ids"],
         "use_cache": False,
+        **extras,
     }
 
 

@@ -117,10 +117,16 @@ class OnlineDataModule(L.LightningDataModule):
             prompts = [self.prompt_set[i] for i in chosen][rank::world]
             made = self.maker.make(index, prompts, module.policy, n_batches, module.device)
             self._track(made, trainer)
-            if made.batches:
+            # Decided by all ranks together (each samples its own share of the prompts): a
+            # rank that went on, or raised, alone would leave the others waiting forever.
+            if trainer.strategy.reduce_boolean_decision(bool(made.batches), all=True):
                 self.round = made
                 return
-            log.warning("online: round %d gave no training pairs (every sample tied)", index)
+            log.warning(
+                "online: round %d gave no training pairs on %s (every sample tied)",
+                index,
+                "this rank" if not made.batches else "another rank",
+            )
             index += 1
         raise PrefoptError(
             f"loop=online: {EMPTY_ROUNDS_ALLOWED} rounds in a row gave no training pairs "

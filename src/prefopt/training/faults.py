@@ -4,7 +4,10 @@
   (before the optimizer step, so the weights never take a non-finite update), with a message
   naming the step and the likely causes. The checkpoint written before it stays the last good
   one; `train` ends the MLflow run FAILED. A check per step costs one gradient norm, far less
-  than Lightning's `detect_anomaly`.
+  than Lightning's `detect_anomaly`. The decision is collective: each rank's finding goes
+  through the strategy's `reduce_boolean_decision` (one small all-reduce; nothing on one
+  process), so every rank raises together: a rank that raised alone would leave the others
+  waiting in the next collective (DDP's gradient all-reduce, FSDP's all-gathers) forever.
 - `graceful_interrupts` handles Ctrl-C (SIGINT) and SIGTERM (a scheduler ending the job,
   `kill`) alike. During a training step the request waits for the step to end: the resume
   checkpoint (`checkpoint.ResumeCheckpoint`, which opens and closes that window with
@@ -39,14 +42,20 @@ class NonFiniteGuard(L.Callback):
         self.checkpoint = Path(checkpoint) if checkpoint else None
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteError(self._message(trainer, f"loss ({loss.detach().float().item()})"))
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not _on_every_rank(trainer, finite):
+            value = (
+                loss.detach().float().item() if not finite else "finite here, not on another rank"
+            )
+            raise NonFiniteError(self._message(trainer, f"loss ({value})"))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if "16-mixed" in str(trainer.precision):
             return  # fp16's gradient scaler skips steps with inf gradients by design
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        # Every rank decides, with or without gradients of its own (FSDP shards them).
+        finite = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if not _on_every_rank(trainer, finite):
             raise NonFiniteError(self._message(trainer, "gradient norm"))
 
     def _message(self, trainer, what: str) -> str:
@@ -61,6 +70,11 @@ class NonFiniteGuard(L.Callback):
             f"too high, a β too large, fp16 overflow (use bf16-mixed or 32-true precision) or a "
             f"bad batch ({settings}); {kept}"
         )
+
+
+def _on_every_rank(trainer, finite: bool) -> bool:
+    """True when `finite` holds on every rank: one decision that all ranks take together."""
+    return bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
 
 
 log = logging.getLogger("prefopt")
