@@ -115,7 +115,10 @@ class OnlineDataModule(L.LightningDataModule):
                 len(self.prompt_set), index, self.cfg.prompts_per_round, self.cfg.seed
             )
             prompts = [self.prompt_set[i] for i in chosen][rank::world]
-            made = self.maker.make(index, prompts, module.policy, n_batches, module.device)
+            made = self.maker.make(
+                index, prompts, module.policy, n_batches, module.device,
+                forward_context=trainer.precision_plugin.forward_context,
+            )  # fmt: skip
             self._track(made, trainer)
             if made.batches:
                 self.round = made

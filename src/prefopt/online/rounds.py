@@ -13,11 +13,13 @@ A `Round` is plain data (`to_state` / `from_state`): the data module keeps it in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -142,8 +144,17 @@ class RoundMaker:
     progress: bool = True
 
     def make(
-        self, index: int, prompts: list[list[int]], policy: nn.Module, n_batches: int, device
+        self,
+        index: int,
+        prompts: list[list[int]],
+        policy: nn.Module,
+        n_batches: int,
+        device,
+        forward_context: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     ) -> Round:
+        """Round `index` over `prompts`. `forward_context`: the Trainer's precision plugin's
+        (`trainer.precision_plugin.forward_context`): the round's reference log-probs are
+        computed in it, as the reference would compute them during the training step."""
         start = time.perf_counter()
         cfg, k = self.cfg, self.cfg.samples_per_prompt
         flat_prompts = [p for p in prompts for _ in range(k)]
@@ -183,15 +194,10 @@ class RoundMaker:
             )
             if self.reference_batch_logps is not None and batches:
                 examples = made.examples(self.paired)
-                made.reference_logps = [
-                    self.reference_batch_logps(
-                        reference, self._to(self.collate([examples[i] for i in b]), device)
+                with forward_context():
+                    made.reference_logps = self._reference_logps(
+                        reference, examples, batches, device
                     )
-                    .float()
-                    .cpu()
-                    .tolist()
-                    for b in batches
-                ]
         generated = sum(len(ids) for ids in flat)
         lengths = Samples(flat, texts).lengths(set(self.stop_ids))
         finite = [s for s in scores if math.isfinite(s)]
@@ -258,6 +264,19 @@ class RoundMaker:
                 scores += [float("nan") if v is None else v for v in judged.scores]
                 bar.update(len(batch))
         return scores
+
+    def _reference_logps(
+        self, reference: nn.Module, examples: list[dict], batches: list[list[int]], device
+    ) -> list[list[float]]:
+        return [
+            self.reference_batch_logps(
+                reference, self._to(self.collate([examples[i] for i in batch]), device)
+            )
+            .float()
+            .cpu()
+            .tolist()
+            for batch in batches
+        ]
 
     @staticmethod
     def _to(batch: dict, device) -> dict:
