@@ -140,7 +140,7 @@ class BatchJob:
     def _encode_all(self, ready: list[tuple]) -> list[tuple]:
         if self.paired:
             return self.encoder.tokenize_texts(
-                [text for _, text in ready], [not item.conversational for item, _ in ready]
+                [text for _, text in ready], [not self.encoder.templated(item) for item, _ in ready]
             )
         results = []
         for example, _ in ready:  # KTO: one example at a time

@@ -127,6 +127,7 @@ def data_key(cfg: DataConfig, tokenizer: Any, toy_world: ToyWorldFiles | None, p
                 "val_split",
                 "val_fraction",
                 "format",
+                "apply_chat_template",
                 "max_length",
                 "max_prompt_length",
                 "max_rows",
