@@ -89,7 +89,7 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) ->
     tokenizer = checkpoints.load_tokenizer()
     datamodule = assemble.build_datamodule(cfg.data, tokenizer, world, loss, logger)
     module = assemble.build_module(
-        cfg.model, cfg.reference, cfg.optim, loss, checkpoints, datamodule
+        cfg.model, cfg.reference, cfg.optim, loss, checkpoints, datamodule, cfg.trainer.precision
     )
     reference_model = assemble.evaluation_reference(module, checkpoints)
     toy_data = cfg.data.source == "toy"  # the toy world's reward is the ground truth

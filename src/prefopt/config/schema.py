@@ -150,6 +150,11 @@ class DataConfig:
     """auto, explicit (prompt/chosen/rejected strings), conversational (role/content messages), implicit (chosen/rejected share the prompt as prefix) or unpaired (prompt/completion/label, for KTO)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Rename columns: {canonical: yours}, e.g. {prompt: question, chosen: good, rejected: bad}."""
+    apply_chat_template: bool | None = None
+    """Plain-text rows and the tokenizer's chat template: null (auto) = text as it is
+    (conversations always go through the template; a run on a chat model says so in one info
+    line), true = each prompt as a user turn and each completion as the assistant's reply,
+    through the template, false = never the template (conversational rows are then an error)."""
     max_length: int = 512
     """Prompt + completion tokens; longer sequences are truncated (completion keeps its start)."""
     max_prompt_length: int = 256

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from prefopt.data.formats import LAYOUTS, read_row
 from prefopt.data.layouts import Example, is_empty
+from prefopt.data.original_prompts import ORIGINAL_PROMPT, encode_prompt
 from prefopt.data.rows import RowSpec, decode_rows
 from prefopt.data.tokenize import dropped_row_error, untokenizable_error
 from prefopt.errors import PrefoptError, RowError
@@ -41,12 +42,14 @@ def mapped_features(paired: bool):
             "rejected_input_ids": ids,
             "rejected_prompt_length": Value("int32"),
             "prompt_input_ids": ids,
+            ORIGINAL_PROMPT: Value("string"),
         }
         if paired
         else {
             "input_ids": ids,
             "prompt_length": Value("int32"),
             "prompt_input_ids": ids,
+            ORIGINAL_PROMPT: Value("string"),
             "desirable": Value("bool"),
         }
     )
@@ -131,12 +134,13 @@ class BatchJob:
                     index, TOKENS, dropped_row_error(item.where, reason, self.encoder), side
                 )
             else:
+                example = {**example, ORIGINAL_PROMPT: encode_prompt(item.prompt)}
                 out.example(example, index, side, _empty_completions(item))
 
     def _encode_all(self, ready: list[tuple]) -> list[tuple]:
         if self.paired:
             return self.encoder.tokenize_texts(
-                [text for _, text in ready], [not item.conversational for item, _ in ready]
+                [text for _, text in ready], [not self.encoder.templated(item) for item, _ in ready]
             )
         results = []
         for example, _ in ready:  # KTO: one example at a time
@@ -175,11 +179,11 @@ class _Output:
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        # A problem row's example columns: empty ids, zero lengths, not desirable.
+        # A problem row's example columns: empty ids and text, zero lengths, not desirable.
         self.blank = {
             f.name: []
             if pa.types.is_list(f.type)
-            else (False if pa.types.is_boolean(f.type) else 0)
+            else (False if pa.types.is_boolean(f.type) else "" if pa.types.is_string(f.type) else 0)
             for f in schema
             if f.name not in BOOKKEEPING
         }

@@ -25,8 +25,9 @@ from prefopt.data.tokenize import adds_bos
 from prefopt.errors import PrefoptError
 from prefopt.files import cache_root, hash_file, seal_problem, set_aside
 
-PREPARE_VERSION = 1
-"""Bump when preparation changes its output for the same input: old cache entries then miss."""
+PREPARE_VERSION = 2
+"""Bump when preparation changes its output for the same input: old cache entries then miss.
+(2: examples keep the prompt as written, `original_prompt`.)"""
 
 
 @dataclass
@@ -126,6 +127,7 @@ def data_key(cfg: DataConfig, tokenizer: Any, toy_world: ToyWorldFiles | None, p
                 "val_split",
                 "val_fraction",
                 "format",
+                "apply_chat_template",
                 "max_length",
                 "max_prompt_length",
                 "max_rows",

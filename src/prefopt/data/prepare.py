@@ -91,6 +91,7 @@ def _prepare_into(folder: Path, cfg, tokenizer, toy_world, paired: bool, key: st
     if len(train_rows) == 0:
         raise PrefoptError(f"{train_rows.origin}: no training rows")
     layout = resolve_layout(cfg.format, train_rows, paired, cfg.on_invalid)
+    check_chat_template(cfg.apply_chat_template, layout, tokenizer)
     meta: dict[str, Any] = {"layout": layout, "key": key, "reports": {}, "splits": {}}
     for split, rows in (("train", train_rows), ("val", val_rows)):
         mapped, kept, report = prepare_split(
@@ -131,10 +132,15 @@ def prepare_split(
     indices of the examples kept (None: all rows), and what was dropped."""
     # Only generation reads a prompt's own ids, and it samples validation prompts.
     with_prompt_ids = split != "train"
+    text_as_chat = cfg.apply_chat_template is True
     if paired:
-        encoder = PairTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length, with_prompt_ids)
+        encoder = PairTokenizer(
+            tokenizer, cfg.max_length, cfg.max_prompt_length, with_prompt_ids, text_as_chat
+        )
     else:
-        encoder = ExampleTokenizer(tokenizer, cfg.max_length, cfg.max_prompt_length)
+        encoder = ExampleTokenizer(
+            tokenizer, cfg.max_length, cfg.max_prompt_length, text_as_chat=text_as_chat
+        )
     job = BatchJob(rows.spec(), rows.numbers, layout, encoder, paired)
     mapped = _map(rows, job, split, cfg, key, folder)
     invalid = InvalidRows(cfg.on_invalid, split)
@@ -233,3 +239,27 @@ def _split_pairs_order(mapped, seed: int) -> np.ndarray:
     examples = [*chosen.tolist(), *rejected.tolist()]
     random.Random(seed).shuffle(examples)
     return np.asarray([*unsplit.tolist(), *examples], dtype=np.int64)
+
+
+def check_chat_template(apply_chat_template: bool | None, layout: str, tokenizer) -> None:
+    """`data.apply_chat_template` against the data's layout and the tokenizer: a one-line error
+    where they cannot go together, an info line where plain text meets a chat model."""
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    conversational = layout == "conversational"
+    if apply_chat_template is False and conversational:
+        raise PrefoptError(
+            "data.apply_chat_template=false: conversational rows are rendered only through the "
+            "chat template; set data.apply_chat_template=null, or use plain-text data"
+        )
+    if apply_chat_template is True and not has_template:
+        raise PrefoptError(
+            "data.apply_chat_template=true: this tokenizer has no chat template; "
+            "set data.apply_chat_template=null (text as it is) or use a tokenizer with one"
+        )
+    if apply_chat_template is None and has_template and not conversational:
+        log.info(
+            "data: %s rows are plain text and go to the model as they are, without its chat "
+            "template; data.apply_chat_template=true renders each prompt as a user turn and "
+            "each completion as the assistant's reply",
+            layout,
+        )

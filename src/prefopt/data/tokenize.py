@@ -55,9 +55,12 @@ class PairTokenizer:
         max_length: int,
         max_prompt_length: int,
         with_prompt_ids: bool = True,
+        text_as_chat: bool = False,
     ):
         """`with_prompt_ids=False` leaves `prompt_input_ids` empty: only generation reads them
-        (from validation examples), and they cost one more tokenizer pass over every prompt."""
+        (from validation examples), and they cost one more tokenizer pass over every prompt.
+        `text_as_chat` (`data.apply_chat_template=true`): a plain-text prompt is rendered as a
+        user turn and its completion as the assistant's reply, through the chat template."""
         if not 0 < max_prompt_length < max_length:
             raise PrefoptError(
                 f"data.max_prompt_length={max_prompt_length} must be positive and below "
@@ -67,6 +70,7 @@ class PairTokenizer:
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length
         self.with_prompt_ids = with_prompt_ids
+        self.text_as_chat = text_as_chat
         self.bos_id = tokenizer.bos_token_id if adds_bos(tokenizer) else None
         self.eos_id = tokenizer.eos_token_id
         self.use_offsets = bool(getattr(tokenizer, "is_fast", False))
@@ -117,8 +121,20 @@ class PairTokenizer:
 
     # -- text ---------------------------------------------------------------------------------
 
+    def templated(self, item: Pair | Any) -> bool:
+        """Whether `item` goes through the chat template (which then ends its turns: no EOS
+        is added)."""
+        return item.conversational or self.text_as_chat
+
     def texts(self, pair: Pair) -> tuple[str, str, str]:
         """The prompt text and the two full texts (prompt + completion)."""
+        if self.text_as_chat and not pair.conversational:
+            pair = Pair(
+                as_user_turn(pair.prompt),
+                as_assistant_turn(pair.chosen),
+                as_assistant_turn(pair.rejected),
+                pair.where,
+            )
         prompt_text = self._prompt_text(pair.prompt, pair.where)
         chosen = self._full_text(pair.prompt, prompt_text, pair.chosen, pair.where)
         rejected = self._full_text(pair.prompt, prompt_text, pair.rejected, pair.where)
@@ -325,3 +341,11 @@ def dropped_row_error(where: str, reason: str, pair_tokenizer: PairTokenizer) ->
         "that tells chosen from rejected; raise data.max_length",
         reason=reason,
     )
+
+
+def as_user_turn(prompt: str) -> list[Message]:
+    return [{"role": "user", "content": prompt}]
+
+
+def as_assistant_turn(completion: str) -> list[Message]:
+    return [{"role": "assistant", "content": completion}]

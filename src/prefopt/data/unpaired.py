@@ -23,7 +23,12 @@ import torch
 
 from prefopt.data.collate import pad_sequences, with_index
 from prefopt.data.layouts import Example
-from prefopt.data.tokenize import DROPPED_TOO_LONG, PairTokenizer
+from prefopt.data.tokenize import (
+    DROPPED_TOO_LONG,
+    PairTokenizer,
+    as_assistant_turn,
+    as_user_turn,
+)
 
 
 class TokenizedExample(TypedDict):
@@ -37,10 +42,13 @@ class ExampleTokenizer(PairTokenizer):
     """Tokenizes single examples with the pair rules (joint tokenization, BOS/EOS once)."""
 
     def __call__(self, example: Example) -> tuple[TokenizedExample | None, str | None]:
-        prompt_text = self._prompt_text(example.prompt, example.where)
-        full_text = self._full_text(example.prompt, prompt_text, example.completion, example.where)
+        prompt, completion = example.prompt, example.completion
+        if self.text_as_chat and not example.conversational:
+            prompt, completion = as_user_turn(prompt), as_assistant_turn(completion)
+        prompt_text = self._prompt_text(prompt, example.where)
+        full_text = self._full_text(prompt, prompt_text, completion, example.where)
         [(ids, prompt_length)] = self._encode_many([full_text], [len(prompt_text)])
-        ids, prompt_length = self._with_specials(ids, prompt_length, not example.conversational)
+        ids, prompt_length = self._with_specials(ids, prompt_length, not self.templated(example))
         prompt_ids = self._with_bos(self._ids(prompt_text))
         if len(ids) > self.max_length:
             ids, prompt_length = self._truncate(ids, prompt_length)

@@ -14,6 +14,9 @@ gets
 - `eval/length_policy` (and `eval/length_ref`): completion tokens, EOS not counted,
 - `eval/generations.json`: a table (prompt, policy, reference, their rewards) per evaluation.
 
+The judge reads each prompt as the data wrote it (text, or the conversation's messages), not
+text decoded from the policy's chat-templated ids (`prefopt.data.original_prompts`).
+
 The reference never changes, so its samples and rewards are computed at the first evaluation
 and reused. π_ref for evaluation comes from the reference's `SamplingModel`
 (`prefopt.reference.base`): the model training runs online as its reference; else, when
@@ -37,6 +40,7 @@ import torch
 from torch import nn
 
 from prefopt.config.schema import EvalConfig
+from prefopt.data.original_prompts import display_text, originals_of
 from prefopt.evaluation.generation import (
     Samples,
     decode_completions,
@@ -72,6 +76,8 @@ class GenerationEvalCallback(L.Callback):
         self.reference_model = reference_model or SamplingModel()
         self.chunk_size = chunk_size
         self.prompts: list[list[int]] = []
+        self.original_prompts: list = []
+        """The prompts as written (text or messages): what the judge reads."""
         self.prompt_texts: list[str] = []
         self.stop_ids: list[int] = []
         self.reference_samples: Samples | None = None
@@ -96,9 +102,10 @@ class GenerationEvalCallback(L.Callback):
         self.prompts = select_prompts(examples or [], self.cfg.num_prompts, self.cfg.seed)
         if not self.prompts:
             log.warning("eval: no validation prompts, so no generation-based evaluation")
-        self.prompt_texts = [
-            self.tokenizer.decode(ids, skip_special_tokens=True) for ids in self.prompts
-        ]
+        self.original_prompts = originals_of(
+            self.prompts, examples or [], lambda e: e["prompt_input_ids"], self.tokenizer
+        )
+        self.prompt_texts = [display_text(prompt) for prompt in self.original_prompts]
         self.stop_ids = stop_token_ids(self.tokenizer, pl_module.policy)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -172,7 +179,7 @@ class GenerationEvalCallback(L.Callback):
         if self.judge is None:
             return None
         return score_completions(
-            self.judge, self.prompt_texts, samples.texts, device, self.cfg.batch_size
+            self.judge, self.original_prompts, samples.texts, device, self.cfg.batch_size
         )
 
     def _kl(self, policy, reference, samples: Samples, device: torch.device) -> float:

@@ -4,6 +4,9 @@ Prompts are token ids (`prompt_input_ids` of the data module's examples), batche
 padding so every row's completion starts at the same column. Sampling runs under a forked RNG
 seeded with the eval seed: the same prompts get the same random stream at every evaluation,
 and the training RNG is left exactly where it was.
+
+Sampling is pure ancestral sampling from the model (`eval/kl_seq` and `round/kl` are unbiased
+only for samples of π): see `prefopt.model.sampling`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import Tensor, nn
 
 from prefopt.data.collate import pad_sequences
 from prefopt.model.logprobs import completion_logps
+from prefopt.model.sampling import checkpoint_generation_config_aside, sampling_config
 
 
 @dataclass
@@ -73,28 +77,24 @@ def generate(
     batch_size: int,
     device: torch.device,
 ) -> list[list[int]]:
-    """Completion ids per prompt; temperature 0 = greedy, else pure sampling (no top-k/top-p)."""
-    sampling = (
-        dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        if temperature > 0
-        else dict(do_sample=False)
+    """Completion ids per prompt; temperature 0 = greedy, else pure sampling from the model
+    (`sampling_config`: nothing of the checkpoint's generation config applies)."""
+    config = sampling_config(
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_token_id,
+        stop_ids=stop_ids,
     )
     was_training = model.training
     model.eval()
     completions = []
     try:
-        with _forked_rng(device):
+        with _forked_rng(device), checkpoint_generation_config_aside(model):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
                 batch = left_pad(prompts[start : start + batch_size], pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                output = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad_token_id,
-                    eos_token_id=stop_ids or None,
-                    **sampling,
-                )
+                output = model.generate(**batch, generation_config=config)
                 new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
                 completions += [cut_at_eos(ids, stop_ids) for ids in new_tokens]
     finally:

@@ -1,8 +1,10 @@
 """Judges score completions, higher = better; evaluation and the online loop share them.
 
 A judge is anything with `score(prompts, completions, device=None) -> list[float]`, where
-`completions[i]` is the text that follows `prompts[i]`. It receives text, never token ids, so
-it never depends on the policy's tokenizer. The built-in ones, picked with `judge=<name>`
+`completions[i]` is the text that follows `prompts[i]`. A prompt is as the data wrote it: a
+text, or for conversational data the list of {role, content} messages before the completion
+(never text decoded from the policy's chat-templated ids). It receives no token ids, so it
+never depends on the policy's tokenizer. The built-in ones, picked with `judge=<name>`
 (`conf/judge/`, schemas in `prefopt.config.judges_schema`):
 
 - `toy`: `toy.ToyJudge`, the toy world's ground-truth reward of the completion.
@@ -39,7 +41,10 @@ class Judge(Protocol):
     name: str
 
     def score(
-        self, prompts: list[str], completions: list[str], device: torch.device | None = None
+        self,
+        prompts: list[str | list[dict]],
+        completions: list[str],
+        device: torch.device | None = None,
     ) -> list[float]: ...
 
 

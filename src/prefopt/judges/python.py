@@ -1,6 +1,7 @@
 """`PythonJudge`: a plain function `(prompts, completions) -> rewards` as a judge.
 
-`judge=python judge.function=my_module.my_reward`; the function is imported (and a missing
+`judge=python judge.function=my_module.my_reward`. Each prompt comes as the data wrote it: a
+text, or for conversational data its list of {role, content} messages; the function is imported (and a missing
 module or name reported in one line) when the config is checked, before the run starts.
 """
 

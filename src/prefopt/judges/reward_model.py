@@ -2,9 +2,9 @@
 
 It brings its own tokenizer and reads text: it never sees the policy's token ids, so a reward
 model of another family (another vocabulary, another chat template) scores the policy's
-completions as it was trained to, through its tokenizer's chat template (the prompt as the user
-turn, the completion as the assistant turn) when it has one, else as the plain text
-prompt + completion. `judge=reward_model judge.path=/path/to/reward_model`.
+completions as it was trained to, through its tokenizer's chat template (the prompt as the data
+wrote it: a text as the user turn, a conversation's messages as they are; the completion as the
+assistant turn) when it has one, else as the plain text prompt + completion. `judge=reward_model judge.path=/path/to/reward_model`.
 """
 
 from __future__ import annotations
@@ -56,19 +56,25 @@ class RewardModelJudge:
         self.batch_size = batch_size
         self.max_length = max_length
 
-    def render(self, prompt: str, completion: str) -> str:
-        """The text the reward model reads for one exchange."""
+    def render(self, prompt: str | list[dict], completion: str) -> str:
+        """The text the reward model reads for one exchange: the prompt as the data wrote it
+        (a text as one user turn, a conversation's messages as they are) and the completion as
+        the assistant's turn, through the reward model's own chat template."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if not self.tokenizer.chat_template:
-            return prompt + completion
-        messages = [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": completion.strip()},
-        ]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+            if isinstance(prompt, str):
+                return prompt + completion
+            turns = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+            return f"{turns}assistant: {completion.strip()}"
+        exchange = [*messages, {"role": "assistant", "content": completion.strip()}]
+        return self.tokenizer.apply_chat_template(exchange, tokenize=False)
 
     @torch.no_grad()
     def score(
-        self, prompts: list[str], completions: list[str], device: torch.device | None = None
+        self,
+        prompts: list[str | list[dict]],
+        completions: list[str],
+        device: torch.device | None = None,
     ) -> list[float]:
         device = device or torch.device("cpu")
         self.model.to(device)

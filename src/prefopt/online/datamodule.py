@@ -27,8 +27,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prefopt.data import PreferenceDataModule
+from prefopt.data.original_prompts import originals_of
 from prefopt.errors import PrefoptError
-from prefopt.online.rounds import Round, RoundMaker, round_prompts, training_prompts
+from prefopt.online.rounds import (
+    Round,
+    RoundMaker,
+    prompt_ids_of,
+    round_prompts,
+    training_prompts,
+)
 
 log = logging.getLogger("prefopt.online")
 
@@ -47,6 +54,10 @@ class OnlineDataModule(L.LightningDataModule):
         self.prompt_set = training_prompts(offline.train_examples)
         if not self.prompt_set:
             raise PrefoptError("loop=online: the training data has no prompts to sample from")
+        self.prompt_originals = originals_of(
+            self.prompt_set, offline.train_examples, prompt_ids_of, maker.tokenizer
+        )
+        """The prompts as written (text or messages), for the judge."""
         self.round: Round | None = None
         self.history: list[dict[str, float]] = []
         """Each round's metrics with the step it started at (the reward-vs-KL plot)."""
@@ -115,7 +126,11 @@ class OnlineDataModule(L.LightningDataModule):
                 len(self.prompt_set), index, self.cfg.prompts_per_round, self.cfg.seed
             )
             prompts = [self.prompt_set[i] for i in chosen][rank::world]
-            made = self.maker.make(index, prompts, module.policy, n_batches, module.device)
+            originals = [self.prompt_originals[i] for i in chosen][rank::world]
+            made = self.maker.make(
+                index, prompts, module.policy, n_batches, module.device,
+                forward_context=trainer.precision_plugin.forward_context, originals=originals,
+            )  # fmt: skip
             self._track(made, trainer)
             # Decided by all ranks together (each samples its own share of the prompts): a
             # rank that went on, or raised, alone would leave the others waiting forever.

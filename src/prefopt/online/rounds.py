@@ -13,17 +13,20 @@ A `Round` is plain data (`to_state` / `from_state`): the data module keeps it in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prefopt.data.original_prompts import display_text
 from prefopt.evaluation.generation import Samples, decode_completions, generate, score
 from prefopt.evaluation.metrics import mean, sequence_kl
 from prefopt.judges import score_completions
@@ -97,14 +100,18 @@ def training_prompts(examples: Sequence[dict]) -> list[list[int]]:
     splits keep only the joint tokenization; its prompt part is the prompt as the model read it)."""
     unique: dict[tuple[int, ...], None] = {}
     for example in examples:
-        ids = example.get("prompt_input_ids") or []
-        if not ids:
-            if "chosen_input_ids" in example:
-                ids = example["chosen_input_ids"][: example["chosen_prompt_length"]]
-            else:
-                ids = example["input_ids"][: example["prompt_length"]]
-        unique.setdefault(tuple(ids), None)
+        unique.setdefault(tuple(prompt_ids_of(example)), None)
     return [list(p) for p in unique]
+
+
+def prompt_ids_of(example: dict) -> list[int]:
+    """A training example's prompt ids (see `training_prompts`)."""
+    ids = example.get("prompt_input_ids") or []
+    if ids:
+        return ids
+    if "chosen_input_ids" in example:
+        return example["chosen_input_ids"][: example["chosen_prompt_length"]]
+    return example["input_ids"][: example["prompt_length"]]
 
 
 def round_prompts(prompt_set: int, index: int, per_round: int, seed: int) -> list[int]:
@@ -142,15 +149,28 @@ class RoundMaker:
     progress: bool = True
 
     def make(
-        self, index: int, prompts: list[list[int]], policy: nn.Module, n_batches: int, device
+        self,
+        index: int,
+        prompts: list[list[int]],
+        policy: nn.Module,
+        n_batches: int,
+        device,
+        forward_context: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+        originals: list | None = None,
     ) -> Round:
+        """Round `index` over `prompts`. `originals`: the prompts as written (text or
+        messages), which the judge reads (default: the prompts' ids decoded). `forward_context`: the Trainer's precision plugin's
+        (`trainer.precision_plugin.forward_context`): the round's reference log-probs are
+        computed in it, as the reference would compute them during the training step."""
         start = time.perf_counter()
         cfg, k = self.cfg, self.cfg.samples_per_prompt
         flat_prompts = [p for p in prompts for _ in range(k)]
         flat, sampling_s = self._sample(index, flat_prompts, policy, device)
         texts = decode_completions(self.tokenizer, flat_prompts, flat)
-        prompt_texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
-        scores = self._judge(index, [t for t in prompt_texts for _ in range(k)], texts, device)
+        if originals is None:
+            originals = [self.tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+        prompt_texts = [display_text(prompt) for prompt in originals]
+        scores = self._judge(index, [p for p in originals for _ in range(k)], texts, device)
         kwargs = dict(
             pad_token_id=self.tokenizer.pad_token_id,
             batch_size=cfg.generation_batch_size,
@@ -183,15 +203,10 @@ class RoundMaker:
             )
             if self.reference_batch_logps is not None and batches:
                 examples = made.examples(self.paired)
-                made.reference_logps = [
-                    self.reference_batch_logps(
-                        reference, self._to(self.collate([examples[i] for i in b]), device)
+                with forward_context():
+                    made.reference_logps = self._reference_logps(
+                        reference, examples, batches, device
                     )
-                    .float()
-                    .cpu()
-                    .tolist()
-                    for b in batches
-                ]
         generated = sum(len(ids) for ids in flat)
         lengths = Samples(flat, texts).lengths(set(self.stop_ids))
         finite = [s for s in scores if math.isfinite(s)]
@@ -240,7 +255,7 @@ class RoundMaker:
                 bar.update(len(batch))
         return completions, time.perf_counter() - start
 
-    def _judge(self, index: int, prompts: list[str], texts: list[str], device) -> list[float]:
+    def _judge(self, index: int, prompts: list, texts: list[str], device) -> list[float]:
         """Scores through `judges.score_completions`: a batch the judge raised on, or a score it
         could not give, is a failure (NaN here, counted in the round) rather than the end of a
         long run."""
@@ -258,6 +273,19 @@ class RoundMaker:
                 scores += [float("nan") if v is None else v for v in judged.scores]
                 bar.update(len(batch))
         return scores
+
+    def _reference_logps(
+        self, reference: nn.Module, examples: list[dict], batches: list[list[int]], device
+    ) -> list[list[float]]:
+        return [
+            self.reference_batch_logps(
+                reference, self._to(self.collate([examples[i] for i in batch]), device)
+            )
+            .float()
+            .cpu()
+            .tolist()
+            for batch in batches
+        ]
 
     @staticmethod
     def _to(batch: dict, device) -> dict:

@@ -4,7 +4,8 @@
   built first); else the `reference_path` checkpoint, loaded as a frozen model.
 - `reference.cache=true` (the default): that reference scores all data once, before training,
   and training reads the stored log-probs (`CachedReference`); on a cache hit no model is
-  loaded. A model loaded only to fill the cache is dropped afterwards.
+  loaded. A model loaded only to fill the cache is dropped afterwards. The cache is computed
+  under the training precision (`trainer.precision`), part of its key (`precision.py`).
 - `reference.cache=false`, a moving reference (`reference.sync_every_n_steps`, `sync.py`),
   or a checkpoint with no local files to fingerprint: the reference runs online at every step
   (`OnlineReference`, or the adapter-disabled policy). A moving one gets its own
@@ -31,6 +32,7 @@ from prefopt.reference.cached import (
     local_checkpoint,
 )
 from prefopt.reference.online import OnlineReference
+from prefopt.reference.precision import precision_name
 
 log = logging.getLogger("prefopt.reference")
 
@@ -46,6 +48,7 @@ def build_reference(
     policy: nn.Module | None = None,
     batch_size: int | None = None,
     data_seed: int | None = None,
+    precision="32-true",
 ) -> Reference:
     """π_ref for training and evaluation.
 
@@ -55,7 +58,8 @@ def build_reference(
     scores pairs, online and for the cache (ignored for unpaired data). `policy`: the PEFT
     policy, needed with LoRA when `model.reference_path` is unset. `batch_size`, `data_seed`
     (`data.batch_size`, `data.seed`): for unpaired data (KTO), whose mismatched rows depend
-    on how examples are grouped into batches.
+    on how examples are grouped into batches. `precision`: `trainer.precision`, the one the
+    cache is computed in (and keyed by), so that it equals the reference run during training.
     """
     chunk_size = model_cfg.logits_chunk_size or None
     packing = packing if datamodule.paired else None  # KTO scores its rows as they are
@@ -101,6 +105,7 @@ def build_reference(
         raise ValueError("build_reference: unpaired data needs batch_size and data_seed")
     settings = {
         "dtype": model_cfg.dtype,
+        "precision": precision_name(precision),
         "paired": datamodule.paired,
         # KTO's mismatched rows depend on how examples are grouped into batches.
         "batching": None if datamodule.paired else [batch_size, data_seed],
@@ -112,7 +117,7 @@ def build_reference(
     else:
         sampling_model = build_sampling_model(model_cfg, reference_path, load_model)
     return load_or_compute(
-        path, reference_path, run_online, datamodule.reference_loaders, sampling_model
+        path, reference_path, run_online, datamodule.reference_loaders, sampling_model, precision
     )
 
 

@@ -2,7 +2,8 @@
 
 The reference never changes, so its log-probs of every training and validation sequence can be
 computed once, before training, and stored on disk. The cache key hashes the reference
-checkpoint's files, the prepared data's key and the log-prob settings; a run whose key matches
+checkpoint's files, the prepared data's key and the log-prob settings, the training precision
+among them (the table is computed under it, `precision.py`); a run whose key matches
 (the next job of a β or lr sweep, say) never loads the reference model at all. With several
 ranks, the first to take the cache's file lock computes it and the others wait and read it (on
 one machine the launching rank computes it before the others even start).
@@ -23,12 +24,14 @@ from torch import Tensor
 from prefopt.files import atomic_write, cache_root, file_lock, hash_file, set_aside
 from prefopt.losses.base import CompletionLogps
 from prefopt.reference.base import Reference, SamplingModel
+from prefopt.reference.precision import precision_plugin
 
 log = logging.getLogger("prefopt.reference")
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 """Bump when the way reference log-probs are computed or stored changes: old caches then miss.
-(3: the file holds the table with its own content hash.)"""
+(3: the file holds the table with its own content hash; 4: computed under the training
+precision, which the key holds.)"""
 
 
 class CachedReference:
@@ -73,10 +76,12 @@ def load_or_compute(
     scorer: Callable[[], Reference],
     loaders: Callable[[], dict[str, object]],
     sampling_model: SamplingModel,
+    precision="32-true",
 ) -> CachedReference:
     """The cache at `path`, computed first when missing: `scorer()` gives the reference (of
-    checkpoint `reference_path`) that scores every example of `loaders()`; both are called only
-    on a miss, so a hit loads no model."""
+    checkpoint `reference_path`) that scores every example of `loaders()` under the forward
+    context of `precision` (`trainer.precision`: the log-probs the reference would give
+    online during training); both are called only on a miss, so a hit loads no model."""
     table = load_cache(path)
     computed = 0
     if table is None:
@@ -88,7 +93,9 @@ def load_or_compute(
                     reference_path,
                 )
                 reference = scorer()
-                table = reference.logps_table(loaders(), _device())
+                device = _device()
+                with precision_plugin(precision, device).forward_context():
+                    table = reference.logps_table(loaders(), device)
                 save_cache(path, table)
                 computed = reference.forward_calls
     return CachedReference(table, sampling_model, computed)

@@ -43,6 +43,7 @@ from transformers.utils import logging as hf_logging
 from prefopt.config.schema import ToyWorldConfig
 from prefopt.files import cache_root as prefopt_cache_root
 from prefopt.files import file_lock, folder_bytes, reported_disk_full, seal, seal_problem, set_aside
+from prefopt.model.sampling import checkpoint_generation_config_aside, sampling_config
 from prefopt.toy.language import all_prompts, reward
 from prefopt.toy.sft import build_model, sft_examples, train_sft
 from prefopt.toy.tokenizer import build_tokenizer
@@ -220,15 +221,15 @@ def sample_completions(
 ) -> list[list[str]]:
     """`per_prompt` completions per prompt, sampled at temperature 1 without truncation."""
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    output = model.generate(
-        **batch,
-        do_sample=True,
+    config = sampling_config(
         temperature=1.0,
-        top_k=0,
-        top_p=1.0,
         max_new_tokens=max_new_tokens,
-        num_return_sequences=per_prompt,
+        pad_token_id=tokenizer.pad_token_id,
+        stop_ids=[tokenizer.eos_token_id],
     )
+    config.num_return_sequences = per_prompt
+    with checkpoint_generation_config_aside(model):
+        output = model.generate(**batch, generation_config=config)
     texts = tokenizer.batch_decode(
         output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
     )

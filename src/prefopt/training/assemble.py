@@ -74,11 +74,13 @@ def build_module(
     loss: PreferenceLoss,
     checkpoints: Checkpoints,
     datamodule: PreferenceDataModule,
+    precision="32-true",
 ) -> PreferenceModule:
     """The policy, its reference (when the loss needs one) and the loss, as one LightningModule.
 
     `datamodule` must be set up: the reference cache scores its data, and the batches learn
-    here whether they come packed (the probe runs on the policy)."""
+    here whether they come packed (the probe runs on the policy). `precision`:
+    `trainer.precision`, the one the reference cache is computed in."""
     # One verdict per model on shared prompts / padding-free rows, for the policy and the
     # reference alike (its cached log-probs included); KTO scores its rows as they are.
     data_cfg = datamodule.cfg
@@ -109,6 +111,7 @@ def build_module(
             policy=policy,
             batch_size=data_cfg.batch_size,
             data_seed=data_cfg.seed,
+            precision=precision,
         )
     if policy is None:
         policy = prepare_policy(checkpoints.load(), model_cfg)
