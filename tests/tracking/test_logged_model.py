@@ -213,28 +213,3 @@ def test_mlflow_s_local_checkpoint_path_still_fails_under_this_transformers(toy_
     `log_model(str(folder), task=TASK)` there."""
     with pytest.raises(AttributeError, match="__name__"):
         mlflow.transformers.save_model(str(toy_export), path=tmp_path / "m", task=TASK)
-
-
-@pytest.mark.slow  # a 2-job --multirun on the command line: a minute or two on 2 busy cores
-def test_each_job_of_a_sweep_logs_and_registers_its_model(tmp_path, toy_cache, prefopt_cache):
-    import subprocess
-    import sys
-
-    from ..test_sweeps import fast_job_overrides, sweep_runs
-
-    overrides = [o for o in fast_job_overrides(toy_cache) if o != "export=false"]
-    cmd = [sys.executable, "-m", "prefopt.train", "--multirun", *overrides]
-    cmd += ["loss.beta=0.1,0.5", "model.register_as=toy-sweep"]
-    env = {**os.environ, "PREFOPT_CACHE": str(prefopt_cache), "MPLBACKEND": "Agg"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(store)
-    parent, children = sweep_runs(client)
-    by_run = {m.source_run_id: m for m in logged_models(store)}
-    assert set(by_run) == {c.info.run_id for c in children}  # one per job, none for the parent
-    versions = client.search_model_versions("name='toy-sweep'")
-    assert sorted((int(v.version), v.run_id) for v in versions) == [
-        (1, children[0].info.run_id),
-        (2, children[1].info.run_id),
-    ]

@@ -2,8 +2,9 @@
 on 127.0.0.1, a 2-job β sweep run against it from the command line, and the server's REST API
 (`/api/2.0/mlflow/...`, plain urllib) asked for each child run.
 
-The sweep runs once for the module (`sweep`); each check is one test beside the others, so a
-check of something else a child shows (its logged model, say) is one more test function.
+The sweep runs once for the module (`sweep`): the one sweep of the slow suite against a server,
+so every check of what a sweep leaves on a server (its runs and summary through MLflow's client,
+each child's logged and registered model) is one more test function here, not another sweep.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def sweep(server, tmp_path_factory, toy_cache):
     cmd = [
         *(sys.executable, "-m", "prefopt.train", "--multirun", *SMALL_TOY),
         *(f"toy.cache_dir={toy_cache}", "trainer.max_steps=2", "trainer.val_check_interval=1"),
+        "trainer.log_every_n_steps=1",  # every step's metrics, as test_sweeps' checks expect
         *("trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"),
         *("eval.num_prompts=8", "eval.max_new_tokens=8", f"logger.tracking_uri={server.url}"),
         f"loss.beta={','.join(BETAS)}",
@@ -81,6 +83,7 @@ def sweep(server, tmp_path_factory, toy_cache):
     assert len(children) == len(BETAS) == len(runs) - 1
     return SimpleNamespace(
         url=server.url,
+        artifacts=server.artifacts,
         cwd=Path(cwd),
         experiment_id=experiment["experiment"]["experiment_id"],
         parent=parent,
@@ -157,4 +160,29 @@ def test_each_child_logged_and_registered_its_aligned_model(sweep):
         metrics = {m["key"] for m in by_run[run_id].get("data", {}).get("metrics", [])}
         assert "val/rewards/accuracies" in metrics, sorted(metrics)
     versions = rest(sweep.url, "model-versions/search", filter=f"name='{REGISTERED}'")
-    assert {v["run_id"] for v in versions["model_versions"]} == set(children)
+    # one version per job, numbered in the order the jobs ran
+    assert sorted((int(v["version"]), v["run_id"]) for v in versions["model_versions"]) == [
+        (1, children[0]),
+        (2, children[1]),
+    ]
+
+
+@pytest.mark.slow
+def test_the_sweep_reaches_the_server_whole_with_its_summary(sweep, tmp_path):
+    """What tests/test_sweeps.py checks of a sweep on a local store, through MLflow's client
+    against the server: nothing went to a local store, nothing of a job was lost, and the
+    summary and every artifact went through the server into its artifact folder."""
+    from mlflow.tracking import MlflowClient
+
+    from ..test_sweeps import assert_nothing_lost, read_summary, sweep_runs
+
+    assert not (sweep.cwd / "mlflow.db").exists()  # nothing went to the local default store
+    client = MlflowClient(sweep.url)
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert [c.info.run_name for c in children] == [f"dpo β={b} lr=5e-4" for b in BETAS]
+    assert_nothing_lost(client, children)
+    rows = read_summary(client, parent.info.run_id, tmp_path)
+    assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
+    stored = {p.name for p in sweep.artifacts.rglob("*") if p.is_file()}
+    assert {"config.yaml", "summary.csv", "loss.beta.png"} <= stored

@@ -15,7 +15,6 @@ import os
 import signal
 import struct
 import subprocess
-import time
 import zipfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from prefopt.errors import PrefoptError
+from prefopt.tracking import run_datasets
 from prefopt.train import train
 from prefopt.training import checkpoint as checkpoint_module
 from prefopt.training.checkpoint import (
@@ -141,7 +141,10 @@ def test_a_successor_killed_before_its_first_checkpoint_leaves_the_first_one_on_
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}
     assert set(range(10)) - {killed_at - 1} <= steps  # see the kill -9 test in test_reliability
     assert_ends_as_if_never_interrupted(resumed.metrics, uninterrupted)
+    assert len(run.inputs.dataset_inputs) == 2  # train and validation, none logged twice
+    assert sorted(run_datasets(run)) == ["train", "validation"]
     assert step_of(day / "c" / CHECKPOINT_DIR / LAST) == 10
+    assert json.loads((day / "c" / CHECKPOINT_DIR / RUN_FILE).read_text())["finished"] is True
     # the chain has finished: nothing of it is offered again
     with pytest.raises(PrefoptError, match="no unfinished run with a checkpoint"):
         find_resume_point(day / "d", resume=True, ckpt_path=None)
@@ -304,7 +307,7 @@ class SignalDuringStep(L.Callback):
 
 @pytest.mark.parametrize(
     "signum",
-    [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],  # ~25 s each
+    [signal.SIGINT, signal.SIGTERM],  # ~25 s each; SIGTERM is what a cluster's scheduler sends
     ids=["SIGINT", "SIGTERM"],
 )
 def test_a_signal_during_a_step_saves_that_step_then_ends_the_run_killed(
@@ -427,18 +430,52 @@ def test_resume_true_passes_over_sibling_runs_of_another_mlflow_store(tmp_path):
     """On a shared disk, `resume=true` never continues a run that logged elsewhere: only the
     sibling folders whose `run.json` names this run's store are offered."""
 
-    def killed_run(name, store):
+    def killed_run(name, store, modified):
         out = tmp_path / "outputs" / name
         (out / CHECKPOINT_DIR).mkdir(parents=True)
         torch.save({"global_step": 1}, out / CHECKPOINT_DIR / LAST)
         write_run_file(out, run_id=name, tracking_uri=store, lineage=name)
-        time.sleep(0.01)  # distinct modification times: the other store's run is the newest
+        os.utime(out / CHECKPOINT_DIR / LAST, (modified, modified))
         return out
 
-    mine = killed_run("2025-01-01/10-00-00", "sqlite:////me/mlflow.db")
-    killed_run("2025-01-01/11-00-00", "sqlite:////someone-else/mlflow.db")
+    # the other store's run is the newest by a minute: without the store filter it would win
+    mine = killed_run("2025-01-01/10-00-00", "sqlite:////me/mlflow.db", 1_700_000_000)
+    killed_run("2025-01-01/11-00-00", "sqlite:////someone-else/mlflow.db", 1_700_000_060)
     new = tmp_path / "outputs" / "2025-01-02" / "08-00-00"
     point = find_resume_point(new, True, None, "sqlite:////me/mlflow.db")
     assert point.checkpoint == mine / CHECKPOINT_DIR / LAST
     with pytest.raises(PrefoptError, match="that logged to sqlite:////third/mlflow.db"):
         find_resume_point(new, True, None, "sqlite:////third/mlflow.db")
+
+
+def test_among_equal_modification_times_resume_picks_by_a_documented_order(tmp_path):
+    """On a file system that keeps whole (or two) seconds, checkpoints written close together
+    share one modification time: the choice is then the run that started later (`started` in
+    `run.json`), else the path that sorts last (Hydra's date/time names), never chance."""
+    store = "sqlite:////me/mlflow.db"
+    same_time = 1_700_000_000
+    names = [f"2025-01-01/10-00-{second:02d}" for second in range(12)]
+
+    def killed_runs(root: Path, started: dict[str, float]) -> None:
+        for name in names:
+            out = root / "outputs" / name
+            (out / CHECKPOINT_DIR).mkdir(parents=True)
+            for file in (PREVIOUS, LAST):
+                torch.save({"global_step": 1}, out / CHECKPOINT_DIR / file)
+                os.utime(out / CHECKPOINT_DIR / file, (same_time, same_time))
+            fields = {"started": started[name]} if name in started else {}
+            write_run_file(out, run_id=name, tracking_uri=store, lineage=name, **fields)
+
+    def picked(root: Path) -> Path:
+        new = root / "outputs" / "2025-01-02" / "08-00-00"
+        return find_resume_point(new, True, None, store).checkpoint
+
+    # run.json files of before starts were recorded: the path decides, last.ckpt of that folder
+    killed_runs(tmp_path / "old", {})
+    assert picked(tmp_path / "old") == tmp_path / "old/outputs" / names[-1] / CHECKPOINT_DIR / LAST
+    # recorded starts decide before the path (the latest start is not the last path here)
+    starts = {name: same_time - 3600 + 7 * ((5 * i) % 12) for i, name in enumerate(names)}
+    latest = max(starts, key=starts.get)
+    assert latest not in (names[0], names[-1])
+    killed_runs(tmp_path / "new", starts)
+    assert picked(tmp_path / "new") == tmp_path / "new/outputs" / latest / CHECKPOINT_DIR / LAST

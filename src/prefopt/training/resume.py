@@ -12,6 +12,13 @@ lineage has a newer checkpoint or finished: a successor killed before its first 
 leaves its predecessor's checkpoint on offer, after any number of kills. A checkpoint that
 fails its content check (`checkpoint.checkpoint_damage`) is reported in one line, renamed
 `*.corrupt`, and the next older one is offered (`previous.ckpt`, then other folders').
+
+"Newest" is a total order (`_newest_first`), so that the choice never rests on chance: the
+checkpoint file's modification time first; among equal times (file systems that keep whole
+seconds, or two seconds, make ties common) the run that started later (`started` in `run.json`,
+the clock's time when it began, so not rounded to the file system's resolution), then
+`last.ckpt` before `previous.ckpt` of one folder, then the path that sorts last (Hydra names
+run folders by date and time).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +137,7 @@ def find_resume_point(
         if lineage_of(folder, run) not in finished
         for path in checkpoints_in(folder)
     ]
-    candidates.sort(key=_modified, reverse=True)
+    candidates.sort(key=_newest_first, reverse=True)
     point = _first_sound(candidates)
     if point is None:
         raise PrefoptError(
@@ -160,7 +168,7 @@ def recorded_run(
             for stale in checkpoints_in(own):
                 stale.unlink()
                 log.info("removed %s: a checkpoint of the run this one replaces", stale)
-        run = {"run_id": run_id, "tracking_uri": tracking_uri}
+        run = {"run_id": run_id, "tracking_uri": tracking_uri, "started": time.time()}
         run["lineage"] = resume.lineage if resume else uuid.uuid4().hex
         if resume:
             run["resumed_from"] = str(resume.checkpoint.resolve())
@@ -205,8 +213,15 @@ def _first_sound(checkpoints: list[Path]) -> ResumePoint | None:
     return None
 
 
-def _modified(path: Path) -> float:
+def _newest_first(checkpoint: Path) -> tuple[float, float, bool, str]:
+    """The sort key of "newest" (highest first), as the module says: modification time, the
+    run's start (0 for a `run.json` written before starts were recorded), `last.ckpt` over
+    `previous.ckpt`, then the path."""
     try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
+        modified = checkpoint.stat().st_mtime
+    except FileNotFoundError:  # set aside meanwhile by another rank
+        modified = 0.0
+    started = read_run_file(checkpoint.parent).get("started")
+    if not isinstance(started, int | float):
+        started = 0.0
+    return modified, float(started), checkpoint.name == LAST, str(checkpoint)
