@@ -114,7 +114,6 @@ def test_lora_reference_is_the_base_model(family, family_batch):
     assert not torch.allclose(adapted, base)  # the adapter does change the policy
 
 
-
 def test_lora_targets_peft_refuses_are_a_one_line_error_with_a_list_it_takes(tmp_path):
     """PEFT will not put LoRA on Falcon-H1's Mamba projections, so `all-linear` (the default)
     is refused there: one line naming `model.lora.target_modules`, and the list it suggests
@@ -132,6 +131,7 @@ def test_lora_targets_peft_refuses_are_a_one_line_error_with_a_list_it_takes(tmp
     cfg.lora.target_modules = suggested.group(1).split(",")
     policy = prepare_policy(load(family), cfg)
     assert any("lora_A" in name for name, _ in policy.named_parameters())
+
 
 def test_export_reloads_to_the_same_logps(family, family_batch, tmp_path):
     policy = load(family).eval()
