@@ -189,6 +189,16 @@ def test_a_model_with_a_sliding_window_is_not_packed(caplog):
     assert PairPacking("auto").supported(MistralForCausalLM(config), None)
 
 
+def test_the_packing_verdict_does_not_depend_on_autocast():
+    """The verdict is kept per model, and the policy's is asked for at build time (fp32) while
+    an online reference's first comes inside a bf16-mixed step: the probe runs in the
+    weights' dtype either way, so both are packed and score the same rows at step 0 (asked
+    under autocast, the probe used to see bf16's rounding and refuse to pack the reference)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert PairPacking("auto").supported(tiny_llama(), None)
+        assert PairPacking("auto").supported(tiny_llama(), 3)
+
+
 def make_module(packing, loss=None, reference_seed=1):
     loss = loss or DPOLoss(beta=0.1)
     reference = build_reference(  # an online reference, as with reference.cache=false

@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from prefopt.evaluation.generation import cut_at_eos, generate, left_pad
+from prefopt.evaluation.generation import generate
 
+from ..ancestral import CHECKPOINT_SAMPLING
+from ..ancestral import ancestral_samples as hand_written_samples
 from ..conftest import tiny_llama
 
 CPU = torch.device("cpu")
@@ -17,21 +19,6 @@ PROMPTS = [[BOS, 5, 6, 7], [BOS, 10], [BOS, 11, 12, 13, 14, 15], [BOS, 9, 9]] * 
 per row)."""
 MAX_NEW_TOKENS = 10
 TEMPERATURE = 0.7
-CHECKPOINT_SAMPLING = dict(
-    repetition_penalty=1.5,
-    no_repeat_ngram_size=2,
-    min_p=0.2,
-    top_k=4,
-    top_p=0.5,
-    typical_p=0.9,
-    temperature=0.3,
-    min_length=8,
-    suppress_tokens=[3, 4],
-    bad_words_ids=[[20]],
-    forced_bos_token_id=21,
-    do_sample=True,
-)
-"""What an Instruct checkpoint's `generation_config.json` may carry; none of it is π."""
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +31,11 @@ def instruct_like_checkpoint(tmp_path_factory):
     return path
 
 
-@torch.no_grad()
 def ancestral_samples(model, prompts, seed: int) -> list[list[int]]:
-    """Pure sampling written out: the full forward at every step, a draw from
-    softmax(logits / T) for every row in one `torch.multinomial` call (as `generate` draws)."""
-    model.eval()
-    torch.manual_seed(seed)
-    batch = left_pad(prompts, PAD)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    for _ in range(MAX_NEW_TOKENS):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        probs = torch.softmax(logits[:, -1].float() / TEMPERATURE, dim=-1)
-        drawn = torch.multinomial(probs, num_samples=1)
-        ids = torch.cat([ids, drawn], dim=1)
-        mask = torch.cat([mask, torch.ones_like(drawn)], dim=1)
-    new_tokens = ids[:, batch["input_ids"].shape[1] :].tolist()
-    return [cut_at_eos(row, [EOS]) for row in new_tokens]
+    return hand_written_samples(
+        model, prompts, seed, pad_token_id=PAD, eos_token_id=EOS,
+        max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE,
+    )  # fmt: skip
 
 
 def test_samples_are_pure_ancestral_samples_whatever_the_checkpoint_generation_config(

@@ -7,7 +7,8 @@ the tests load it the way a run does (`prefopt.model.loading`). Every family's d
 above zero in its config, as GPT-2, OPT and Phi ship it.
 
 A new check over every family is one more test function that takes the `family` fixture
-(sampling purity and the precision of a cached reference are meant to join this way).
+(as sampling purity and step-0 rewards in each precision did:
+`test_family_sampling_and_precision.py`).
 """
 
 from __future__ import annotations

@@ -7,12 +7,14 @@ from the model's own `model(...).logits`, never from prefopt's code under test.
 from __future__ import annotations
 
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from prefopt.config.schema import ModelConfig, OptimConfig
+from prefopt.errors import PrefoptError
 from prefopt.losses import DPOLoss
 from prefopt.model.export import export_policy
 from prefopt.model.loading import load_causal_lm, load_tokenizer, prepare_policy
@@ -21,6 +23,8 @@ from prefopt.model.packing import PairPacking
 from prefopt.reference.adapter import AdapterDisabledReference
 from prefopt.reference.online import OnlineReference
 from prefopt.training.module import PreferenceModule
+
+from .conftest import build_checkpoint
 
 CHUNK = 3  # several chunks per batch, one ending mid-sequence
 
@@ -108,6 +112,25 @@ def test_lora_reference_is_the_base_model(family, family_batch):
         base = own_logps(load(family).eval(), family_batch)
     assert_logps_close(reference, base)
     assert not torch.allclose(adapted, base)  # the adapter does change the policy
+
+
+def test_lora_targets_peft_refuses_are_a_one_line_error_with_a_list_it_takes(tmp_path):
+    """PEFT will not put LoRA on Falcon-H1's Mamba projections, so `all-linear` (the default)
+    is refused there: one line naming `model.lora.target_modules`, and the list it suggests
+    is one PEFT takes."""
+    pytest.importorskip("peft")
+    family = build_checkpoint("falcon_h1", tmp_path)
+    cfg = ModelConfig(path=str(family.path))
+    cfg.lora.enabled = True
+    with pytest.raises(PrefoptError) as refusal:
+        prepare_policy(load(family), cfg)
+    message = str(refusal.value)
+    assert message.startswith("model.lora.target_modules=all-linear: PEFT refuses it on Falcon")
+    suggested = re.search(r"model.lora.target_modules=\[([\w,]+)\]$", message)
+    assert suggested, message
+    cfg.lora.target_modules = suggested.group(1).split(",")
+    policy = prepare_policy(load(family), cfg)
+    assert any("lora_A" in name for name, _ in policy.named_parameters())
 
 
 def test_export_reloads_to_the_same_logps(family, family_batch, tmp_path):

@@ -247,7 +247,9 @@ precision: 1e-2."""
 
 def _head_gives_the_logits(model: nn.Module, body: nn.Module, head: nn.Linear) -> bool:
     """Run eight tokens through `model` and through `head(body(...))`, in eval mode (no dropout),
-    without gradient, and without touching the random state the training goes on with."""
+    without gradient, in the weights' own dtype even under autocast (the verdict is kept per
+    model, whichever context asks first: `packing.probe`), and without touching the random
+    state the training goes on with."""
     device = head.weight.device
     ids = torch.arange(8, device=device).remainder(head.weight.shape[0]).unsqueeze(0)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
@@ -255,7 +257,11 @@ def _head_gives_the_logits(model: nn.Module, body: nn.Module, head: nn.Linear) -
     model.eval()
     devices = [device] if device.type == "cuda" else []
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(devices=devices),
+            torch.autocast(device.type, enabled=False),
+        ):
             expected = model(**inputs).logits.float()
             hidden = body(**inputs).last_hidden_state
             got = nn.functional.linear(hidden, head.weight, head.bias).float()

@@ -13,7 +13,11 @@ adapter_model.safetensors, loadable with `peft.AutoPeftModelForCausalLM`), and w
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
+
+from prefopt.errors import PrefoptError
 
 
 def require_peft():
@@ -40,7 +44,39 @@ def apply_lora(model: nn.Module, cfg) -> nn.Module:
         target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, config)
+    linear = linear_layer_names(model)  # before PEFT, which may wrap some before it refuses
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as error:
+        if "target_modules" not in str(error) and "Target modules" not in str(error):
+            raise
+        raise target_modules_error(model, target_modules, linear, str(error)) from None
+
+
+def linear_layer_names(model: nn.Module) -> set[str]:
+    """The names (last component) of `model`'s linear layers but its output layer."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and module is not head
+    }
+
+
+def target_modules_error(
+    model: nn.Module, target_modules, linear: set[str], refusal: str
+) -> PrefoptError:
+    """PEFT's refusal of `model.lora.target_modules` (e.g. `all-linear` on a hybrid model, whose
+    Mamba `out_proj` PEFT will not adapt) as one line with a list it takes: the `linear`
+    layers' names but those PEFT's message names."""
+    refused = set(re.findall(r"'(\w+)'", refusal))
+    suggestion = ",".join(sorted(linear - refused))
+    given = target_modules if isinstance(target_modules, str) else ",".join(target_modules)
+    return PrefoptError(
+        f"model.lora.target_modules={given}: PEFT refuses it on {type(model).__name__} "
+        f"({refusal.splitlines()[0]}); name the layers to adapt, e.g. "
+        f"model.lora.target_modules=[{suggestion}]"
+    )
 
 
 def is_peft_model(model: nn.Module) -> bool:

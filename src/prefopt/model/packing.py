@@ -181,13 +181,17 @@ def _window_problem(model: nn.Module) -> str | None:
 
 def probe(model: nn.Module, pack, chunk_size: int | None) -> str | None:
     """None when `model` scores packed pairs as it scores them one sequence per row, else why
-    not. Runs in eval mode (no dropout), without gradient."""
+    not. Runs in eval mode (no dropout), without gradient, and in the weights' own dtype even
+    under autocast: the verdict is kept per model, and the first to ask may be inside a
+    bf16-mixed step (an online reference) or outside it (the policy, probed at build); a
+    verdict that depended on where it was asked first would pack the policy's rows and not
+    the reference's, and at step 0 their log-probs would then differ by bf16's rounding."""
     parameter = next(model.parameters())
     batch = {k: v.to(parameter.device) for k, v in _probe_batch(_vocab_size(model)).items()}
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(parameter.device.type, enabled=False):
             expected = completion_logps(model, batch, chunk_size)
             got = completion_logps(model, pack(batch), chunk_size)
     except (UnsupportedModel, TypeError, ValueError, RuntimeError, IndexError):
