@@ -2,6 +2,7 @@
 through the strategy's `reduce_boolean_decision`, so no rank raises while the others wait in a
 collective (DDP's gradient all-reduce, FSDP's all-gathers) forever."""
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -58,12 +59,14 @@ def online_module(batches_here: list[list[list[int]]], strategy):
     dm = OnlineDataModule.__new__(OnlineDataModule)
     dm.cfg = SimpleNamespace(steps_per_round=1, prompts_per_round=2, seed=0)
     dm.prompt_set, dm.history, dm.round = [[1, 2], [3, 4]], [], None
+    dm.prompt_originals = ["a b", "c d"]
     dm.maker = SimpleNamespace(
-        make=lambda index, *_: SimpleNamespace(index=index, batches=next(made), metrics={})
+        make=lambda index, *_, **__: SimpleNamespace(index=index, batches=next(made), metrics={})
     )
     dm.trainer = SimpleNamespace(
         lightning_module=module, global_rank=0, world_size=2, accumulate_grad_batches=1,
         strategy=strategy, global_step=0, logger=None, is_global_zero=True,
+        precision_plugin=SimpleNamespace(forward_context=contextlib.nullcontext),
     )  # fmt: skip
     return dm
 
