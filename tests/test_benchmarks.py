@@ -32,6 +32,7 @@ def run_step_benchmark(tmp_path, modes: list[str]) -> tuple[list[str], dict[str,
     return table, results
 
 
+@pytest.mark.slow  # three modes timed over several rounds: ~20 s on 2 cores
 def test_step_benchmark_prints_its_table_and_writes_json(tmp_path, capsys):
     _, results = run_step_benchmark(tmp_path, ["sft", "dpo_cached", "dpo_packed"])
     # Shared prompts and no padding: fewer token slots through the model than padded pairs.
