@@ -105,3 +105,36 @@ def mean_token_lengths(dataset: Any) -> dict[str, float]:
             if side != "rejected":  # a pair's prompt counts once
                 totals["prompt"] += int(np.sum(prompt))
     return {name: round(total / len(dataset), 2) for name, total in totals.items()}
+
+
+def length_spread(dataset: Any, max_length: int, max_prompt_length: int) -> dict[str, Any]:
+    """How a prepared split's token lengths sit against the length budget: the longest and the
+    95th-percentile sequence (a pair's longer side, or a KTO example), and how many reached
+    `max_length` or have a prompt of `max_prompt_length` tokens. Truncation leaves a sequence at
+    one of those two caps (the completion is cut to fill `max_length`, or the prompt was cut to
+    `max_prompt_length` first), so `at_a_cap` counts every truncated pair, and also a pair that
+    was exactly that long already: an upper bound on truncation. {} for an empty split."""
+    import pyarrow.compute as pc
+
+    if len(dataset) == 0:
+        return {}
+    paired = "chosen_input_ids" in dataset.column_names
+    sides = ("chosen_", "rejected_") if paired else ("",)
+    names = [f"{side}{column}" for side in sides for column in ("input_ids", "prompt_length")]
+    longest, at_cap, prompt_at_cap = [], 0, 0
+    for batch in dataset.select_columns(names).with_format("arrow").iter(batch_size=_BATCH):
+        total = np.max(
+            [pc.list_value_length(batch[f"{side}input_ids"]).to_numpy() for side in sides], axis=0
+        )
+        prompt = np.max([batch[f"{side}prompt_length"].to_numpy() for side in sides], axis=0)
+        longest.append(total)
+        full, cut = total >= max_length, prompt >= max_prompt_length
+        at_cap += int(np.sum(full | cut))
+        prompt_at_cap += int(np.sum(cut))
+    lengths = np.concatenate(longest)
+    return {
+        "longest_tokens": int(lengths.max()),
+        "p95_tokens": int(np.percentile(lengths, 95, method="higher")),
+        "at_a_cap": at_cap,
+        "prompt_at_max_prompt_length": prompt_at_cap,
+    }
