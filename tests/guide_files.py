@@ -36,7 +36,7 @@ QUESTIONS = [
 
 def write_guide_files(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _tiny_checkpoint(folder / "my-model")
+    tiny_checkpoint(folder / "my-model")
     rows = [{"prompt": q, "chosen": " " + good, "rejected": " " + bad} for q, good, bad in QUESTIONS]
     _jsonl(folder / "pairs.jsonl", rows * 5)
     _jsonl(folder / "val.jsonl", rows)
@@ -56,7 +56,7 @@ def write_guide_files(folder: Path) -> None:
     _hub_datasets(folder)
 
 
-def _tiny_checkpoint(path: Path) -> None:
+def tiny_checkpoint(path: Path) -> None:
     """A one-layer Llama with the byte-level BPE tokenizer (and its chat template) of the data
     tests: what `model.path=./my-model` names."""
     from transformers import LlamaForCausalLM
