@@ -37,7 +37,9 @@ QUESTIONS = [
 def write_guide_files(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tiny_checkpoint(folder / "my-model")
-    rows = [{"prompt": q, "chosen": " " + good, "rejected": " " + bad} for q, good, bad in QUESTIONS]
+    rows = [
+        {"prompt": q, "chosen": " " + good, "rejected": " " + bad} for q, good, bad in QUESTIONS
+    ]
     _jsonl(folder / "pairs.jsonl", rows * 5)
     _jsonl(folder / "val.jsonl", rows)
     _jsonl(
