@@ -297,3 +297,14 @@ def test_a_relaunched_sweep_with_resume_true_would_continue_another_job_s_checkp
     assert point.run["run_id"] == "run2"
     named = find_resume_point(relaunched_job_0, False, str(sweep / "2"), "sqlite:///mlflow.db")
     assert named.checkpoint == sweep / "2" / "checkpoints" / "last.ckpt"
+
+
+def test_the_gpu_guide_s_three_tries_train_on_the_same_global_batch(hydra_conf):
+    """ "All three train on 32 pairs per optimizer step": batch size × accumulation."""
+    page = [c for p, _, c in COMMANDS if p == "gpu-memory.md"]
+    assert len(page) == 3
+    for command in page:
+        cfg = compose(
+            "config", overrides=[*first_job_overrides(ENTRIES[0], command), "output_dir=."]
+        )
+        assert cfg.data.batch_size * cfg.trainer.accumulate_grad_batches == 32, command
