@@ -88,6 +88,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     check_online_strategy(cfg.get("loop"), cfg.trainer)
+    check_on_policy_loss(loss, cfg.get("loop"))
     check_model_config(cfg.model, cfg.model.path)
     check_local_paths(cfg.model, cfg.judge)
     check_reference_compatible(cfg.model)  # config.json and tokenizer files only, no weights
@@ -217,6 +218,16 @@ def check_online_strategy(loop: DictConfig | None, trainer: DictConfig) -> None:
             "trainer.strategy=fsdp with loop=online: sampling with generate on sharded weights "
             "deadlocks when the ranks' samples end at different lengths; use trainer=ddp (or "
             "loop=offline)"
+        )
+
+
+def check_on_policy_loss(loss: PreferenceLoss, loop: DictConfig | None) -> None:
+    """An on-policy loss (RLOO) trains on the policy's own samples, which only the online loop
+    draws."""
+    if loss.on_policy and (loop is None or str(loop.get("kind")) != "online"):
+        raise PrefoptError(
+            f"loss={loss.name} trains on samples of the policy drawn each round, which only the "
+            f"online loop makes; add loop=online"
         )
 
 
