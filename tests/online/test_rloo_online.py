@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from prefopt.train import check_config, train
-from prefopt.training.checkpoint import CHECKPOINT_DIR, PREVIOUS, safe_load
+from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, PREVIOUS, safe_load
 
 from ..conftest import user_error
 from .test_online_training import ONLINE, assert_same_final_metrics
@@ -36,12 +36,18 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_rloo_trains_on_every_sample_with_its_advantage_and_logs_each_round(compose_config):
-    """2 rounds of 8 prompts × 3 samples, 2 steps of 4 samples each. π_old is scored as the
-    training step scores the policy, so the first step of a round, before any update, has
-    ratio π/π_old exactly 1 and nothing clipped."""
+def test_rloo_trains_on_every_sample_with_its_advantage_and_logs_each_round(
+    compose_config, tmp_path
+):
+    """2 rounds of 8 prompts × 3 samples, 2 steps each: the round's 24 samples split into 2
+    batches of 12, each sample once (TRL's generation batch; `data.batch_size` is for pairs).
+    π_old is scored as the training step scores the policy, so the first step of a round,
+    before any update, has ratio π/π_old exactly 1 and nothing clipped."""
     cfg = compose_config(*RLOO)
     result = train(cfg)
+    last = safe_load(tmp_path / "out" / CHECKPOINT_DIR / LAST)["OnlineDataModule"]["round"]
+    assert sorted(i for batch in last["batches"] for i in batch) == list(range(24))
+    assert len(last["old_logps"]) == 2 and len(last["old_logps"][0]) == 12
     client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"

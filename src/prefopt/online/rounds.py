@@ -158,6 +158,8 @@ class RoundMaker:
     stop_ids: list[int]
     paired: bool
     batch_size: int
+    """Pairs (or labelled examples) per batch; an on-policy loss's batches split the round's
+    samples evenly over its `n_batches` instead, each sample once (TRL's generation batch)."""
     collate: Callable[[list[dict]], dict]
     reference_batch_logps: Callable[[nn.Module, dict], torch.Tensor] | None = None
     """Given: the reference's log-probs are computed once per round for each batch (cache)."""
@@ -216,9 +218,10 @@ class RoundMaker:
             else:
                 labelled, counts = kto_labels(grouped_scores, str(cfg.label), cfg.threshold)
                 selection = [list(t) for t in labelled]
-            batches = round_batches(
-                len(selection), self.batch_size, n_batches, _seed(cfg.seed, index, 1)
-            )
+            size = self.batch_size
+            if advantages is not None:  # TRL's generation batch: the round split evenly
+                size = math.ceil(len(selection) / n_batches)
+            batches = round_batches(len(selection), size, n_batches, _seed(cfg.seed, index, 1))
             made = Round(
                 index=index,
                 prompts=[list(p) for p in prompts],
