@@ -68,7 +68,7 @@ def as_sample(prompt: list[int], completion: list[int], advantage: float) -> dic
 
 
 def collate_samples(examples: Sequence[dict], pad_token_id: int) -> dict[str, Tensor]:
-    """`input_ids`, `attention_mask`, `completion_mask` [N, T] (right padded) and `advantages` [N]."""
+    """`input_ids`, `attention_mask`, `completion_mask` [N, T], right padded; `advantages` [N]."""
     batch = pad_sequences([(e["input_ids"], e["prompt_length"]) for e in examples], pad_token_id)
     batch["advantages"] = torch.tensor([e["advantage"] for e in examples], dtype=torch.float32)
     return batch

@@ -9,8 +9,8 @@ policy scores the second half without gradient, since KTO only uses it for a det
 estimate. Sample batches (RLOO, `loss.on_policy`): one row per sample of the online loop, with
 its advantage and its log-prob when drawn; the policy scores the rows and the loss weighs them.
 Such a loss has no form on offline pairs: validation computes nothing for it (the generation
-evaluation still runs). Metrics are means over every rank's examples (torchmetrics, `metrics.py`): per step
-in training, once per validation.
+evaluation still runs). Metrics are means over every rank's examples (torchmetrics,
+`metrics.py`): per step in training, once per validation.
 """
 
 from __future__ import annotations
