@@ -41,9 +41,10 @@ def test_rloo_trains_on_every_sample_with_its_advantage_and_logs_each_round(
 ):
     """2 rounds of 8 prompts × 3 samples, 2 steps each: the round's 24 samples split into 2
     batches of 12, each sample once (TRL's generation batch; `data.batch_size` is for pairs).
-    π_old is scored as the training step scores the policy, so the first step of a round,
-    before any update, has ratio π/π_old exactly 1 and nothing clipped."""
-    cfg = compose_config(*RLOO)
+    π_old is scored as the training step scores the policy, under the same bf16 autocast, so
+    the first step of a round, before any update, has ratio π/π_old exactly 1 and nothing
+    clipped (π_old from the round's fp32 scoring pass is off by bf16's rounding)."""
+    cfg = compose_config(*RLOO, "trainer.precision=bf16-mixed")
     result = train(cfg)
     last = safe_load(tmp_path / "out" / CHECKPOINT_DIR / LAST)["OnlineDataModule"]["round"]
     assert sorted(i for batch in last["batches"] for i in batch) == list(range(24))
