@@ -75,6 +75,8 @@ def test_rloo_trains_on_every_sample_with_its_advantage_and_logs_each_round(
 def test_rloo_without_the_online_loop_is_a_one_line_error(compose_config, capsys):
     line = user_error(capsys, check_config, compose_config("loss=rloo"))
     assert "loss=rloo" in line and "loop=online" in line
+    line = user_error(capsys, check_config, compose_config(*RLOO, "data=toy_unpaired"))
+    assert "loss=rloo samples from the prompts of paired data" in line
 
 
 RESUME = [*RLOO, "trainer.max_steps=7", "loop.steps_per_round=3", "checkpoint.every_n_steps=4"]

@@ -273,6 +273,12 @@ def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
             "train on your file with data=local data.path=…"
         )
     check_data_paths(data)
+    if data.format == "unpaired" and loss.on_policy:
+        raise PrefoptError(
+            f"loss={loss.name} samples from the prompts of paired data (and validates on its "
+            "pairs), but data.format=unpaired gives (prompt, completion, label) rows; use "
+            "paired data"
+        )
     if data.format == "unpaired" and loss.paired:
         raise PrefoptError(
             f"loss={loss.name} trains on pairs (prompt, chosen, rejected), but data.format=unpaired "
