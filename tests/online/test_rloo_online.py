@@ -4,6 +4,7 @@ resume mid-round, the true reward raised, and a multirun beside online DPO."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -70,6 +71,14 @@ def test_rloo_trains_on_every_sample_with_its_advantage_and_logs_each_round(
     assert "train/advantages" in run.data.metrics and math.isfinite(run.data.metrics["train/loss"])
     assert "eval/win_rate_vs_ref" in run.data.metrics
     assert not any(k.startswith("val/") for k in run.data.metrics)  # no offline-pair loss
+    # the last round's samples as a table, each with its score and advantage
+    local = client.download_artifacts(result.run_id, "online/last_round_pairs.json", str(tmp_path))
+    table = json.loads(open(local).read())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert len(rows) == 24 and {row["round"] for row in rows} == {1}
+    advantages = [row["advantage"] for row in rows]
+    expected = [a for per_prompt in last["advantages"] for a in per_prompt]
+    assert advantages == pytest.approx(expected, rel=1e-6, abs=1e-9)  # the table rounds them
 
 
 def test_rloo_without_the_online_loop_is_a_one_line_error(compose_config, capsys):
