@@ -88,6 +88,7 @@ def check_config(cfg: DictConfig) -> PreferenceLoss:
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     check_online_strategy(cfg.get("loop"), cfg.trainer)
+    check_on_policy_loss(loss, cfg.get("loop"))
     check_model_config(cfg.model, cfg.model.path)
     check_local_paths(cfg.model, cfg.judge)
     check_reference_compatible(cfg.model)  # config.json and tokenizer files only, no weights
@@ -220,6 +221,16 @@ def check_online_strategy(loop: DictConfig | None, trainer: DictConfig) -> None:
         )
 
 
+def check_on_policy_loss(loss: PreferenceLoss, loop: DictConfig | None) -> None:
+    """An on-policy loss (RLOO) trains on the policy's own samples, which only the online loop
+    draws."""
+    if loss.on_policy and (loop is None or str(loop.get("kind")) != "online"):
+        raise PrefoptError(
+            f"loss={loss.name} trains on samples of the policy drawn each round, which only the "
+            f"online loop makes; add loop=online"
+        )
+
+
 def _devices_needed(devices: Any) -> int | None:
     """How many GPUs a `trainer.devices` value needs (a count, or the highest id + 1 for a list
     of ids); None for `auto` / -1 (all there are) or a value Lightning will judge itself."""
@@ -262,6 +273,12 @@ def check_data(data: DictConfig, loss: PreferenceLoss) -> None:
             "train on your file with data=local data.path=…"
         )
     check_data_paths(data)
+    if data.format == "unpaired" and loss.on_policy:
+        raise PrefoptError(
+            f"loss={loss.name} samples from the prompts of paired data (and validates on its "
+            "pairs), but data.format=unpaired gives (prompt, completion, label) rows; use "
+            "paired data"
+        )
     if data.format == "unpaired" and loss.paired:
         raise PrefoptError(
             f"loss={loss.name} trains on pairs (prompt, chosen, rejected), but data.format=unpaired "

@@ -9,6 +9,7 @@ from prefopt.losses.base import (
     LossOutput,
     PairLogps,
     PreferenceLoss,
+    SampleLogps,
     UnpairedLogps,
 )
 from prefopt.losses.bco_pair import BCOPairLoss
@@ -23,13 +24,18 @@ from prefopt.losses.mix import MixLoss
 from prefopt.losses.nca_pair import NCAPairLoss
 from prefopt.losses.orpo import ORPOLoss
 from prefopt.losses.registry import TERM_LOSSES, TRL_LOSSES
+from prefopt.losses.rloo import RLOOLoss
 from prefopt.losses.robust import RobustLoss
 from prefopt.losses.sft import SFTLoss
 from prefopt.losses.sigmoid_norm import SigmoidNormLoss
 from prefopt.losses.simpo import SimPOLoss
 from prefopt.losses.sppo_hard import SPPOHardLoss
 
-LOSSES: dict[str, type[PreferenceLoss]] = {**TERM_LOSSES, MixLoss.name: MixLoss}
+LOSSES: dict[str, type[PreferenceLoss]] = {
+    **TERM_LOSSES,
+    MixLoss.name: MixLoss,
+    RLOOLoss.name: RLOOLoss,  # on-policy (loop=online only), so not a term of a mix
+}
 
 __all__ = [
     "LOSSES",
@@ -53,9 +59,11 @@ __all__ = [
     "ORPOLoss",
     "PairLogps",
     "PreferenceLoss",
+    "RLOOLoss",
     "RobustLoss",
     "SFTLoss",
     "SPPOHardLoss",
+    "SampleLogps",
     "SigmoidNormLoss",
     "SimPOLoss",
     "UnpairedLogps",

@@ -74,6 +74,19 @@ class UnpairedLogps:
 
 
 @dataclass
+class SampleLogps:
+    """An on-policy loss's batch (RLOO): samples of the policy with what was known when they
+    were drawn."""
+
+    current: CompletionLogps
+    """The policy's log-probs of each sample now (with gradient)."""
+    old: Tensor
+    """Summed log π_old(y|x), the policy's when the sample was drawn, shape [N]."""
+    advantages: Tensor
+    """Each sample's advantage, shape [N]."""
+
+
+@dataclass
 class LossOutput:
     loss: Tensor
     """Scalar to minimise (mean over the batch)."""
@@ -92,6 +105,9 @@ class PreferenceLoss:
     """True: trains on (prompt, chosen, rejected); False: on (prompt, completion, label)."""
     recommended_beta: ClassVar[tuple[float, float] | None] = None
     """The β range the loss's authors recommend (used for an info line at start)."""
+    on_policy: ClassVar[bool] = False
+    """True: trains on the online loop's own samples with their advantages (`SampleLogps`,
+    RLOO), never on offline pairs: `loop=online` only."""
     keeps_state: ClassVar[bool] = False
     """True: the loss keeps running statistics across steps (BCO's reward baseline). The module
     then calls it with `training` (update them or not) and `mean_across_devices`, and saves
@@ -208,6 +224,7 @@ __all__ = [
     "LossOutput",
     "PairLogps",
     "PreferenceLoss",
+    "SampleLogps",
     "UnpairedLogps",
     "check_label_smoothing",
     "check_positive",

@@ -2,10 +2,13 @@
 
 Each round takes `loop.prompts_per_round` training prompts, samples `loop.samples_per_prompt`
 completions of each from the current policy, scores them with the judge, pairs them (best vs
-worst, or all ranked; KTO: labelled by a threshold or the prompt's median) and trains
+worst, or all ranked; KTO: labelled by a threshold or the prompt's median; RLOO: every sample
+with its leave-one-out advantage) and trains
 `loop.steps_per_round` optimizer steps of the run's loss on them, until `trainer.max_steps`.
 
 - `pairs.py`: judged samples -> pairs / labelled examples -> a round's batches;
+- `samples.py`: for an on-policy loss (`loss=rloo`), every sample with its advantage, and
+  π_old's log-probs of each batch;
 - `rounds.py`: one round (`Round`, `RoundMaker`): sampling, judging, KL, reference log-probs;
 - `datamodule.py`: `OnlineDataModule`, one Lightning epoch per round, resumable mid-round;
 - `reference.py`: `RoundReference`, the round's reference log-probs where they were computed

@@ -3,6 +3,8 @@ settings. Each takes only the sections it needs."""
 
 from __future__ import annotations
 
+import functools
+
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.data import PreferenceDataModule
@@ -11,6 +13,7 @@ from prefopt.evaluation.generation import stop_token_ids
 from prefopt.online.datamodule import OnlineDataModule
 from prefopt.online.reference import RoundReference, batch_logps_with
 from prefopt.online.rounds import RoundMaker
+from prefopt.online.samples import collate_samples, old_logps_with
 from prefopt.reference import SamplingModel
 from prefopt.reference.cached import CachedReference
 
@@ -76,8 +79,13 @@ def build_online_data(
             "loop=online needs a judge to rank samples; judge=none (or the toy judge on data "
             "other than the toy world's): choose one, e.g. judge=reward_model judge.path=DIR"
         )
-    precompute = None
-    if module.reference is not None:
+    precompute, collate, on_policy = None, datamodule.collate_fn(), None
+    if module.loss.on_policy:
+        # RLOO: every sample is a row with its advantage; π_ref is only in the rewards (KL).
+        on_policy = module.loss
+        pad = datamodule.pad_token_id
+        collate = functools.partial(collate_samples, pad_token_id=pad)
+    elif module.reference is not None:
         if isinstance(module.reference, CachedReference):
             # The offline cache covers the offline data only: a round's pairs get theirs now.
             precompute = batch_logps_with(module.packing, module.chunk_size)
@@ -90,10 +98,12 @@ def build_online_data(
         stop_ids=stop_token_ids(tokenizer, module.policy),
         paired=datamodule.paired,
         batch_size=datamodule.cfg.batch_size,
-        collate=datamodule.collate_fn(),
+        collate=collate,
         reference_batch_logps=precompute,
         chunk_size=module.chunk_size,
         true_reward=true_reward,
+        on_policy_loss=on_policy,
+        policy_batch_logps=old_logps_with(module.chunk_size) if on_policy else None,
         progress=progress,
     )
     return OnlineDataModule(datamodule, maker, loop_cfg)

@@ -1,8 +1,8 @@
 """`OnlineSummary`: at the end of an online run, its rounds in MLflow as a figure and a table.
 
 - `online/reward_vs_kl.png`: each round's mean reward against its KL to the reference;
-- `online/last_round_pairs.json`: the last round's pairs (or KTO's labelled samples) as text,
-  with their judge scores.
+- `online/last_round_pairs.json`: the last round's pairs (or KTO's labelled samples, or an
+  on-policy loss's samples with their advantages) as text, with their judge scores.
 
 The per-round metrics are logged by the data module as each round is made.
 """

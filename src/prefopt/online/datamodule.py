@@ -154,7 +154,10 @@ class OnlineDataModule(L.LightningDataModule):
         self.history.append({"step": float(step), **made.metrics})
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics(made.metrics, step=step)
-        shown = ("reward_judge", "reward_true", "kl", "length", "pairs_kept", "examples_kept")
+        shown = (
+            "reward_judge", "reward_true", "kl", "length", "pairs_kept", "examples_kept",
+            "rl_reward", "advantage_std",
+        )  # fmt: skip
         log.info(
             "round %d at step %d: %s",
             made.index,
@@ -186,7 +189,8 @@ class OnlineDataModule(L.LightningDataModule):
 
 class RoundBatches(Dataset):
     """A round's batches, each collated when asked for, with the reference's precomputed
-    log-probs of its rows (`reference_logps`) when the round has them."""
+    log-probs of its rows (`reference_logps`) when the round has them, and π_old's
+    (`old_logps`) for an on-policy loss."""
 
     def __init__(self, made: Round, collate, paired: bool):
         self.made = made
@@ -200,6 +204,8 @@ class RoundBatches(Dataset):
         batch = self.collate([self.examples[j] for j in self.made.batches[i]])
         if self.made.reference_logps is not None:
             batch["reference_logps"] = torch.tensor(self.made.reference_logps[i])
+        if self.made.old_logps is not None:
+            batch["old_logps"] = torch.tensor(self.made.old_logps[i])
         return batch
 
 

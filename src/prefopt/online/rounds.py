@@ -2,10 +2,13 @@
 
 `RoundMaker.make(index, prompts, policy)` returns a `Round`: the completions sampled (batched
 HF `generate` with a KV cache and left padding, `evaluation.generation`), their judge scores,
-the training examples formed from them (`pairs.py`), the round's batches, and, when the
+the training examples formed from them (`pairs.py`; for an on-policy loss, RLOO, every sample
+with its advantage, `samples.py`), the round's batches, and, when the
 reference's log-probs are read rather than computed at each step (`reference.cache=true`),
 the reference's log-probs of every batch, computed once here by the reference model on the
-very batches training will see (so they equal what the reference would give online).
+very batches training will see (so they equal what the reference would give online). An
+on-policy loss's batches get the policy's own log-probs instead (π_old, for the ratio π/π_old),
+scored the same way.
 
 A `Round` is plain data (`to_state` / `from_state`): the data module keeps it in its
 `state_dict`, so a resumed run trains on the same pairs without sampling again.
@@ -31,6 +34,7 @@ from prefopt.evaluation.generation import Samples, decode_completions, generate,
 from prefopt.evaluation.metrics import mean, sequence_kl
 from prefopt.judges import score_completions
 from prefopt.online.pairs import as_example, as_pair, kto_labels, rank_pairs, round_batches
+from prefopt.online.samples import as_sample, judged_samples
 from prefopt.reference import SamplingModel
 
 log = logging.getLogger("prefopt.online")
@@ -48,16 +52,26 @@ class Round:
     scores: list[list[float]]
     """The judge's scores (NaN where it gave none)."""
     selection: list[list]
-    """Paired: [prompt, chosen sample, rejected sample]; KTO: [prompt, sample, desirable]."""
+    """Paired: [prompt, chosen sample, rejected sample]; KTO: [prompt, sample, desirable];
+    on-policy (RLOO): [prompt, sample]."""
     batches: list[list[int]]
     """Indices into the examples `selection` makes, one list per training batch."""
     reference_logps: list[list[float]] | None = None
     """Per batch, the reference's summed log-probs of its rows (None: computed at each step)."""
+    advantages: list[list[float]] | None = None
+    """On-policy losses: `advantages[p][s]` (None: the round trains on pairs or labels)."""
+    old_logps: list[list[float]] | None = None
+    """On-policy losses: per batch, the policy's summed log-probs of its rows when sampled."""
     metrics: dict[str, float] = field(default_factory=dict)
     texts: list[list[str]] = field(default_factory=list)
     prompt_texts: list[str] = field(default_factory=list)
 
     def examples(self, paired: bool) -> list[dict]:
+        if self.advantages is not None:
+            return [
+                as_sample(self.prompts[p], self.completions[p][s], self.advantages[p][s])
+                for p, s in self.selection
+            ]
         if paired:
             return [
                 as_pair(self.prompts[p], self.completions[p][a], self.completions[p][b])
@@ -75,7 +89,11 @@ class Round:
             "round": [self.index] * len(rows),
             "prompt": [self.prompt_texts[r[0]] for r in rows],
         }
-        if paired:
+        if self.advantages is not None:
+            table["completion"] = [self.texts[p][s] for p, s in rows]
+            table["score"] = [self.scores[p][s] for p, s in rows]
+            table["advantage"] = [self.advantages[p][s] for p, s in rows]
+        elif paired:
             table["chosen"] = [self.texts[p][a] for p, a, _ in rows]
             table["rejected"] = [self.texts[p][b] for p, _, b in rows]
             table["score_chosen"] = [self.scores[p][a] for p, a, _ in rows]
@@ -140,12 +158,18 @@ class RoundMaker:
     stop_ids: list[int]
     paired: bool
     batch_size: int
+    """Pairs (or labelled examples) per batch; an on-policy loss's batches split the round's
+    samples evenly over its `n_batches` instead, each sample once (TRL's generation batch)."""
     collate: Callable[[list[dict]], dict]
     reference_batch_logps: Callable[[nn.Module, dict], torch.Tensor] | None = None
     """Given: the reference's log-probs are computed once per round for each batch (cache)."""
     chunk_size: int | None = None
     true_reward: Callable[[str], float] | None = None
     """The world's ground-truth reward of a completion, where it has one (the toy world)."""
+    on_policy_loss: object | None = None
+    """Given (RLOO): the round trains on every sample with the advantages this loss computes
+    (`advantages(scores, kl)`), each batch with π_old's log-probs (`policy_batch_logps`)."""
+    policy_batch_logps: Callable[[nn.Module, dict], torch.Tensor] | None = None
     progress: bool = True
 
     def make(
@@ -182,15 +206,22 @@ class RoundMaker:
             reference_logps = score(reference, flat_prompts, flat, **kwargs)
             grouped = _group(flat, k)
             grouped_scores = _group(scores, k)
-            if self.paired:
+            advantages, extra = None, {}
+            if self.on_policy_loss is not None:
+                kl = (policy_logps.double() - reference_logps.double()).tolist()  # k1, summed
+                selection, advantages, counts, extra = judged_samples(
+                    grouped_scores, _group(kl, k), self.on_policy_loss
+                )
+            elif self.paired:
                 selection, counts = rank_pairs(grouped_scores, grouped, str(cfg.pairs))
                 selection = [list(t) for t in selection]
             else:
                 labelled, counts = kto_labels(grouped_scores, str(cfg.label), cfg.threshold)
                 selection = [list(t) for t in labelled]
-            batches = round_batches(
-                len(selection), self.batch_size, n_batches, _seed(cfg.seed, index, 1)
-            )
+            size = self.batch_size
+            if advantages is not None:  # TRL's generation batch: the round split evenly
+                size = math.ceil(len(selection) / n_batches)
+            batches = round_batches(len(selection), size, n_batches, _seed(cfg.seed, index, 1))
             made = Round(
                 index=index,
                 prompts=[list(p) for p in prompts],
@@ -198,33 +229,39 @@ class RoundMaker:
                 scores=grouped_scores,
                 selection=selection,
                 batches=batches,
+                advantages=advantages,
                 texts=_group(texts, k),
                 prompt_texts=prompt_texts,
             )
             if self.reference_batch_logps is not None and batches:
                 examples = made.examples(self.paired)
                 with forward_context():
-                    made.reference_logps = self._reference_logps(
-                        reference, examples, batches, device
+                    made.reference_logps = self._batch_logps(
+                        self.reference_batch_logps, reference, examples, batches, device
                     )
+        if self.policy_batch_logps is not None and batches:
+            with forward_context():
+                made.old_logps = self._batch_logps(
+                    self.policy_batch_logps, policy, made.examples(self.paired), batches, device
+                )
         generated = sum(len(ids) for ids in flat)
         lengths = Samples(flat, texts).lengths(set(self.stop_ids))
         finite = [s for s in scores if math.isfinite(s)]
+        kept = "pairs" if self.paired and advantages is None else "examples"
         metrics = {
             "round/index": float(index),
             "round/reward_judge": mean(finite),
             "round/kl": sequence_kl(policy_logps, reference_logps),
             "round/length": mean(lengths),
-            "round/pairs_kept" if self.paired else "round/examples_kept": float(counts.kept),
-            "round/pairs_dropped" if self.paired else "round/examples_dropped": float(
-                counts.dropped
-            ),
+            f"round/{kept}_kept": float(counts.kept),
+            f"round/{kept}_dropped": float(counts.dropped),
             "round/tied_prompts": float(counts.tied_prompts),
             "round/judge_failures": float(counts.failures),
             "round/generated_tokens": float(generated),
             "round/sampling_tokens_per_s": generated / max(sampling_s, 1e-9),
         }
         metrics.update({f"round/{name}": float(v) for name, v in counts.extra.items()})
+        metrics.update({f"round/{name}": float(v) for name, v in extra.items()})
         if self.true_reward is not None:
             metrics["round/reward_true"] = mean([float(self.true_reward(t)) for t in texts])
         metrics["round/seconds"] = time.perf_counter() - start
@@ -274,13 +311,11 @@ class RoundMaker:
                 bar.update(len(batch))
         return scores
 
-    def _reference_logps(
-        self, reference: nn.Module, examples: list[dict], batches: list[list[int]], device
+    def _batch_logps(
+        self, batch_logps, model: nn.Module, examples: list[dict], batches: list[list[int]], device
     ) -> list[list[float]]:
         return [
-            self.reference_batch_logps(
-                reference, self._to(self.collate([examples[i] for i in batch]), device)
-            )
+            batch_logps(model, self._to(self.collate([examples[i] for i in batch]), device))
             .float()
             .cpu()
             .tolist()

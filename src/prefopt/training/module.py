@@ -6,8 +6,11 @@ with shared prompts or without padding where `packing` says so and the model can
 the loss on the completion log-probs. Unpaired batches (KTO): the first half of the
 rows are the examples, the second half each prompt with another example's completion; the
 policy scores the second half without gradient, since KTO only uses it for a detached KL
-estimate. Metrics are means over every rank's examples (torchmetrics, `metrics.py`): per step
-in training, once per validation.
+estimate. Sample batches (RLOO, `loss.on_policy`): one row per sample of the online loop, with
+its advantage and its log-prob when drawn; the policy scores the rows and the loss weighs them.
+Such a loss has no form on offline pairs: validation computes nothing for it (the generation
+evaluation still runs). Metrics are means over every rank's examples (torchmetrics,
+`metrics.py`): per step in training, once per validation.
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from prefopt.config.schema import OptimConfig
-from prefopt.losses.base import LossOutput, PairLogps, PreferenceLoss, UnpairedLogps
+from prefopt.losses.base import (
+    LossOutput,
+    PairLogps,
+    PreferenceLoss,
+    SampleLogps,
+    UnpairedLogps,
+)
 from prefopt.model.logprobs import DEFAULT_CHUNK_SIZE, completion_logps
 from prefopt.model.packing import PairPacking
 from prefopt.reference import Reference
@@ -54,6 +63,10 @@ class PreferenceModule(L.LightningModule):
         self.val_means = EpochMeans()
 
     def compute_loss(self, batch: dict[str, Tensor], split: str = "train") -> LossOutput:
+        if self.loss.on_policy:
+            rows = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+            current = completion_logps(self.policy, rows, self.chunk_size)
+            return self.loss(SampleLogps(current, batch["old_logps"], batch["advantages"]))
         n_examples = examples_in(batch)
         # The reference runs first: its transient buffers are freed before the policy's
         # activations are allocated, so they never add up (the step's peak is lower), and on
@@ -113,6 +126,8 @@ class PreferenceModule(L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self.loss.on_policy and SAMPLE_KEY not in batch:
+            return  # offline pairs: an on-policy loss has nothing to compute on them
         out = self.compute_loss(batch, "val")
         self._log_metrics("val", out, batch)
 
@@ -155,8 +170,15 @@ class PreferenceModule(L.LightningModule):
         }
 
 
+SAMPLE_KEY = "advantages"
+"""What marks a batch of samples (`loss.on_policy`): one row per sample."""
+
+
 def examples_in(batch: dict[str, Tensor]) -> int:
-    """Pairs (paired batches) or labelled examples (unpaired): half the rows either way."""
+    """Pairs (paired batches) or labelled examples (unpaired): half the rows either way;
+    samples (on-policy batches): every row."""
+    if SAMPLE_KEY in batch:
+        return batch[SAMPLE_KEY].shape[0]
     return batch["input_ids"].shape[0] // 2
 
 
