@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import lightning as L
 
+from prefopt.config.eval_schema import check_eval_config  # noqa: F401 (re-exported)
 from prefopt.config.schema import EvalConfig, ModelConfig
-from prefopt.errors import PrefoptError
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.evaluation.diagnostics import DiagnosticsCallback
 from prefopt.evaluation.metrics import sequence_kl, win_rate
 from prefopt.judges import Judge
 from prefopt.losses.base import PreferenceLoss
 from prefopt.reference import SamplingModel
-
-
-def check_eval_config(cfg) -> None:
-    """Fail at start, before anything loads, on an `eval` section that cannot work."""
-    for key, value, low in (
-        ("num_prompts", cfg.num_prompts, 0),
-        ("temperature", cfg.temperature, 0),
-        ("max_new_tokens", cfg.max_new_tokens, 1),
-        ("batch_size", cfg.batch_size, 1),
-        ("every_n_steps", cfg.every_n_steps, 0),
-        ("diagnostics.margin_window", cfg.diagnostics.margin_window, 2),
-    ):
-        if value < low:
-            raise PrefoptError(f"eval.{key}={value}: it must be >= {low}")
 
 
 def build_callbacks(
