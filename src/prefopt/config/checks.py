@@ -46,7 +46,7 @@ from prefopt.reference.sync import check_sync
 
 log = logging.getLogger("prefopt")
 
-GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "judge", "sweep")
+GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "judge", "method", "sweep")
 
 
 def group_options(config_dir: str | Path, group: str) -> list[str]:
