@@ -7,7 +7,10 @@ at the end of a `--multirun`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -28,22 +31,14 @@ JOBS = [
     ("dpo_online", "0.1", 13.4, 3.2, 0.97),
 ]
 REFERENCE_TRUE_REWARD = 0.4
+OBJECTIVE = "eval/true/win_rate_vs_ref"
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite store for the module (creating its tables takes seconds); each test's sweep
-    is a parent run of its own in it."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    return client, uri, client.create_experiment("prefopt")
-
-
-@pytest.fixture
-def sweep(store, tmp_path):
-    client, uri, experiment = store
-    parent = client.create_run(experiment, run_name="sweep", tags={TAG_ROLE: "parent"})
-    parent_id = parent.info.run_id
+def make_sweep(client: MlflowClient, experiment: str) -> str:
+    """A parent run and its four finished children, as a sweep's jobs leave them."""
+    parent_id = client.create_run(
+        experiment, run_name="sweep", tags={TAG_ROLE: "parent"}
+    ).info.run_id
     for job, (method, beta, kl, reward, win) in enumerate(JOBS):
         child = client.create_run(
             experiment,
@@ -65,19 +60,36 @@ def sweep(store, tmp_path):
         for key, value in metrics.items():
             client.log_metric(run_id, key, value, step=10)
         client.set_terminated(run_id, "FINISHED")
-    return client, parent_id, uri, experiment, tmp_path / "multirun" / "0"
+    return parent_id
 
 
-def test_the_parent_says_what_the_sweep_found(sweep, capsys):
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes seconds); each sweep is a
+    parent run of its own in it."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    return SimpleNamespace(client=client, uri=uri, experiment=client.create_experiment("prefopt"))
+
+
+@pytest.fixture(scope="module")
+def reported(store, tmp_path_factory):
+    """The sweep summarised once, with the true win rate as its objective."""
+    parent_id = make_sweep(store.client, store.experiment)
+    sweep_dir = tmp_path_factory.mktemp("multirun") / "0"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = report_sweep(store.client, parent_id, SWEPT, str(sweep_dir), OBJECTIVE)
+    parent = store.client.get_run(parent_id)
+    return SimpleNamespace(status=status, parent=parent, dir=sweep_dir, printed=printed.getvalue())
+
+
+def test_the_parent_says_what_the_sweep_found(store, reported):
     """Description = the summary as markdown; the best job by the objective (here the true
     win rate: job 3, 0.97) has its metrics and swept values on the parent; the address of
     the parent's page and the runs table is printed."""
-    client, parent_id, uri, experiment, sweep_dir = sweep
-    objective = "eval/true/win_rate_vs_ref"
-    status = report_sweep(client, parent_id, SWEPT, str(sweep_dir), objective)
-    assert status == "FINISHED"
-
-    parent = client.get_run(parent_id)
+    assert reported.status == "FINISHED"
+    parent = reported.parent
     note = parent.data.tags["mlflow.note.content"]
     assert note.startswith("**4 jobs, FINISHED.**")
     assert "Best by `eval/true/win_rate_vs_ref` = 0.9700: job 3" in note
@@ -85,10 +97,10 @@ def test_the_parent_says_what_the_sweep_found(sweep, capsys):
     assert "| 3 | dpo β=0.1 lr=5e-4 method=dpo_online | dpo_online | 0.1 | 0.6300 |" in note
     assert "**Reward–KL frontier**" in note
 
-    best = client.get_run(parent.data.tags["prefopt.best_run_id"])
+    best = store.client.get_run(parent.data.tags["prefopt.best_run_id"])
     assert best.data.tags[TAG_JOB] == "3"
     assert parent.data.params == {
-        "best/objective": objective,
+        "best/objective": OBJECTIVE,
         "best/job": "3",
         "best/method": "dpo_online",
         "best/loss/beta": "0.1",
@@ -97,21 +109,19 @@ def test_the_parent_says_what_the_sweep_found(sweep, capsys):
         assert parent.data.metrics[f"best/{metric}"] == best.data.metrics[metric], metric
     assert "best/eval/true/reward_ref" in parent.data.metrics
 
-    printed = capsys.readouterr().out
-    assert f"mlflow ui --backend-store-uri {uri}" in printed
-    page = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_id}"
-    assert f"{page}?workflowType=machine_learning" in printed
+    assert f"mlflow ui --backend-store-uri {store.uri}" in reported.printed
+    page = f"http://127.0.0.1:5000/#/experiments/{store.experiment}/runs/{parent.info.run_id}"
+    assert f"{page}?workflowType=machine_learning" in reported.printed
 
 
-def test_the_frontier_is_a_curve_per_method_ordered_by_beta(sweep, tmp_path):
-    client, parent_id, _, _, sweep_dir = sweep
-    report_sweep(client, parent_id, SWEPT, str(sweep_dir), "val/rewards/accuracies")
-    artifacts = {a.path for a in client.list_artifacts(parent_id, "summary")}
+def test_the_frontier_is_a_curve_per_method_ordered_by_beta(store, reported, tmp_path):
+    parent_id = reported.parent.info.run_id
+    artifacts = {a.path for a in store.client.list_artifacts(parent_id, "summary")}
     assert {"summary/frontier.png", "summary/frontier.csv", "summary/summary.csv"} <= artifacts
-    png = (sweep_dir / "summary" / "frontier.png").read_bytes()
+    png = (reported.dir / "summary" / "frontier.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
-    local = client.download_artifacts(parent_id, "summary/frontier.csv", str(tmp_path / "dl"))
+    local = store.client.download_artifacts(parent_id, "summary/frontier.csv", str(tmp_path))
     with open(local, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["β"], r["KL (sequence)"], r["true reward"]) for r in rows] == [
@@ -120,8 +130,9 @@ def test_the_frontier_is_a_curve_per_method_ordered_by_beta(sweep, tmp_path):
         ("dpo_online", "0.1", "13.400", "3.200"),
         ("dpo_online", "0.5", "2.000", "1.900"),
     ]
-    note = client.get_run(parent_id).data.tags["mlflow.note.content"]
+    note = reported.parent.data.tags["mlflow.note.content"]
     assert "| dpo_online | 0.1 | 13.400 | 3.200 | 0.970 |" in note
+    assert "Reward–KL frontier:" in reported.printed
 
 
 def test_a_frontier_needs_a_beta_sweep_and_falls_back_to_the_judge():
@@ -137,15 +148,16 @@ def test_a_frontier_needs_a_beta_sweep_and_falls_back_to_the_judge():
     assert frontier_of(failed, ["loss.beta"]) is None  # only finished runs are points
 
 
-def test_a_long_summary_is_cut_to_what_a_tag_holds(sweep, monkeypatch):
-    client, parent_id, _, _, sweep_dir = sweep
+def test_a_long_summary_is_cut_to_what_a_tag_holds(store, tmp_path, monkeypatch, capsys):
+    parent_id = make_sweep(store.client, store.experiment)
     monkeypatch.setattr(report, "DESCRIPTION_LIMIT", 900)
-    report_sweep(client, parent_id, SWEPT, str(sweep_dir), None)
-    note = client.get_run(parent_id).data.tags["mlflow.note.content"]
+    report_sweep(store.client, parent_id, SWEPT, str(tmp_path / "0"), None)
+    parent = store.client.get_run(parent_id)
+    note = parent.data.tags["mlflow.note.content"]
     assert len(note) <= 900
     assert "more jobs in `summary/summary.csv`" in note
-    assert "Best by" not in note  # no objective given: no best job
-    assert "best/job" not in client.get_run(parent_id).data.params
+    assert "Best by" not in note  # no objective: no best job
+    assert not parent.data.params
 
 
 def test_addresses_of_a_server():
