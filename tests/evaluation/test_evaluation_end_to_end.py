@@ -98,6 +98,9 @@ def test_a_short_default_run_logs_the_evaluation_and_no_diagnostic_fires(
     assert run.data.metrics["diagnostics/ref_low_logp_share"] <= 0.25
     assert history(client, result.run_id, "diagnostics/margin_stalled") == [(12, 0.0)]
     assert not [r.message for r in caplog.records if any(q in r.getMessage() for q in QUIET)]
+    # The run ends by saying where to see it: its page in the UI's Model training view.
+    page = f"/#/experiments/{run.info.experiment_id}/runs/{result.run_id}?workflowType="
+    assert any(page in r.getMessage() for r in caplog.records)
 
 
 def test_reference_collapse_and_beta_range_fire_on_data_built_for_them(

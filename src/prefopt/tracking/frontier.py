@@ -132,7 +132,12 @@ def plot_frontier(frontier: Frontier, path: Path) -> None:
     if frontier.reference_reward is not None:
         ax.plot([0.0], [frontier.reference_reward], marker="*", markersize=11, color="black",
                 linestyle="none", label="π_ref")  # fmt: skip
-    ax.set_xlabel("KL(π ‖ π_ref), summed over the completion's tokens")
+    kls = [p.kl for points in frontier.curves.values() for p in points]
+    scale = ""
+    if max(kls) > 10 * max(sorted(kls)[len(kls) // 2], 1.0):  # a few far points squeeze the rest
+        ax.set_xscale("symlog", linthresh=1.0)  # linear below 1 (π_ref's 0), log above
+        scale = " (symlog scale)"
+    ax.set_xlabel(f"KL(π ‖ π_ref), summed over the completion's tokens{scale}")
     what = "true reward" if frontier.true_reward else "judge's reward (no true reward)"
     ax.set_ylabel(f"mean {what} of the policy's samples")
     ax.set_title("reward–KL frontier (held-out prompts)", fontsize=10)
