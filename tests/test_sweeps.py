@@ -439,6 +439,15 @@ def test_a_method_is_a_loop_a_loss_and_a_judge(method, tmp_path):
     check_config(config)
 
 
+def test_a_misspelled_method_is_one_line_naming_the_methods():
+    from prefopt.config.checks import check_overrides
+    from prefopt.errors import PrefoptError
+
+    with pytest.raises(PrefoptError, match="method=dpo_ofline: there is no such method") as error:
+        check_overrides(["method=dpo_offline,dpo_ofline"], CONF_DIR)
+    assert all(method in str(error.value) for method in METHODS)
+
+
 @pytest.mark.slow  # four short jobs, two of them online: ~2 min on 2 cores
 def test_the_frontier_sweep_of_the_dpo_methods(tmp_path, toy_cache, prefopt_cache):
     """`sweep=frontier`, limited to the two DPO methods and two β: every point is a finished
