@@ -302,21 +302,10 @@ def report_sweep(
     client.log_artifacts(parent_run_id, str(out), artifact_path="summary")
 
     status = sweep_status(rows)
-    best = best_row(rows, objective)
-    frontier_md = markdown_table(*frontier_table(frontier)) if frontier else None
-    overview = {"mlflow.note.content": describe_sweep(
-        rows, swept_keys, status, best, objective, frontier_md
-    )}  # fmt: skip
-    if best is not None:
-        client.log_batch(
-            parent_run_id,
-            metrics=[Metric(k, v, _now_ms(), 0) for k, v in best_metrics(best, objective).items()],
-            params=[Param("best/objective", objective), Param("best/job", str(best.job))]
-            + [Param(f"best/{param_name(k)}", best.values[k]) for k in swept_keys],
-        )
-        overview["prefopt.best_run_id"] = best.run_id
-    for key, value in overview.items():
-        client.set_tag(parent_run_id, key, value)
+    try:  # the parent's overview must not cost the sweep its status: summary/ has it all
+        overview_parent(client, parent_run_id, rows, swept_keys, status, objective, frontier)
+    except Exception:
+        log.exception("sweep summary: the parent run's description and best job were not set")
 
     where = how_to_open(client.tracking_uri, parent.info.experiment_id, parent_run_id)
     printed = [f"\nSweep {sweep_dir}: {len(rows)} jobs, {status}. MLflow parent run "
@@ -327,6 +316,28 @@ def report_sweep(
     printed += ["", where, ""]
     print("\n".join(printed), flush=True)
     return status
+
+
+def overview_parent(
+    client: MlflowClient, parent_run_id: str, rows: list[Row], swept_keys: list[str],
+    status: str, objective: str | None, frontier,
+) -> None:  # fmt: skip
+    """What the MLflow UI shows first of the parent: the description, the best job's metrics
+    (`best/<metric>`) and swept values (`best/<param>`), the tag `prefopt.best_run_id`."""
+    best = best_row(rows, objective)
+    frontier_md = markdown_table(*frontier_table(frontier)) if frontier else None
+    description = describe_sweep(rows, swept_keys, status, best, objective, frontier_md)
+    tags = {"mlflow.note.content": description}
+    if best is not None:
+        client.log_batch(
+            parent_run_id,
+            metrics=[Metric(k, v, _now_ms(), 0) for k, v in best_metrics(best, objective).items()],
+            params=[Param("best/objective", objective), Param("best/job", str(best.job))]
+            + [Param(f"best/{param_name(k)}", best.values[k]) for k in swept_keys],
+        )
+        tags["prefopt.best_run_id"] = best.run_id
+    for key, value in tags.items():
+        client.set_tag(parent_run_id, key, value)
 
 
 def _now_ms() -> int:
