@@ -132,7 +132,9 @@ def test_the_parent_run_gets_the_summary_table_and_plots(beta_sweep, tmp_path):
     client = beta_sweep.client
     parent, children = sweep_runs(client)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
-    assert artifacts == {"summary/summary.csv", "summary/loss.beta.png", "summary/margins.png"}
+    summary = {"summary/summary.csv", "summary/loss.beta.png", "summary/margins.png"}
+    frontier = {"summary/frontier.png", "summary/frontier.csv"}  # a β sweep with KL and rewards
+    assert artifacts == summary | frontier
 
     rows = read_summary(client, parent.info.run_id, tmp_path)
     assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
@@ -151,6 +153,30 @@ def test_the_parent_run_gets_the_summary_table_and_plots(beta_sweep, tmp_path):
     assert "job  run_name" in printed and "val/rewards/accuracies" in printed
     for child in children:
         assert child.info.run_name in printed
+    experiment = parent.info.experiment_id
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent.info.run_id}"
+    assert f"{page}?workflowType=machine_learning" in printed
+    assert f"mlflow ui --backend-store-uri {beta_sweep.uri}" in printed
+
+
+def test_the_parent_run_says_what_the_sweep_found(beta_sweep):
+    """What MLflow's UI shows first of the parent: its description is the summary table, and
+    the best job by the objective (val/rewards/accuracies by default) is on it as best/..."""
+    parent, children = sweep_runs(beta_sweep.client)
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**4 jobs, FINISHED.**")
+    assert "| job | run_name | loss.beta | val/rewards/margins |" in note
+    for child in children:
+        assert f"| {child.data.tags['prefopt.sweep_job']} | {child.info.run_name} |" in note
+    accuracy = "val/rewards/accuracies"
+    # The first job with the highest accuracy: `max` keeps the first of equals, in job order.
+    best = max(children, key=lambda c: c.data.metrics[accuracy])
+    assert parent.data.tags["prefopt.best_run_id"] == best.info.run_id
+    assert parent.data.params["best/objective"] == accuracy
+    assert parent.data.params["best/loss/beta"] == best.data.params["loss/beta"]
+    assert parent.data.metrics[f"best/{accuracy}"] == best.data.metrics[accuracy]
+    assert parent.data.metrics["best/eval/kl_seq"] == best.data.metrics["eval/kl_seq"]
+    assert "**Reward–KL frontier**" in note
 
 
 def test_the_notebook_runs_against_the_sweep(beta_sweep, tmp_path, monkeypatch):
@@ -215,6 +241,9 @@ def test_a_failed_job_ends_the_parent_failed_and_shows_in_the_summary(
         ("1", "-0.1", "FAILED"),
     ]
     assert "2 jobs, FAILED" in proc.stdout
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**2 jobs, FAILED.**") and "| 1 | (failed before" in note
+    assert parent.data.params["best/job"] == "0"  # the best of the jobs that finished
 
 
 # --- naming and swept keys (no training) ----------------------------------------------------
@@ -367,3 +396,98 @@ def test_the_losses_sweep_runs_every_registered_loss():
     offline = [name for name, cls in LOSSES.items() if not cls.on_policy]
     assert sorted(names) == sorted(offline), "add the new loss to conf/sweep/losses.yaml"
     assert len(names) == len(set(names))
+
+
+# --- the reward–KL frontier: methods of conf/method/ over β ---------------------------------
+
+METHODS = sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml"))
+# What each method composes: (loop, loss, judge). A method is configuration only.
+METHOD_PARTS = {
+    "dpo_offline": ("offline", "dpo", "toy"),
+    "dpo_online": ("online", "dpo", "toy"),
+    "rloo_learned": ("online", "rloo", "learned_toy"),
+    "rloo_true": ("online", "rloo", "toy"),
+}
+
+
+def test_the_frontier_sweeps_every_method_over_beta():
+    params = OmegaConf.load(Path(CONF_DIR) / "sweep" / "frontier.yaml").hydra.sweeper.params
+    assert sorted(params.method.split(",")) == METHODS == sorted(METHOD_PARTS)
+    assert len(str(params["loss.beta"]).split(",")) >= 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_method_is_a_loop_a_loss_and_a_judge(method, tmp_path):
+    """`method=<name>` composes its loop, loss and judge and passes a job's checks. The RLOO
+    methods need `loss=rloo` and `judge=learned_toy`, which are built on other branches: until
+    they are here, their method is skipped, not failed."""
+    from hydra import compose, initialize_config_dir
+
+    from prefopt.config.schema import register_configs
+    from prefopt.train import check_config
+
+    loop, loss, judge = METHOD_PARTS[method]
+    for group, option in (("loss", loss), ("judge", judge)):
+        if not (Path(CONF_DIR) / group / f"{option}.yaml").exists():
+            pytest.skip(f"{group}={option} is not in this checkout yet")
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        config = compose("config", overrides=[f"method={method}", f"output_dir={tmp_path}"])
+        plain = compose(
+            "config",
+            overrides=[f"loop={loop}", f"loss={loss}", f"judge={judge}", f"output_dir={tmp_path}"],
+        )
+    assert config == plain  # the method is exactly its three choices, nothing more
+    check_config(config)
+
+
+def test_a_misspelled_method_is_one_line_naming_the_methods():
+    from prefopt.config.checks import check_overrides
+    from prefopt.errors import PrefoptError
+
+    with pytest.raises(PrefoptError, match="method=dpo_ofline: there is no such method") as error:
+        check_overrides(["method=dpo_offline,dpo_ofline"], CONF_DIR)
+    assert all(method in str(error.value) for method in METHODS)
+
+
+@pytest.mark.slow  # four short jobs, two of them online: ~2 min on 2 cores
+def test_the_frontier_sweep_of_the_dpo_methods(tmp_path, toy_cache, prefopt_cache):
+    """`sweep=frontier`, limited to the two DPO methods and two β: every point is a finished
+    child judged by the true reward, and the parent carries the frontier as a figure, a table
+    and in its description."""
+    args = ["sweep=frontier", "method=dpo_offline,dpo_online", "loss.beta=0.1,0.5"]
+    proc = run_sweep(tmp_path, args, toy_cache, prefopt_cache)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert [(c.data.params["method"], c.data.params["loss/beta"]) for c in children] == [
+        ("dpo_offline", "0.1"), ("dpo_offline", "0.5"), ("dpo_online", "0.1"), ("dpo_online", "0.5"),
+    ]  # fmt: skip
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for metric in ("eval/true/win_rate_vs_ref", "eval/true/reward_policy", "eval/kl_seq"):
+            assert metric in child.data.metrics, (child.info.run_name, metric)
+        online = child.data.params["method"] == "dpo_online"
+        assert ("round/reward_true" in child.data.metrics) == online
+
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert {"summary/frontier.png", "summary/frontier.csv"} <= artifacts
+    with open(
+        client.download_artifacts(parent.info.run_id, "summary/frontier.csv", str(tmp_path))
+    ) as f:
+        points = list(csv.DictReader(f))
+    by_run = {c.info.run_name: c for c in children}
+    assert [(p["method"], p["β"]) for p in points] == [
+        ("dpo_offline", "0.1"), ("dpo_offline", "0.5"), ("dpo_online", "0.1"), ("dpo_online", "0.5"),
+    ]  # fmt: skip
+    for point in points:
+        run = by_run[point["run"]]
+        assert float(point["KL (sequence)"]) == pytest.approx(
+            run.data.metrics["eval/kl_seq"], abs=5e-4
+        )
+        true = run.data.metrics["eval/true/reward_policy"]
+        assert float(point["true reward"]) == pytest.approx(true, abs=5e-4)
+    note = parent.data.tags["mlflow.note.content"]
+    assert "**Reward–KL frontier**" in note and "| dpo_online | 0.5 |" in note
+    assert parent.data.params["best/objective"] == "eval/true/win_rate_vs_ref"

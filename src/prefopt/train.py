@@ -96,13 +96,16 @@ def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) ->
     online = is_online(cfg.loop)
     # One judge for evaluation and the online loop: a reward model loads once.
     judge = build_judge(cfg.judge, toy_data) if cfg.eval.num_prompts > 0 or online else None
-    callbacks = build_callbacks(cfg.eval, cfg.model, judge, loss, tokenizer, reference_model)
+    true_reward = reward if toy_data else None  # the ground truth, logged whatever the judge
+    callbacks = build_callbacks(
+        cfg.eval, cfg.model, judge, loss, tokenizer, reference_model, true_reward
+    )
     callbacks += assemble.reference_callbacks(cfg.reference, module)  # TR-DPO's moving π_ref
     trainer_cfg = cfg.trainer
     if online:  # pairs sampled from the policy each round (prefopt.online)
         datamodule = build_online_data(
             cfg.loop, datamodule, module, tokenizer, judge, reference_model,
-            true_reward=reward if toy_data else None,
+            true_reward=true_reward,
             progress=cfg.trainer.enable_progress_bar,
         )  # fmt: skip
         callbacks.append(OnlineSummary())

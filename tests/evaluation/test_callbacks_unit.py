@@ -156,6 +156,37 @@ def test_judge_failures_are_logged_and_left_out_of_the_win_rate(tokenizer, caplo
     assert "judge every_other: 3 of 6 completions got no score" in caplog.text
 
 
+def test_the_true_reward_judges_the_same_samples_whatever_the_judge(tokenizer):
+    """A true reward that is minus the judge's (word counts): on the same samples, the true
+    mean rewards are minus the judge's, and every win becomes a loss and back (ties stay
+    ties), so the true win rate is 1 − the judge's. E.g. judge words (policy, ref) = (3, 1),
+    (2, 2), (1, 4): judge wins 1 + 0.5 + 0 = 1.5 / 3 = 0.5; true (−3, −1), (−2, −2),
+    (−1, −4): 0 + 0.5 + 1 = 1.5 / 3 = 1 − 0.5. Without a judge the truth is still logged."""
+    trainer, module = fake_run(tokenizer)
+    cfg = EvalConfig(num_prompts=6, max_new_tokens=8, batch_size=4)
+    minus_words = lambda text: -float(len(text.split()))  # noqa: E731
+    callback = GenerationEvalCallback(cfg, tokenizer, LengthJudge(), true_reward=minus_words)
+    no_judge = GenerationEvalCallback(cfg, tokenizer, None, true_reward=minus_words)
+    for cb in (callback, no_judge):
+        cb.setup(trainer, module, "fit")
+        cb.on_fit_start(trainer, module)
+        cb.evaluate(trainer, module)
+    with torch.no_grad():
+        module.policy.lm_head.weight.mul_(-3.0)
+    trainer.global_step = 10
+    metrics = callback.evaluate(trainer, module)
+    assert metrics["eval/win_rate_vs_ref"] != 0.5  # the policy moved: not all ties
+    assert metrics["eval/true/win_rate_vs_ref"] == pytest.approx(
+        1 - metrics["eval/win_rate_vs_ref"], rel=1e-12
+    )
+    assert metrics["eval/true/reward_policy"] == -metrics["eval/reward_policy"]
+    assert metrics["eval/true/reward_ref"] == -metrics["eval/reward_ref"]
+
+    unjudged = no_judge.evaluate(trainer, module)
+    assert "eval/win_rate_vs_ref" not in unjudged and "eval/reward_policy" not in unjudged
+    assert unjudged["eval/true/reward_policy"] == metrics["eval/true/reward_policy"]
+
+
 def test_bad_eval_settings_fail_at_start():
     with pytest.raises(ValueError, match="eval.temperature=-1"):
         check_eval_config(EvalConfig(temperature=-1.0))

@@ -82,6 +82,14 @@ def test_a_short_default_run_logs_the_evaluation_and_no_diagnostic_fires(
         for r in last
     ]
     assert sum(wins) / len(wins) == result.metrics["eval/win_rate_vs_ref"]
+    # The ground truth's verdict is logged whatever the judge; the toy judge IS the ground
+    # truth, so at every evaluation the two agree exactly.
+    for judged, true in (
+        ("eval/win_rate_vs_ref", "eval/true/win_rate_vs_ref"),
+        ("eval/reward_policy", "eval/true/reward_policy"),
+        ("eval/reward_ref", "eval/true/reward_ref"),
+    ):
+        assert history(client, result.run_id, true) == history(client, result.run_id, judged)
 
     # the diagnostics ran and stayed quiet
     assert run.data.tags["diagnostics.beta_range"] == "inside"
@@ -90,6 +98,9 @@ def test_a_short_default_run_logs_the_evaluation_and_no_diagnostic_fires(
     assert run.data.metrics["diagnostics/ref_low_logp_share"] <= 0.25
     assert history(client, result.run_id, "diagnostics/margin_stalled") == [(12, 0.0)]
     assert not [r.message for r in caplog.records if any(q in r.getMessage() for q in QUIET)]
+    # The run ends by saying where to see it: its page in the UI's Model training view.
+    page = f"/#/experiments/{run.info.experiment_id}/runs/{result.run_id}?workflowType="
+    assert any(page in r.getMessage() for r in caplog.records)
 
 
 def test_reference_collapse_and_beta_range_fire_on_data_built_for_them(
@@ -211,6 +222,14 @@ def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
         with torch.no_grad():
             expected = reward_model(input_ids=ids).logits[0, 0].item()
         assert abs(row["reward_policy"] - expected) < 1e-4
+    # Judged by a (random) reward model on the toy world, the run is still measured by the
+    # ground truth: on the last evaluation's samples (all in the table: 4 prompts).
+    last = [r for r in rows if r["step"] == max(r["step"] for r in rows)]
+    true_policy = sum(reward(r["policy"]) for r in last) / len(last)
+    true_ref = sum(reward(r["reference"]) for r in last) / len(last)
+    assert abs(run.data.metrics["eval/true/reward_policy"] - true_policy) < 1e-9
+    assert abs(run.data.metrics["eval/true/reward_ref"] - true_ref) < 1e-9
+    assert "eval/true/win_rate_vs_ref" in run.data.metrics
 
 
 def test_a_moving_reference_turns_the_margin_check_off(compose_config, caplog, tmp_path):

@@ -82,6 +82,7 @@ def sweep(server, tmp_path_factory, toy_cache):
     ]
     assert len(children) == len(BETAS) == len(runs) - 1
     return SimpleNamespace(
+        proc=proc,
         url=server.url,
         artifacts=server.artifacts,
         cwd=Path(cwd),
@@ -186,3 +187,28 @@ def test_the_sweep_reaches_the_server_whole_with_its_summary(sweep, tmp_path):
     assert [r["run_id"] for r in rows] == [c.info.run_id for c in children]
     stored = {p.name for p in sweep.artifacts.rglob("*") if p.is_file()}
     assert {"config.yaml", "summary.csv", "loss.beta.png"} <= stored
+
+
+@pytest.mark.slow
+def test_the_parent_says_what_the_sweep_found_on_the_server(sweep):
+    """The parent as the UI reads it (REST): its description is the summary table and its
+    metrics and params are the best job's; the sweep printed the server's own page address,
+    and the server answers there."""
+    parent = sweep.parent
+    tags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    assert tags["mlflow.note.content"].startswith("**2 jobs, FINISHED.**")
+    params = params_of(parent)
+    assert params["best/objective"] == "val/rewards/accuracies"
+    assert params["best/loss/beta"] in BETAS
+    best = {run["info"]["run_id"]: run for run in sweep.children}[tags["prefopt.best_run_id"]]
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    best_metrics = {m["key"]: m["value"] for m in best["data"]["metrics"]}
+    accuracy = "val/rewards/accuracies"
+    assert metrics[f"best/{accuracy}"] == best_metrics[accuracy]
+
+    run_id = parent["info"]["run_id"]
+    page = f"{sweep.url}/#/experiments/{sweep.experiment_id}/runs/{run_id}"
+    assert f"{page}?workflowType=machine_learning" in sweep.proc.stdout
+    assert "mlflow ui --backend-store-uri" not in sweep.proc.stdout  # a server serves its UI
+    with urllib.request.urlopen(f"{sweep.url}/", timeout=30) as response:  # the UI's page
+        assert response.status == 200 and b"<html" in response.read().lower()

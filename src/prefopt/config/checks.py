@@ -31,22 +31,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.config.eval_schema import check_eval_config
 from prefopt.config.judges_schema import old_judge_spellings
 from prefopt.config.schema import GROUP_SCHEMAS, Choice, Config
 from prefopt.config.targets import check_target_node, locate_target
+from prefopt.config.tracking_server import check_tracking_uri
 from prefopt.data.sources import looks_local, missing_local_path
 from prefopt.errors import EXIT_USER_ERROR, PrefoptError
-from prefopt.evaluation import check_eval_config
 from prefopt.judges import check_judge_config
 from prefopt.losses.base import PreferenceLoss
 from prefopt.model.compatibility import check_reference_compatible
 from prefopt.model.loading import check_model_config
 from prefopt.reference.sync import check_sync
-from prefopt.tracking import check_tracking_uri
 
 log = logging.getLogger("prefopt")
 
-GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "judge", "sweep")
+GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "judge", "method", "sweep")
 
 
 def group_options(config_dir: str | Path, group: str) -> list[str]:

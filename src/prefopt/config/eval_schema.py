@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prefopt.errors import PrefoptError
+
 
 @dataclass
 class DiagnosticsConfig:
@@ -47,3 +49,17 @@ class EvalConfig:
     table_rows: int = 16
     """Generations per evaluation written to the `eval/generations.json` table."""
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+def check_eval_config(cfg) -> None:
+    """Fail at start, before anything loads, on an `eval` section that cannot work."""
+    for key, value, low in (
+        ("num_prompts", cfg.num_prompts, 0),
+        ("temperature", cfg.temperature, 0),
+        ("max_new_tokens", cfg.max_new_tokens, 1),
+        ("batch_size", cfg.batch_size, 1),
+        ("every_n_steps", cfg.every_n_steps, 0),
+        ("diagnostics.margin_window", cfg.diagnostics.margin_window, 2),
+    ):
+        if value < low:
+            raise PrefoptError(f"eval.{key}={value}: it must be >= {low}")

@@ -4,30 +4,18 @@ judge is the `judge` group's (`prefopt.judges`), built by the caller and handed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 
+from prefopt.config.eval_schema import check_eval_config  # noqa: F401 (re-exported)
 from prefopt.config.schema import EvalConfig, ModelConfig
-from prefopt.errors import PrefoptError
 from prefopt.evaluation.callback import GenerationEvalCallback
 from prefopt.evaluation.diagnostics import DiagnosticsCallback
 from prefopt.evaluation.metrics import sequence_kl, win_rate
 from prefopt.judges import Judge
 from prefopt.losses.base import PreferenceLoss
 from prefopt.reference import SamplingModel
-
-
-def check_eval_config(cfg) -> None:
-    """Fail at start, before anything loads, on an `eval` section that cannot work."""
-    for key, value, low in (
-        ("num_prompts", cfg.num_prompts, 0),
-        ("temperature", cfg.temperature, 0),
-        ("max_new_tokens", cfg.max_new_tokens, 1),
-        ("batch_size", cfg.batch_size, 1),
-        ("every_n_steps", cfg.every_n_steps, 0),
-        ("diagnostics.margin_window", cfg.diagnostics.margin_window, 2),
-    ):
-        if value < low:
-            raise PrefoptError(f"eval.{key}={value}: it must be >= {low}")
 
 
 def build_callbacks(
@@ -37,12 +25,15 @@ def build_callbacks(
     loss: PreferenceLoss,
     tokenizer,
     reference_model: SamplingModel,
+    true_reward: Callable[[str], float] | None = None,
 ) -> list[L.Callback]:
     """The evaluation and diagnostics callbacks the `eval` section (`eval_cfg`) asks for.
 
     `judge`: `prefopt.judges.build_judge(cfg.judge, ...)`'s, or None (no reward, no win rate).
     `reference_model`: π_ref as a model, the training reference's `sampling_model`, or for a
     reference-free loss `prefopt.reference.build_sampling_model`'s (see `GenerationEvalCallback`).
+    `true_reward`: the world's ground-truth reward of a completion's text, where it has one (the
+    toy world's): evaluation then logs its verdict (`eval/true/...`) beside the judge's.
     """
     callbacks: list[L.Callback] = []
     if eval_cfg.diagnostics.enabled:
@@ -50,7 +41,9 @@ def build_callbacks(
     if eval_cfg.num_prompts > 0:
         chunk_size = model_cfg.logits_chunk_size or None
         callbacks.append(
-            GenerationEvalCallback(eval_cfg, tokenizer, judge, reference_model, chunk_size)
+            GenerationEvalCallback(
+                eval_cfg, tokenizer, judge, reference_model, chunk_size, true_reward
+            )
         )
     return callbacks
 

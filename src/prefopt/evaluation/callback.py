@@ -14,6 +14,15 @@ gets
 - `eval/length_policy` (and `eval/length_ref`): completion tokens, EOS not counted,
 - `eval/generations.json`: a table (prompt, policy, reference, their rewards) per evaluation.
 
+Where the world has a ground-truth reward (the toy world: `true_reward`), the same samples are
+also scored by it, whatever the judge (a reward model, a function, none):
+`eval/true/win_rate_vs_ref`, `eval/true/reward_policy` and `eval/true/reward_ref`. A policy
+optimised against a proxy is so measured against the truth: over-optimisation shows as the
+judge's numbers rising while the true ones stall or fall. With `judge=toy` they equal the
+judge's. `eval/kl_seq` is the sequence-level KL the DPO paper's frontier plots against the true
+reward (summed over each completion's tokens, on held-out prompts, samples at `eval.temperature`,
+1 by default, with no top-k or top-p).
+
 The judge reads each prompt as the data wrote it (text, or the conversation's messages), not
 text decoded from the policy's chat-templated ids (`prefopt.data.original_prompts`).
 
@@ -34,6 +43,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -66,11 +76,14 @@ class GenerationEvalCallback(L.Callback):
         judge: Judge | None,
         reference_model: SamplingModel | None = None,
         chunk_size: int | None = None,
+        true_reward: Callable[[str], float] | None = None,
     ):
         """`reference_model`: π_ref as a model, the training reference's `sampling_model` (or,
         for a reference-free loss, `build_sampling_model`'s); None = the reference is the
-        initial policy, copied in `setup`."""
+        initial policy, copied in `setup`. `true_reward`: the world's ground-truth reward of a
+        completion's text, where it has one (the toy world's `prefopt.toy.reward`)."""
         self.cfg = cfg
+        self.true_reward = true_reward
         self.tokenizer = tokenizer
         self.judge = judge
         self.reference_model = reference_model or SamplingModel()
@@ -82,6 +95,7 @@ class GenerationEvalCallback(L.Callback):
         self.stop_ids: list[int] = []
         self.reference_samples: Samples | None = None
         self.reference_rewards: JudgeScores | None = None
+        self.reference_true_rewards: list[float] | None = None
         self.last_step: int | None = None
         self.history: list[dict[str, float]] = []
         """The metrics of each evaluation, in order."""
@@ -150,6 +164,8 @@ class GenerationEvalCallback(L.Callback):
             metrics["eval/ties"] = float(ties(policy_rewards, self.reference_rewards))
             failures = policy_rewards.failures + self.reference_rewards.failures
             metrics["eval/judge_failures"] = float(failures)
+        if self.true_reward is not None:
+            metrics.update(self._true_verdict(policy_samples))
         self.history.append({"step": float(trainer.global_step), **metrics})
         self._log(trainer, metrics, policy_samples, policy_rewards)
         log.info(
@@ -181,6 +197,20 @@ class GenerationEvalCallback(L.Callback):
         return score_completions(
             self.judge, self.original_prompts, samples.texts, device, self.cfg.batch_size
         )
+
+    def _true_verdict(self, policy_samples: Samples) -> dict[str, float]:
+        """What the ground-truth reward says of the same samples the judge scored."""
+        if self.reference_true_rewards is None:
+            self.reference_true_rewards = self._true_rewards(self.reference_samples)
+        policy_true = self._true_rewards(policy_samples)
+        return {
+            "eval/true/win_rate_vs_ref": win_rate(policy_true, self.reference_true_rewards),
+            "eval/true/reward_policy": mean(policy_true),
+            "eval/true/reward_ref": mean(self.reference_true_rewards),
+        }
+
+    def _true_rewards(self, samples: Samples) -> list[float]:
+        return [float(self.true_reward(text)) for text in samples.texts]
 
     def _kl(self, policy, reference, samples: Samples, device: torch.device) -> float:
         kwargs = dict(

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.config.checks import check_loss
 from prefopt.config.judges_schema import judge_label
 
 KEY_SETTINGS = (
@@ -91,8 +92,6 @@ def _loss(loss_cfg: Any) -> Any | None:
     if not isinstance(loss_cfg, DictConfig) or "_target_" not in loss_cfg:
         return None
     try:
-        from prefopt.config.checks import check_loss
-
         return check_loss(loss_cfg)
     except Exception:
         return None

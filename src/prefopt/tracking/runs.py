@@ -30,6 +30,7 @@ from prefopt.tracking.offline import ResilientMLFlowLogger
 from prefopt.tracking.params import key_params
 from prefopt.tracking.store import ensure_experiment, resolve_tracking_uri
 from prefopt.tracking.tags import TAG_RESUMED_FROM
+from prefopt.tracking.ui import how_to_open
 
 log = logging.getLogger("prefopt.tracking")
 
@@ -239,11 +240,11 @@ def log_summary(metrics: Mapping[str, float], logger: ResilientMLFlowLogger) -> 
     lines = [f"  {k:<28} {v:.4f}" for k, v in shown.items()]
     summary = logging.getLogger("prefopt")  # the run's own voice, as the entry point's log
     summary.info("final validation metrics:\n%s", "\n".join(lines) or "  (none)")
-    summary.info(
-        "MLflow run %s — open with: mlflow ui --backend-store-uri %s",
-        logger.run_id,
-        logger.tracking_uri,
-    )
+    try:  # where to look; an unreachable store must not cost the run its end
+        where = how_to_open(logger.tracking_uri, logger.experiment_id, logger.run_id)
+    except Exception:
+        where = f"open with: mlflow ui --backend-store-uri {logger.tracking_uri}"
+    summary.info("MLflow run %s\n%s", logger.run_id, where)
 
 
 def finish_run(logger: MLFlowLogger, status: str) -> None:

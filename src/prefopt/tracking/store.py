@@ -2,7 +2,8 @@
 
 A relative sqlite path is made absolute (`resolve_tracking_uri`) so that every job of a sweep,
 whatever its working directory, writes one database. An http(s) server is asked for its health
-before anything loads (`check_tracking_uri`), so a wrong address fails in seconds. Runs that
+before anything loads (`check_tracking_uri`, a config check: `prefopt.config.tracking_server`),
+so a wrong address fails in seconds. Runs that
 share one SQLite file open it one at a time the first time (`sqlite_store_lock`), so that its
 tables are created once; later writes wait for each other through MLflow's busy timeout.
 """
@@ -11,16 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from prefopt.errors import PrefoptError
+from prefopt.config.tracking_server import check_tracking_uri  # noqa: F401 (re-exported)
 from prefopt.files import file_lock
 
 log = logging.getLogger("prefopt.tracking")
@@ -32,28 +30,6 @@ def resolve_tracking_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
-
-
-def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
-    """Fail at start, within `timeout` seconds, when an http(s) tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        pass  # something answers (an auth proxy, an older server without /health): go on
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise PrefoptError(
-            f"logger.tracking_uri={uri}: no MLflow server answers ({reason}); start it "
-            "(mlflow server --host 127.0.0.1 --port 5000), fix the address, or log locally "
-            "with logger.tracking_uri=sqlite:///mlflow.db"
-        ) from None
-    # Fail fast later too: MLflow's default retries would stall training for minutes per call.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def ensure_experiment(tracking_uri: str, name: str, attempts: int = 6) -> str:

@@ -8,8 +8,9 @@ the sweep:
   PREFOPT_SWEEP, which every job inherits (in-process jobs and launcher worker processes);
 - `on_job_end` (wherever the job runs) tags the parent when a job failed, also one that failed
   before its own run existed;
-- `on_multirun_end` writes the summary (`prefopt.tracking.report`) and ends the parent FINISHED,
-  or FAILED when a job failed. Hydra skips `on_multirun_end` once a job raised, so an exit
+- `on_multirun_end` writes the summary (`prefopt.tracking.report`: the parent's description,
+  its best job by the config's `objective`, the frontier of a β sweep) and ends the parent
+  FINISHED, or FAILED when a job failed. Hydra skips `on_multirun_end` once a job raised, so an exit
   hook does the same then.
 
 A job (`sweep_job(cfg.logger)`, called by `train`) finds its parent in PREFOPT_SWEEP or, where
@@ -197,6 +198,8 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.parent: dict[str, Any] | None = None
+        self.objective: str | None = None
+        """The metric that picks the sweep's best job (the config's `objective`)."""
         self._done = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -223,6 +226,7 @@ class SweepCallback(Callback):
             "tracking_uri": tracking_uri,
             "swept_keys": list(overrides),
         }
+        self.objective = OmegaConf.select(config, "objective", default=None)
         os.environ[ENV_VAR] = json.dumps(self.parent)
         atexit.register(self._finish, completed=False)
         log.info("MLflow parent run '%s' (%s) for sweep %s", name, run.info.run_id, sweep)
@@ -264,7 +268,7 @@ class SweepCallback(Callback):
         status = "FAILED"
         try:
             status = report_sweep(
-                client, run_id, self.parent["swept_keys"], self.parent["sweep_id"]
+                client, run_id, self.parent["swept_keys"], self.parent["sweep_id"], self.objective
             )
             if not completed and status == "FINISHED":
                 status = "FAILED"  # the sweeper itself stopped early
