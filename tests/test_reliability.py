@@ -89,7 +89,8 @@ def test_unknown_group_option_lists_the_valid_ones(capsys):
     options = sorted(path.stem for path in (REPO / "conf" / "loss").glob("*.yaml"))
     assert {"dpo", "ipo", "kto", "simpo", "orpo", "mix"} <= set(options)
     assert line == (
-        f"prefopt: error: loss=dpoo: there is no such loss; choose one of: {', '.join(options)}"
+        f"prefopt: error: loss=dpoo: there is no such loss; did you mean dpo? "
+        f"(all: {', '.join(options)})"
     )
     checks.check_overrides(
         ["loss=ipo", "model=local", "--multirun", "loss.beta=0.1"], REPO / "conf"
