@@ -36,7 +36,10 @@ def schemas_registered():
             "trainer.max_stepz: trainer has no key 'max_stepz'; did you mean trainer.max_steps?",
         ),
         (["betta=0.1"], "betta: the config has no key 'betta'; did you mean loss.beta?"),
-        (["max_steps=3"], "max_steps: the config has no key 'max_steps'; did you mean trainer.max_steps?"),
+        (
+            ["max_steps=3"],
+            "max_steps: the config has no key 'max_steps'; did you mean trainer.max_steps?",
+        ),
         (["seeed=1"], "seeed: the config has no key 'seeed'; did you mean seed?"),
         (
             ["model.lora.alhpa=4"],
@@ -61,9 +64,15 @@ def schemas_registered():
             "(all: offline, online)",
         ),
         (["judge=tyo"], "judge=tyo: there is no such judge; did you mean toy? (all: none, python,"),
-        (["optim=adamm"], "optim=adamm: there is no such optim; did you mean adamw? (all: adamw, sgd)"),
+        (
+            ["optim=adamm"],
+            "optim=adamm: there is no such optim; did you mean adamw? (all: adamw, sgd)",
+        ),
         (["sweep=beta_dp"], "sweep=beta_dp: there is no such sweep; did you mean beta_dpo"),
-        (["--multirun", "loss=dpo,ipoo"], "loss=ipoo: there is no such loss; did you mean ipo or simpo?"),
+        (
+            ["--multirun", "loss=dpo,ipoo"],
+            "loss=ipoo: there is no such loss; did you mean ipo or simpo?",
+        ),
         (["+experiment=qwen"], "experiment=qwen: there is no such experiment; choose one of:"),
         (["model=qwen2.5"], "model=qwen2.5: there is no such model; did you mean qwen2.5-0.5b?"),
         (["trainer=gpus"], "trainer=gpus: there is no such trainer; did you mean gpu"),
@@ -106,9 +115,10 @@ def test_valid_keys_and_options_pass():
 
 
 def test_every_folder_of_conf_is_a_checked_group_but_hydras_own():
-    assert set(config_groups(CONF)) == {
-        p.name for p in Path(CONF).iterdir() if p.is_dir()
-    } - {"hydra", "local"}
+    assert set(config_groups(CONF)) == {p.name for p in Path(CONF).iterdir() if p.is_dir()} - {
+        "hydra",
+        "local",
+    }
     assert {"loop", "sweep", "judge", "experiment"} <= set(config_groups(CONF))
 
 

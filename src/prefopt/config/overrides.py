@@ -48,7 +48,9 @@ def check_group_option(group: str, value: str, config_dir: str | Path) -> None:
     for option in value.split(","):
         option = option.strip().strip("'\"")
         if option and option != "null" and option not in options:
-            raise PrefoptError(f"{group}={option}: there is no such {group}; {_hint(option, options)}")
+            raise PrefoptError(
+                f"{group}={option}: there is no such {group}; {_hint(option, options)}"
+            )
 
 
 def _hint(typed: str, valid: list[str]) -> str:
@@ -80,7 +82,9 @@ def check_key(key: str, args: list[str], groups: list[str]) -> None:
         depth = max(p[0] for p in problems)
         known = sorted({name for p in problems if p[0] == depth for name in p[1]})
         section = ".".join([first, *rest[:depth]])
-        raise PrefoptError(unknown_key_message(f"{section}.{rest[depth]}", section, rest[depth], known))
+        raise PrefoptError(
+            unknown_key_message(f"{section}.{rest[depth]}", section, rest[depth], known)
+        )
 
 
 def unknown_key_message(name: str, section: str, key: str, known: list[str]) -> str:
