@@ -306,6 +306,11 @@ def check_checkpoint(checkpoint: DictConfig, resuming: bool) -> None:
             f"checkpoint.every_n_steps={checkpoint.every_n_steps}: it must be >= 0 "
             "(0 = only at the end)"
         )
+    if checkpoint.every_n_minutes < 0:
+        raise PrefoptError(
+            f"checkpoint.every_n_minutes={checkpoint.every_n_minutes}: it must be >= 0 "
+            "(0 = by steps only)"
+        )
     if resuming and not checkpoint.enabled:
         raise PrefoptError(
             "resume=true / ckpt_path with checkpoint.enabled=false: a resumed run would write no "

@@ -38,6 +38,7 @@ from prefopt.training import strategies
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, ResumeCheckpoint
 from prefopt.training.faults import NonFiniteGuard
 from prefopt.training.module import PreferenceModule
+from prefopt.training.resume_config import ResumedSettings
 
 log = logging.getLogger("prefopt")
 
@@ -169,7 +170,12 @@ def build_trainer(
     extra = trainer_cfg.get("callbacks") or {}
     callbacks += [hydra.utils.instantiate(node) for node in extra.values() if node is not None]
     if checkpoint_cfg.enabled:
-        callbacks.append(ResumeCheckpoint(checkpoint_dir, checkpoint_cfg.every_n_steps))
+        callbacks.append(
+            ResumeCheckpoint(
+                checkpoint_dir, checkpoint_cfg.every_n_steps, checkpoint_cfg.every_n_minutes
+            )
+        )
+        callbacks.append(ResumedSettings())  # a resume with changed settings: applied or refused
     callbacks.append(NonFiniteGuard(fault_hints, checkpoint_dir / LAST))
     return L.Trainer(
         **strategies.trainer_arguments(trainer_cfg, module.policy),
