@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from prefopt.config import checks, config_dir
-from prefopt.config.overrides import config_groups
 from prefopt.config.schema import register_configs
 
 from ..conftest import user_error
@@ -115,6 +114,8 @@ def test_valid_keys_and_options_pass():
 
 
 def test_every_folder_of_conf_is_a_checked_group_but_hydras_own():
+    from prefopt.config.overrides import config_groups
+
     assert set(config_groups(CONF)) == {p.name for p in Path(CONF).iterdir() if p.is_dir()} - {
         "hydra",
         "local",

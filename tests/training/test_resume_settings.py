@@ -14,10 +14,10 @@ from mlflow.tracking import MlflowClient
 from prefopt.train import train
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, safe_load
 from prefopt.training.module import PreferenceModule
-from prefopt.training.resume_config import CHANGED_TAG
 
 from ..conftest import user_error
 
+CHANGED_TAG = "prefopt.resume.changed"
 QUICK = [
     "trainer.limit_val_batches=0",
     "eval.num_prompts=0",
