@@ -69,6 +69,10 @@ def schemas_registered():
         ),
         (["sweep=beta_dp"], "sweep=beta_dp: there is no such sweep; did you mean beta_dpo"),
         (
+            ["--multirun", "loss.betta=interval(0.01,1)"],  # a sweep function's key too
+            "loss.betta: loss has no key 'betta'; did you mean loss.beta?",
+        ),
+        (
             ["--multirun", "loss=dpo,ipoo"],
             "loss=ipoo: there is no such loss; did you mean ipo or simpo?",
         ),
@@ -91,6 +95,8 @@ def test_valid_keys_and_options_pass():
         [
             "--multirun",
             "loss.beta=0.05,0.1",
+            "optim.lr=interval(1e-5,1e-3)",
+            "loss=choice(dpo,ipo)",
             "loss.simpo_gamma=1",  # sweep=… may choose a loss that has it
             "optim.optimizer.momentum=0.9",
             "trainer.callbacks.lr=null",

@@ -58,13 +58,17 @@ def check_overrides(args: list[str], config_dir: str | Path) -> None:
         key, sep, value = arg.partition("=")
         plain = not arg.startswith(("+", "~"))
         key = key.lstrip("+~")
-        if arg.startswith("-") or not sep or "(" in value:
-            continue  # flags, deletions, and sweep functions (choice(...)) are Hydra's to parse
+        if arg.startswith("-") or not sep:
+            continue  # flags and deletions are Hydra's to parse
+        sweep_function = "(" in value  # choice(...), interval(...): values Hydra parses
         if key in groups:
-            overrides.check_group_option(key, value, config_dir)
+            if not sweep_function:
+                overrides.check_group_option(key, value, config_dir)
             continue
         if plain:  # `+key` adds a key: checked once composed (check_known_keys)
             overrides.check_key(key, args, groups)
+        if sweep_function:
+            continue
         if not arg.startswith("~") and (choices := choice_type(key)) is not None:
             for option in value.split(","):  # --multirun optim.scheduler=linear,cosine
                 option = option.strip().strip("'\"")

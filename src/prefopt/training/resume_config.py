@@ -51,8 +51,11 @@ FIXED_WHY = (
     "the checkpoint's weights, optimizer state and data position belong to its policy, data, "
     "loss and optimizer"
 )
-HARMLESS_DATA_KEYS = ("num_proc", "cache", "cache_dir", "eval_batch_size", "path_hint")
-"""Data settings that change how data is prepared or validated, not what is trained on."""
+HARMLESS_DATA_KEYS = (
+    *("num_proc", "num_workers", "cache", "cache_dir", "eval_batch_size"),
+    *("packing", "packing_row_tokens"),
+)
+"""Data settings that change how batches are prepared or laid out, not what is trained on."""
 SCHEDULE_KEYS = ("optim.", "trainer.max_steps", "trainer.max_epochs")
 """Changes after which the restored optimizer and schedule are set to the new config's."""
 
@@ -95,8 +98,13 @@ class ResumedSettings(L.Callback):
     (see the module's docstring). Add it beside `ResumeCheckpoint`."""
 
     def __init__(self):
+        self._settings: dict[str, Any] | None = None
+        """This run's settings, known once training is set up (`on_fit_start`)."""
         self._checkpoint_settings: dict[str, Any] | None = None
-        self._fresh: list[tuple[list[dict[str, Any]], list[float] | None]] = []
+        """The resumed checkpoint's (None: a fresh run, or a checkpoint that predates them)."""
+        self._fresh: list[tuple[torch.optim.Optimizer, Any, list[dict[str, Any]], list]] = []
+        """Per optimizer: its schedule, and its groups' settings and base lrs as the new
+        config built them, before the checkpoint's replaced them."""
         self._changed: dict[str, tuple[Any, Any]] | None = None
 
     @property
@@ -104,7 +112,7 @@ class ResumedSettings(L.Callback):
         return "ResumedSettings"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"settings": self._settings} if hasattr(self, "_settings") else {}
+        return {"settings": self._settings} if self._settings is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._checkpoint_settings = state_dict.get("settings")
@@ -113,21 +121,13 @@ class ResumedSettings(L.Callback):
         # configure_optimizers has run (the new config's values); the checkpoint's optimizer
         # and schedule states are restored after this hook.
         self._settings = run_settings(trainer, pl_module)
-        self._fresh = [
-            (
-                [
-                    {k: v for k, v in g.items() if k != "params"}
-                    for g in config.scheduler.optimizer.param_groups
-                ],
-                list(getattr(config.scheduler, "base_lrs", []) or []) or None,
-            )
-            for config in trainer.lr_scheduler_configs
-        ]
-        if not trainer.lr_scheduler_configs:
-            self._fresh = [
-                ([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups], None)
-                for opt in trainer.optimizers
-            ]
+        schedules = {id(c.scheduler.optimizer): c.scheduler for c in trainer.lr_scheduler_configs}
+        self._fresh = []
+        for optimizer in trainer.optimizers:
+            schedule = schedules.get(id(optimizer))
+            groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+            base_lrs = list(getattr(schedule, "base_lrs", None) or [])
+            self._fresh.append((optimizer, schedule, groups, base_lrs))
         self._compare()
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -135,13 +135,12 @@ class ResumedSettings(L.Callback):
         if not self._changed:
             return
         if any(k.startswith(SCHEDULE_KEYS) for k in self._changed):
-            self._apply_optimizer_settings(trainer)
+            for optimizer, schedule, groups, base_lrs in self._fresh:
+                set_back(optimizer, schedule, groups, base_lrs)
         self._report(trainer)
 
     def _compare(self) -> None:
-        if self._changed is not None or self._checkpoint_settings is None:
-            return
-        if not hasattr(self, "_settings"):
+        if self._changed is not None or None in (self._checkpoint_settings, self._settings):
             return
         self._changed = changed_settings(self._checkpoint_settings, self._settings)
         if fixed := refused(self._changed):
@@ -155,35 +154,6 @@ class ResumedSettings(L.Callback):
                 "(without resume=true / ckpt_path)"
             )
 
-    def _apply_optimizer_settings(self, trainer) -> None:
-        """The new config's optimizer hyperparameters and base learning rates over the restored
-        ones, and each group's current lr on the new schedule at the resumed step."""
-        configs = trainer.lr_scheduler_configs
-        if configs:
-            pairs = [(c.scheduler.optimizer, c.scheduler) for c in configs]
-        else:
-            pairs = [(opt, None) for opt in trainer.optimizers]
-        for (optimizer, scheduler), (groups, base_lrs) in zip(pairs, self._fresh, strict=False):
-            for group, fresh in zip(optimizer.param_groups, groups, strict=False):
-                restored_lr = group["lr"]
-                group.update({k: v for k, v in fresh.items() if k != "lr"})
-                if scheduler is None:
-                    group["lr"] = fresh["lr"]
-                elif isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-                    pass  # set below from the closed form
-                else:  # a schedule proportional to its base lr
-                    old_base = group.get("initial_lr") or restored_lr
-                    group["lr"] = restored_lr * fresh.get("initial_lr", fresh["lr"]) / old_base
-            if scheduler is None:
-                continue
-            if base_lrs is not None:
-                scheduler.base_lrs = list(base_lrs)
-            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-                for group, base, schedule in zip(
-                    optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
-                ):
-                    group["lr"] = base * schedule(scheduler.last_epoch)
-
     def _report(self, trainer) -> None:
         step = trainer.global_step
         shown = ", ".join(f"{k} {_short(a)} -> {_short(b)}" for k, a, b in _rows(self._changed))
@@ -195,6 +165,28 @@ class ResumedSettings(L.Callback):
         logger.log_hyperparams(
             {f"resumed_at_step_{step}/{k}": _short(b) for k, _, b in _rows(self._changed)}
         )
+
+
+def set_back(optimizer, schedule, groups: list[dict[str, Any]], base_lrs: list[float]) -> None:
+    """The new config's optimizer settings (`groups`) and base lrs over those restored from the
+    checkpoint, and each group's current lr on the new schedule at the resumed step."""
+    for group, fresh in zip(optimizer.param_groups, groups, strict=True):
+        restored_lr, restored_base = group["lr"], group.get("initial_lr", group["lr"])
+        group.update({k: v for k, v in fresh.items() if k != "lr"})
+        if schedule is None:
+            group["lr"] = fresh["lr"]
+        elif not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            # Any other torch schedule is proportional to its base lr (eta_min aside).
+            group["lr"] = restored_lr * fresh.get("initial_lr", fresh["lr"]) / restored_base
+    if schedule is None:
+        return
+    if base_lrs:
+        schedule.base_lrs = list(base_lrs)
+    if isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):  # warmup_schedule: exact
+        for group, base, multiplier in zip(
+            optimizer.param_groups, schedule.base_lrs, schedule.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * multiplier(schedule.last_epoch)
 
 
 def _rows(changed):
