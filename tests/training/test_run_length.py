@@ -132,3 +132,6 @@ def test_lightning_still_asks_the_rich_bar_for_its_description():
     ]
     source = inspect.getsource(RichProgressBar)
     assert source.count("self._get_train_description(") >= 2  # the bar's start and each epoch
+    # what it writes for an online run (max_epochs=-1), which RunProgressBar replaces
+    bar = SimpleNamespace(trainer=fake_trainer(-1, rounds=True), validation_description="")
+    assert RichProgressBar._get_train_description(bar, 3) == "Epoch 3/-2"
