@@ -44,7 +44,7 @@ def steps_seen(monkeypatch) -> list[tuple[int, float, list[float]]]:
 
 def test_a_resume_with_a_lower_lr_trains_with_it_and_says_so(compose_config, steps_seen, caplog):
     """8 steps at the toy model's lr 5e-4, then `ckpt_path=<last.ckpt> optim.lr=1e-5
-    trainer.max_steps=12`. The default schedule (linear decay after 10% warm-up) over 12
+    loss.beta=0.2 trainer.max_steps=12`. The default schedule (linear decay after 10% warm-up) over 12
     steps: warm-up int(0.1 * 12) = 1 step, so at step 8 the multiplier is
     1 - (8 - 1) / (12 - 1) = 4/11, and the lr of step 8 is 1e-5 * 4/11 = 3.6364e-6.
     Before: Lightning restored the old optimizer and schedule, base lr 5e-4, and step 8
@@ -55,7 +55,11 @@ def test_a_resume_with_a_lower_lr_trains_with_it_and_says_so(compose_config, ste
     assert safe_load(checkpoint)["global_step"] == 8
     steps_seen.clear()
     resumed = compose_config(
-        *QUICK, "trainer.max_steps=12", f"ckpt_path={checkpoint}", "optim.lr=1e-5"
+        *QUICK,
+        "trainer.max_steps=12",
+        f"ckpt_path={checkpoint}",
+        "optim.lr=1e-5",
+        "loss.beta=0.2",
     )
     with caplog.at_level(logging.WARNING, logger="prefopt.resume"):
         result = train(resumed)
@@ -66,12 +70,15 @@ def test_a_resume_with_a_lower_lr_trains_with_it_and_says_so(compose_config, ste
     assert [s for s, _, _ in steps_seen] == [8, 9, 10, 11]
     assert steps_seen[-1][1] == pytest.approx(1e-5 * (1 - 10 / 11), rel=1e-6)
     # said on the console, as a tag, and as params beside the first ones
-    assert "resumed at step 8 with changed settings, applied: optim.lr 0.0005 -> 1e-05" in (
-        caplog.text
+    assert (
+        "resumed at step 8 with changed settings, applied: loss.beta 0.1 -> 0.2, optim.lr 0.0005 -> 1e-05"
+        in (caplog.text)
     )
     run = MlflowClient(resumed.logger.tracking_uri).get_run(result.run_id)
     assert "optim.lr 0.0005 -> 1e-05" in run.data.tags[CHANGED_TAG]
     assert "trainer.max_steps 8 -> 12" in run.data.tags[CHANGED_TAG]
+    assert "loss.beta 0.1 -> 0.2" in run.data.tags[CHANGED_TAG]
+    assert result.module.loss.beta == 0.2  # the loss is built from the new config
     assert run.data.params["resumed_at_step_8/optim.lr"] == "1e-05"
 
 
