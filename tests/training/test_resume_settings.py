@@ -127,6 +127,7 @@ def test_a_run_killed_before_its_first_step_checkpoint_resumes_from_a_timed_one(
     assert [s for s, _, _ in steps_seen] == [3, 4, 5]
 
 
+@pytest.mark.slow  # the control of the test above
 def test_only_step_checkpoints_leave_nothing_before_the_first_one(compose_config, monkeypatch):
     """The control of the test above: `checkpoint.every_n_minutes=0` is by steps only."""
     original = PreferenceModule.training_step
