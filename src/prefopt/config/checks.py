@@ -47,6 +47,7 @@ from prefopt.tracking import check_tracking_uri
 
 log = logging.getLogger("prefopt")
 
+
 def check_overrides(args: list[str], config_dir: str | Path) -> None:
     """`group=option` arguments naming an option that does not exist, `key=value` ones naming
     a key that no schema has (`config/overrides.py`), and `key=value` ones giving a choice
