@@ -89,7 +89,8 @@ def test_unknown_group_option_lists_the_valid_ones(capsys):
     options = sorted(path.stem for path in (REPO / "conf" / "loss").glob("*.yaml"))
     assert {"dpo", "ipo", "kto", "simpo", "orpo", "mix"} <= set(options)
     assert line == (
-        f"prefopt: error: loss=dpoo: there is no such loss; choose one of: {', '.join(options)}"
+        f"prefopt: error: loss=dpoo: there is no such loss; did you mean dpo? "
+        f"(all: {', '.join(options)})"
     )
     checks.check_overrides(
         ["loss=ipo", "model=local", "--multirun", "loss.beta=0.1"], REPO / "conf"
@@ -390,6 +391,10 @@ def test_a_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_fails_it(
     assert "non-finite loss (nan) at step 6" in line
     assert "optim.lr=0.0005" in line and "loss.beta=0.1" in line
     assert f"the last good checkpoint is {checkpoint}" in line
+    # advice that holds: a resume trains with the changed lr (tests/training/test_resume_settings.py)
+    assert (
+        f"continue from it with the setting changed, e.g. ckpt_path={checkpoint} optim.lr=" in line
+    )
     state = safe_load(checkpoint)
     assert state["global_step"] == 6
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())

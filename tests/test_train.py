@@ -98,18 +98,6 @@ def test_cli_runs_from_any_directory(tmp_path, toy_cache):
     assert [r.info.run_name for r in runs] == ["dpo β=0.1 lr=1e-4"]
 
 
-def test_unknown_config_key_fails_with_hydras_message(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefopt.train", "loss.betta=0.1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode != 0
-    assert "Could not override 'loss.betta'" in proc.stderr
-
-
 def test_a_callback_added_in_the_config_runs_with_no_python(compose_config):
     """lightning-hydra-template's habit: `trainer.callbacks.<name>` is a `_target_` node."""
     monitor = "lightning.pytorch.callbacks.LearningRateMonitor"

@@ -31,6 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt.config import overrides
 from prefopt.config.eval_schema import check_eval_config
 from prefopt.config.judges_schema import old_judge_spellings
 from prefopt.config.schema import GROUP_SCHEMAS, Choice, Config
@@ -46,32 +47,30 @@ from prefopt.reference.sync import check_sync
 
 log = logging.getLogger("prefopt")
 
-GROUPS = ("loss", "model", "data", "optim", "trainer", "logger", "eval", "judge", "method", "sweep")
-
-
-def group_options(config_dir: str | Path, group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
-
 
 def check_overrides(args: list[str], config_dir: str | Path) -> None:
-    """`group=option` arguments naming an option that does not exist, and `key=value` ones
-    giving a choice field (a `schema.Choice`) a value it does not have."""
+    """`group=option` arguments naming an option that does not exist, `key=value` ones naming
+    a key that no schema has (`config/overrides.py`), and `key=value` ones giving a choice
+    field (a `schema.Choice`) a value it does not have."""
     if fix := old_judge_spellings(args):
         raise PrefoptError(fix)
+    groups = overrides.config_groups(config_dir)
     for arg in args:
         key, sep, value = arg.partition("=")
+        plain = not arg.startswith(("+", "~"))
         key = key.lstrip("+~")
-        if arg.startswith("-") or not sep or "(" in value:
-            continue  # flags, deletions, and sweep functions (choice(...)) are Hydra's to parse
-        if key in GROUPS:
-            options = group_options(config_dir, key)
-            for option in value.split(","):  # --multirun loss=dpo,ipo
-                if option and option != "null" and option not in options:
-                    raise PrefoptError(
-                        f"{key}={option}: there is no such {key}; "
-                        f"choose one of: {', '.join(options)}"
-                    )
-        elif not arg.startswith("~") and (choices := choice_type(key)) is not None:
+        if arg.startswith("-") or not sep:
+            continue  # flags and deletions are Hydra's to parse
+        sweep_function = "(" in value  # choice(...), interval(...): values Hydra parses
+        if key in groups:
+            if not sweep_function:
+                overrides.check_group_option(key, value, config_dir)
+            continue
+        if plain:  # `+key` adds a key: checked once composed (check_known_keys)
+            overrides.check_key(key, args, groups)
+        if sweep_function:
+            continue
+        if not arg.startswith("~") and (choices := choice_type(key)) is not None:
             for option in value.split(","):  # --multirun optim.scheduler=linear,cosine
                 option = option.strip().strip("'\"")
                 if option.startswith("${") or option in choices.__members__:
@@ -130,14 +129,7 @@ def check_known_keys(node: DictConfig, section: str = "") -> None:
 
 
 def _unknown_key(name: str, section: str, key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    prefix = f"{section}." if section else ""
-    if close:
-        hint = f"did you mean {prefix}{close[0]}?"
-    else:
-        public = [k for k in known if not k.startswith("_")]
-        hint = f"its keys are: {', '.join(public)}" if public else "it takes none"
-    return f"{name}: {section or 'the config'} has no key {key!r}; {hint}"
+    return overrides.unknown_key_message(name, section, key, known)
 
 
 def check_loss(loss_cfg: DictConfig) -> PreferenceLoss:
@@ -335,6 +327,11 @@ def check_checkpoint(checkpoint: DictConfig, resuming: bool) -> None:
         raise PrefoptError(
             f"checkpoint.every_n_steps={checkpoint.every_n_steps}: it must be >= 0 "
             "(0 = only at the end)"
+        )
+    if checkpoint.every_n_minutes < 0:
+        raise PrefoptError(
+            f"checkpoint.every_n_minutes={checkpoint.every_n_minutes}: it must be >= 0 "
+            "(0 = by steps only)"
         )
     if resuming and not checkpoint.enabled:
         raise PrefoptError(

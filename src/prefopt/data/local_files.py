@@ -38,20 +38,62 @@ def read_file(path: str | Path) -> Rows:
         suffixes = suffixes[:-1]
     kind = suffixes[-1].lstrip(".") if suffixes else ""
     readers = {"jsonl": _read_jsonl, "json": _read_json, "parquet": _read_parquet, "csv": _read_csv}
+    if kind in ARCHIVES:
+        raise PrefoptError(
+            f"{path}: a {kind} archive, which prefopt does not open; extract it and give the "
+            f"data file inside ({', '.join(FILE_FORMATS)}, optionally .gz)"
+        )
     if kind not in readers:
         raise PrefoptError(
             f"{path}: unknown file type {kind or '(no extension)'!r}; "
             f"expected one of {', '.join(FILE_FORMATS)} (optionally .gz)"
         )
     try:
+        _check_content(path, kind, compressed)
         return readers[kind](path, compressed)
+    except gzip.BadGzipFile:
+        raise PrefoptError(
+            f"{path}: named .gz but not gzip-compressed; drop .gz from its name"
+        ) from None
+    except PermissionError:
+        raise PrefoptError(
+            f"{path}: no permission to read it; make it readable (chmod a+r) or copy it"
+        ) from None
     except (OSError, EOFError, zlib.error) as e:  # unreadable, or a truncated .gz
         raise PrefoptError(
             f"{path}: cannot read the file ({type(e).__name__}: {e}); it may be truncated or "
             "corrupt: copy or download it again"
         ) from None
     except UnicodeDecodeError as e:
-        raise PrefoptError(f"{path}: not UTF-8 text ({e}); re-encode the file as UTF-8") from None
+        raise PrefoptError(f"{path}: not UTF-8 text ({e}); {REENCODE}") from None
+
+
+ARCHIVES = ("zip", "tar", "tgz", "bz2", "xz", "zst", "7z", "rar")
+"""Endings of archives and compressions other than gzip: refused with the fix, not misread."""
+REENCODE = "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 in.jsonl > out.jsonl)"
+
+_MAGIC = {  # first bytes of a file -> (what it is, the fix), where its name says otherwise
+    b"\x1f\x8b": ("gzip-compressed", "add .gz to its name (e.g. pairs.jsonl.gz)"),
+    b"PK\x03\x04": ("a zip archive", "unzip it and give the data file inside"),
+    b"PAR1": ("a parquet file", "name it .parquet"),
+    b"\xff\xfe": ("UTF-16 text", "re-encode it as UTF-8 (iconv -f utf-16 -t utf-8 in > out)"),
+    b"\xfe\xff": ("UTF-16 text", "re-encode it as UTF-8 (iconv -f utf-16 -t utf-8 in > out)"),
+}
+
+
+def _check_content(path: Path, kind: str, compressed: bool) -> None:
+    """The file's first bytes agree with its name: a gzip, zip or parquet file under a text
+    name, UTF-16 or binary content would otherwise fail later as "not UTF-8" on some line."""
+    with _open_binary(path, compressed) as raw:
+        head = raw.read(8192)
+    for magic, (what, fix) in _MAGIC.items():
+        if head.startswith(magic) and not (magic == b"PAR1" and kind == "parquet"):
+            raise PrefoptError(f"{path}: the file is {what}, not a {kind} file; {fix}")
+    if kind != "parquet" and b"\x00" in head:
+        raise PrefoptError(
+            f"{path}: a binary file (it holds NUL bytes), not {kind} text; give data.path "
+            f"a {', '.join(FILE_FORMATS)} file"
+        )
 
 
 def _open_binary(path: Path, compressed: bool):
@@ -136,7 +178,10 @@ def _read_parquet(path: Path, compressed: bool) -> Rows:
         for batch in parquet.iter_batches(batch_size=WRITE_BATCH):
             writer.write(batch)
     except pa.ArrowException as e:
-        raise PrefoptError(f"{path}: cannot read as parquet ({e})") from None
+        raise PrefoptError(
+            f"{path}: cannot read as parquet ({e}); copy or download it again, or name it "
+            "after its real format"
+        ) from None
     table = writer.finish()
     return Rows(str(path), table, range(len(table)), unit="row")
 

@@ -89,7 +89,15 @@ def _prepare_into(folder: Path, cfg, tokenizer, toy_world, paired: bool, key: st
     folder.mkdir(parents=True)
     train_rows, val_rows = load_rows(cfg, toy_world)
     if len(train_rows) == 0:
-        raise PrefoptError(f"{train_rows.origin}: no training rows")
+        raise PrefoptError(
+            f"{train_rows.origin}: no training rows (the file or split is empty); give "
+            "data.path data with a row per pair (or per example, data.format=unpaired)"
+        )
+    if len(val_rows) == 0 and cfg.val_path:
+        raise PrefoptError(
+            f"{val_rows.origin}: no validation rows (the file is empty); give data.val_path "
+            "a file with rows, or leave it out to hold out data.val_fraction of the training rows"
+        )
     layout = resolve_layout(cfg.format, train_rows, paired, cfg.on_invalid)
     check_chat_template(cfg.apply_chat_template, layout, tokenizer)
     meta: dict[str, Any] = {"layout": layout, "key": key, "reports": {}, "splits": {}}

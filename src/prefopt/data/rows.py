@@ -234,6 +234,7 @@ def _raise_not_utf8(origin: str, batch: list[tuple[int, bytes]]) -> None:
             line.decode("utf-8")
         except UnicodeDecodeError as e:
             raise PrefoptError(
-                f"{origin} line {number}: not UTF-8 text ({e}); re-encode the file as UTF-8"
+                f"{origin} line {number}: not UTF-8 text ({e}); re-encode the file as UTF-8 "
+                "(e.g. iconv -f latin1 -t utf-8 in.jsonl > out.jsonl)"
             ) from None
     raise PrefoptError(f"{origin}: not UTF-8 text; re-encode the file as UTF-8")

@@ -8,6 +8,7 @@ pipeline can be named in the error.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +53,12 @@ def missing_local_path(name: str, what: str, key: str | None = None) -> PrefoptE
     does not exist; `what` says what it should have named."""
     where = Path(name).absolute().parent
     given = f"{key}={name}" if key else name
+    if Path(name).is_symlink():
+        target = os.readlink(name)
+        return PrefoptError(
+            f"{given}: a symbolic link to {target}, which does not exist; give the path of "
+            f"{what}, or fix the link (ln -sf <the real path> {name})"
+        )
     return PrefoptError(
         f"{given}: no such file or folder (looked in {where}); give the path of {what}, "
         "absolute or relative to the folder you start from"
@@ -90,7 +97,30 @@ def load_split(name_or_path: str, split: str):
     if looks_local(name_or_path) and not path.exists():
         # load_dataset would take it for a hub name and spend its retries on the network.
         raise missing_local_path(name_or_path, "a data file or dataset folder")
+    if path.is_file():
+        raise PrefoptError(
+            f"{path}: a file, where a dataset (a hub name or a dataset folder) was expected; "
+            f"read a file with data=local data.path={path}"
+        )
+    if path.is_dir():
+        return _load_local_folder(path, split)
     return datasets.load_dataset(name_or_path, split=split)
+
+
+def _load_local_folder(path: Path, split: str):
+    """A folder of data files, read by `load_dataset`; a folder holding none is said in one
+    line (`datasets` raises one of several exceptions, with another library's vocabulary)."""
+    import datasets
+    from datasets.exceptions import DataFilesNotFoundError
+
+    try:
+        return datasets.load_dataset(str(path), split=split)
+    except (DataFilesNotFoundError, datasets.data_files.EmptyDatasetError, FileNotFoundError):
+        raise PrefoptError(
+            f"{path}: a folder with no data files (jsonl, json, parquet, csv) and no dataset "
+            "saved with save_to_disk; give data.path (or data.val_path) a data file, or a "
+            "folder holding some"
+        ) from None
 
 
 def _is_saved_dataset(path: Path) -> bool:

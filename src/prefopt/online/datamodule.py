@@ -44,6 +44,8 @@ EMPTY_ROUNDS_ALLOWED = 3
 
 
 class OnlineDataModule(L.LightningDataModule):
+    epoch_name = "Round"  # what the progress bar calls an epoch (training/run_length.py)
+
     def __init__(self, offline: PreferenceDataModule, maker: RoundMaker, loop_cfg):
         """`offline`: the set-up offline data module (training prompts, validation data, the
         collate function); `maker`: what a round needs besides the policy."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import OmegaConf
 
 from prefopt.config.schema import (
@@ -38,6 +39,8 @@ from prefopt.training import strategies
 from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, ResumeCheckpoint
 from prefopt.training.faults import NonFiniteGuard
 from prefopt.training.module import PreferenceModule
+from prefopt.training.resume_config import ResumedSettings
+from prefopt.training.run_length import ValidateAtTheEnd, progress_bar
 
 log = logging.getLogger("prefopt")
 
@@ -168,8 +171,16 @@ def build_trainer(
     callbacks = list(callbacks)
     extra = trainer_cfg.get("callbacks") or {}
     callbacks += [hydra.utils.instantiate(node) for node in extra.values() if node is not None]
+    callbacks.append(ValidateAtTheEnd())  # before the checkpoint: it is written after validation
+    if trainer_cfg.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks += [bar] if (bar := progress_bar()) is not None else []
     if checkpoint_cfg.enabled:
-        callbacks.append(ResumeCheckpoint(checkpoint_dir, checkpoint_cfg.every_n_steps))
+        callbacks.append(
+            ResumeCheckpoint(
+                checkpoint_dir, checkpoint_cfg.every_n_steps, checkpoint_cfg.every_n_minutes
+            )
+        )
+        callbacks.append(ResumedSettings())  # a resume with changed settings: applied or refused
     callbacks.append(NonFiniteGuard(fault_hints, checkpoint_dir / LAST))
     return L.Trainer(
         **strategies.trainer_arguments(trainer_cfg, module.policy),

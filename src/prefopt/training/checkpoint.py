@@ -4,8 +4,10 @@
 stopped: the policy, the optimizer and scheduler states, Lightning's loop counters, the data
 position within the epoch (the data module's `state_dict`, `data/order.py`) and the random
 number generators. It is written every `checkpoint.every_n_steps` optimizer steps, at the end of
-training, and at the end of the step during which a stop was requested (Ctrl-C, SIGTERM:
-`faults.py`). Each write goes to a temporary file in the same folder, is fsynced, and only then
+the first step that ends `checkpoint.every_n_minutes` after the last write (or the start of
+training), at the end of training, and at the end of the step during which a stop was
+requested (Ctrl-C, SIGTERM: `faults.py`). One callback does both (Lightning's `ModelCheckpoint`
+takes a step or a time interval, not both, and writes no verified `last.ckpt`). Each write goes to a temporary file in the same folder, is fsynced, and only then
 replaces `last.ckpt`; the file it replaces is kept as `previous.ckpt`, so a kill -9 at any
 moment leaves at least one whole checkpoint, and a damaged newest one still has an older one.
 
@@ -25,6 +27,7 @@ import logging
 import os
 import pickle
 import random
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -155,8 +158,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class ResumeCheckpoint(L.Callback):
-    """Write `last.ckpt` every `every_n_steps` optimizer steps, at the end of training, and at
-    the end of the step during which a stop was requested (`faults.graceful_interrupts`).
+    """Write `last.ckpt` every `every_n_steps` optimizer steps, after the first step that ends
+    `every_n_minutes` after the last write (rank 0's clock decides for all ranks), at the end of
+    training, and at the end of the step during which a stop was requested
+    (`faults.graceful_interrupts`).
 
     A step that is followed by a validation is saved after that validation: Lightning treats a
     checkpoint taken between a step and its validation as if the validation had run. After a
@@ -164,9 +169,11 @@ class ResumeCheckpoint(L.Callback):
     are logged) by raising KeyboardInterrupt, Lightning's own graceful shutdown.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int):
+    def __init__(self, dirpath: str | Path, every_n_steps: int, every_n_minutes: float = 0.0):
         self.path = Path(dirpath) / LAST
         self.every_n_steps = every_n_steps
+        self.every_n_seconds = 60.0 * every_n_minutes
+        self._last_write = time.monotonic()
         self._saved_step = -1
         self._pending = False
         self._step_at_batch_start = 0
@@ -178,6 +185,7 @@ class ResumeCheckpoint(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         faults.defer_stops(True)
+        self._last_write = time.monotonic()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._stop_due:
@@ -189,7 +197,7 @@ class ResumeCheckpoint(L.Callback):
         if step == self._step_at_batch_start:
             return  # within gradient accumulation: not a state a checkpoint can hold
         self._stop_due = self._stop_requested(trainer)
-        due = self.every_n_steps and step % self.every_n_steps == 0
+        due = (self.every_n_steps and step % self.every_n_steps == 0) or self._time_due(trainer)
         if not (due or self._stop_due) or step == self._saved_step or self._pending:
             return
         if validation_follows(trainer):
@@ -219,6 +227,14 @@ class ResumeCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         faults.defer_stops(False)
 
+    def _time_due(self, trainer) -> bool:
+        if not self.every_n_seconds:
+            return False
+        due = time.monotonic() - self._last_write >= self.every_n_seconds
+        if trainer.world_size > 1:  # one clock decides, so that every rank saves the same step
+            due = bool(trainer.strategy.broadcast(due, src=0))
+        return due
+
     def _stop_requested(self, trainer) -> bool:
         requested = faults.stop_requested()
         if trainer.world_size > 1:  # every rank saves and stops at the same step
@@ -229,6 +245,7 @@ class ResumeCheckpoint(L.Callback):
         # The full state (optimizer, loops, RNG), not weights only: resuming needs all of it.
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
+        self._last_write = time.monotonic()
         log.info("checkpoint at step %d: %s", trainer.global_step, self.path)
 
     def state_dict(self) -> dict[str, Any]:

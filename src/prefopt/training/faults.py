@@ -61,7 +61,10 @@ class NonFiniteGuard(L.Callback):
     def _message(self, trainer, what: str) -> str:
         settings = ", ".join(f"{key}={value}" for key, value in self.hints.items())
         if self.checkpoint is not None and self.checkpoint.is_file():
-            kept = f"the last good checkpoint is {self.checkpoint} (continue with ckpt_path=…)"
+            kept = (
+                f"the last good checkpoint is {self.checkpoint}: continue from it with the "
+                f"setting changed, e.g. ckpt_path={self.checkpoint} optim.lr=<lower>"
+            )
         else:
             kept = "no checkpoint had been written yet"
         return (
