@@ -78,7 +78,9 @@ def _fit_and_export(cfg: DictConfig, task: tasks.Task, logger, ckpt_path) -> Tra
         log_aligned_model(logger, written, cfg.model, trainer.global_step)
     log_summary(metrics, logger)
     export_dir = written.get("prefopt.export_dir")
-    return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=fit.module)
+    return TrainResult(
+        run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=fit.module
+    )
 
 
 register_configs()

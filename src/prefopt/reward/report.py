@@ -60,7 +60,9 @@ def calibration(predicted: Tensor, observed: Tensor, bins: int) -> Calibration:
     ]
     total = max(1, len(predicted))
     error = sum(n / total * abs(p - o) for p, o, n in rows)
-    predicted_means, observed_means, counts = (list(column) for column in zip(*rows)) if rows else ([], [], [])
+    predicted_means, observed_means, counts = (
+        (list(column) for column in zip(*rows)) if rows else ([], [], [])
+    )
     return Calibration(predicted_means, observed_means, counts, error)
 
 
@@ -118,7 +120,8 @@ class ToyPairs:
         size = data_cfg.eval_batch_size
         pad = tokenizer.pad_token_id
         batches = [
-            collate_pairs([t for t, _ in kept[i : i + size]], pad) for i in range(0, len(kept), size)
+            collate_pairs([t for t, _ in kept[i : i + size]], pad)
+            for i in range(0, len(kept), size)
         ]
         rewards = torch.tensor([[r["chosen_reward"], r["rejected_reward"]] for _, r in kept])
         return cls(batches, rewards[:, 0].float(), rewards[:, 1].float())
@@ -180,4 +183,3 @@ class RewardReport(L.Callback):
         if self.tau <= 0:
             return (gap > 0).float()
         return torch.sigmoid(gap / self.tau)
-
