@@ -10,6 +10,7 @@ classifier and tokenizer) loads as it is in `judge=reward_model judge.path=<expo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -57,10 +58,15 @@ def check_reward_config(cfg: DictConfig) -> None:
         raise PrefoptError(f"task.calibration_bins={task.calibration_bins}: it must be >= 1")
 
 
-def load_classifier(path: str, model_cfg: ModelConfig, pad_token_id: int) -> torch.nn.Module:
+def load_classifier(
+    path: str, model_cfg: ModelConfig, pad_token_id: int, seed: int = 0
+) -> torch.nn.Module:
     """`path` as a one-output sequence classifier (a causal LM checkpoint gets a new score
-    head), dropout off with `model.disable_dropout`, the pad id in its config."""
-    with _load_errors(path, "model"):
+    head, drawn from `seed`), dropout off with `model.disable_dropout`, the pad id in its
+    config."""
+    # Seeded here: the global generator's state depends on what ran before (a toy world built
+    # now reseeds it, a cached one does not), and a run must not depend on the cache.
+    with _load_errors(path, "model"), torch.random.fork_rng(), seeded(seed):
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=1,
@@ -72,6 +78,12 @@ def load_classifier(path: str, model_cfg: ModelConfig, pad_token_id: int) -> tor
     # Saved with the export: a judge loading it pads with the id training padded with.
     model.config.pad_token_id = pad_token_id
     return model
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    torch.manual_seed(seed)
+    yield
 
 
 def reward_datamodule(data_cfg, tokenizer, world, logger) -> PreferenceDataModule:
@@ -95,7 +107,9 @@ def build_reward_model(cfg: DictConfig, checkpoints: Checkpoints, world, logger)
     """(module, datamodule, callbacks, tokenizer) of a reward-model run."""
     tokenizer = checkpoints.load_tokenizer()
     datamodule = reward_datamodule(cfg.data, tokenizer, world, logger)
-    classifier = load_classifier(checkpoints.policy_path, cfg.model, tokenizer.pad_token_id)
+    classifier = load_classifier(
+        checkpoints.policy_path, cfg.model, tokenizer.pad_token_id, cfg.seed
+    )
     module = RewardModule(
         classifier, cfg.optim, cfg.task.margin, cfg.task.center_rewards_coefficient
     )

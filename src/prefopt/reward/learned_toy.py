@@ -32,7 +32,7 @@ from prefopt.toy.world import build_toy_world, cache_key
 
 log = logging.getLogger("prefopt.reward")
 
-SETTINGS = {"lr": 3e-3, "epochs": 4, "batch_size": 16, "warmup_ratio": 0.1, "seed": 0, "version": 1}
+SETTINGS = {"lr": 3e-3, "epochs": 4, "batch_size": 16, "warmup_ratio": 0.1, "seed": 0, "version": 2}
 """The reward model's training settings: part of the cache key (bump `version` whenever the
 reward task's training changes what it learns)."""
 
@@ -88,7 +88,9 @@ def train_toy_reward_model(toy_cfg, out: Path) -> dict[str, float]:
             L.seed_everything(SETTINGS["seed"], verbose=False)
             tokenizer = load_tokenizer(str(world.model_dir), model_cfg)
             datamodule = PreferenceDataModule(data_cfg, tokenizer, toy_world=world)
-            classifier = load_classifier(str(world.model_dir), model_cfg, tokenizer.pad_token_id)
+            classifier = load_classifier(
+                str(world.model_dir), model_cfg, tokenizer.pad_token_id, SETTINGS["seed"]
+            )
             module = RewardModule(classifier, optim_cfg)
             trainer = L.Trainer(
                 max_epochs=SETTINGS["epochs"], accelerator="cpu", logger=False,
