@@ -20,7 +20,6 @@ from transformers import AutoModelForSequenceClassification
 
 from prefopt.config.schema import ModelConfig
 from prefopt.data import PreferenceDataModule
-from prefopt.data.tokenize import DROPPED_TRUNCATED_IDENTICAL
 from prefopt.errors import PrefoptError
 from prefopt.model.loading import DTYPES, Checkpoints, _load_errors, disable_dropout
 from prefopt.reward.module import RewardModule
@@ -87,19 +86,11 @@ def seeded(seed: int):
 
 
 def reward_datamodule(data_cfg, tokenizer, world, logger) -> PreferenceDataModule:
-    """The paired data, set up and logged as the run's datasets; pairs that truncation left
-    identical (ln 2 and no gradient: dropped) are counted and reported."""
+    """The paired data, set up and logged as the run's datasets (pairs that truncation left
+    identical are dropped, counted as `truncated_identical` and reported by the data module)."""
     datamodule = PreferenceDataModule(data_cfg, tokenizer, toy_world=world, paired=True)
     datamodule.setup("fit")
     log_datasets(logger, datamodule.summaries())
-    for split in ("train", "val"):
-        n = datamodule.stats.get(f"{split}_dropped_{DROPPED_TRUNCATED_IDENTICAL}", 0)
-        if n:
-            log.warning(
-                "%s: %d pairs whose chosen and rejected are identical once truncated to "
-                "data.max_length=%d were left out (they would cost ln 2 and teach nothing)",
-                split, n, data_cfg.max_length,
-            )  # fmt: skip
     return datamodule
 
 
