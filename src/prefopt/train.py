@@ -34,9 +34,12 @@ from prefopt.training.assemble import TrainResult
 from prefopt.training.faults import graceful_interrupts
 from prefopt.training.resume import find_resume_point, recorded_run
 
+check_config = tasks.check_task
+"""Everything that can be checked before a model or dataset is touched (scripts call it)."""
+
 
 def train(cfg: DictConfig) -> TrainResult:
-    task = tasks.check_task(cfg)
+    task = check_config(cfg)
     checks.check_accelerator(cfg.trainer)  # this machine's GPUs; a valid config may need others
     checks.check_model_kernels(cfg.model, cfg.trainer)  # e.g. liger-kernel: its package, a GPU
     tracking_uri = resolve_tracking_uri(cfg.logger.tracking_uri)

@@ -76,13 +76,13 @@ def task_kind(cfg: DictConfig) -> str:
 
 def check_task(cfg: DictConfig) -> Task:
     """Everything that can be checked before a model or dataset is touched."""
+    kind = task_kind(cfg)
+    if kind == "reward":  # first: the checks below speak of the loss a reward run ignores
+        check_reward_config(cfg)
     loss = checks.check_config(cfg)
     strategies.check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
     check_model_logging(cfg.model, cfg.export)
     check_loop_config(cfg.loop, cfg.trainer)
-    kind = task_kind(cfg)
-    if kind == "reward":
-        check_reward_config(cfg)
     return Task(kind, "reward model" if kind == "reward" else loss.describe(), loss)
 
 
