@@ -12,7 +12,8 @@ its agreement with the noisy training labels (`train/label_agreement`) and with 
 on the training pairs (`train/true_agreement`), and how often the labels themselves agree with
 the true reward (`train/labels_true_agreement`, about 0.82 on the default world: a model that
 reproduced the labels exactly would score that). The calibration figure then also has the test
-pairs' true Bradley–Terry probability σ((r*_c − r*_r)/τ) against the predicted one.
+pairs' true Bradley–Terry probability σ((r*_c − r*_r)/τ) against the predicted one (each pair
+in both orders).
 """
 
 from __future__ import annotations
@@ -151,8 +152,11 @@ class RewardReport(L.Callback):
             chosen, rejected = pl_module.score_batches(pairs.batches)
             metrics.update(self._agreement(split, chosen - rejected, pairs))
             if split == "test":
+                # Both orders, as for the labels: P(a ≻ b) predicted against the true one.
+                predicted = torch.sigmoid(chosen - rejected)
+                true = self._true_probability(pairs)
                 curves["test pairs vs true P"] = calibration(
-                    torch.sigmoid(chosen - rejected), self._true_probability(pairs), self.bins
+                    torch.cat([predicted, 1 - predicted]), torch.cat([true, 1 - true]), self.bins
                 )
         if not metrics:
             return
