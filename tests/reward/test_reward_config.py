@@ -10,8 +10,8 @@ from ..conftest import user_error
 def test_the_reward_task_composes_with_its_learning_rate_and_objective(compose_config):
     cfg = compose_config("task=reward")
     assert cfg.task.kind == "reward" and cfg.objective == "val/accuracy"
-    assert cfg.optim.lr == cfg.model.reward_lr == 3e-3  # the toy model's; others: model.lr
-    assert cfg.trainer.max_epochs == 4
+    assert cfg.optim.lr == cfg.model.reward_lr == 1e-3  # the toy model's; others: model.lr
+    assert cfg.trainer.max_epochs == 6
     assert check_config(cfg).kind == "reward"
     assert check_config(compose_config()).kind == "offline"
     assert check_config(compose_config("loop=online")).kind == "online"

@@ -47,7 +47,7 @@ def test_a_reward_run_logs_its_metrics_and_its_calibration(reward_run, tmp_path)
     cfg, result = reward_run
     client = MlflowClient(cfg.logger.tracking_uri)
     run = client.get_run(result.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "reward model lr=0.003"
+    assert run.info.status == "FINISHED" and run.info.run_name == "reward model lr=0.001"
     metrics = run.data.metrics
     for key in ("train/loss", "train/accuracy", "train/margin", "val/loss", "val/accuracy",
                 "val/margin", "val/calibration_error", "test/true_agreement",

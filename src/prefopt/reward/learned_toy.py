@@ -3,7 +3,7 @@
 The proxy that RLHF optimises, on a world whose true reward is known: a Bradley–Terry reward
 model trained with the reward task's code (`RewardModule` on the `PreferenceDataModule` of the
 toy world's noisy training pairs) under fixed settings (`SETTINGS`), then read as any reward
-model (`RewardModelJudge`). It is trained on first use (about half a minute on one CPU core)
+model (`RewardModelJudge`). It is trained on first use (about a minute on one CPU core)
 and cached under the cache root, like the toy world's SFT model: in
 `<cache root>/reward_models/<hash of the toy config and SETTINGS>`, built under a file lock in
 a staging folder that is sealed and renamed into place (`prefopt.files.staged_folder`), so the
@@ -32,7 +32,7 @@ from prefopt.toy.world import build_toy_world, cache_key
 
 log = logging.getLogger("prefopt.reward")
 
-SETTINGS = {"lr": 3e-3, "epochs": 4, "batch_size": 16, "warmup_ratio": 0.1, "seed": 0, "version": 2}
+SETTINGS = {"lr": 1e-3, "epochs": 6, "batch_size": 16, "warmup_ratio": 0.1, "seed": 0, "version": 3}
 """The reward model's training settings: part of the cache key (bump `version` whenever the
 reward task's training changes what it learns)."""
 
