@@ -128,14 +128,27 @@ def test_a_stopped_reward_run_resumes_and_ends_as_if_never_stopped(
                             abs_tol=1e-5), key  # fmt: skip
 
 
-@pytest.mark.slow  # one more reward run (~10 s)
-def test_a_second_run_ends_as_the_first_though_the_toy_world_is_cached_now(reward_run, tmp_path):
-    """The first run built the toy world (which reseeds torch's generator), the second finds it
-    cached: the new score head is drawn from `seed` either way, so the two runs are one."""
-    cfg, first = reward_run
-    again = cfg.copy()
-    again.output_dir = str(tmp_path / "out")
-    again.logger.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    second = train(again)
-    for key, value in first.metrics.items():
-        assert math.isclose(second.metrics[key], value, rel_tol=1e-5, abs_tol=1e-7), key
+@pytest.mark.slow  # a tiny toy world built, and two reward runs on it (~30 s)
+def test_a_second_run_ends_as_the_first_though_the_toy_world_is_cached_now(tmp_path):
+    """The first run builds its toy world (which reseeds torch's generator), the second finds
+    it cached: the new score head is drawn from `seed` either way, so the two runs are one."""
+    from hydra import compose, initialize_config_dir
+
+    from prefopt.config.schema import register_configs
+
+    from ..conftest import CONF_DIR
+
+    tiny_world = ["toy.n_train_prompts=64", "toy.n_val_prompts=16", "toy.n_test_prompts=16",
+                  "toy.sft_texts=200", "toy.sft_steps=20", f"toy.cache_dir={tmp_path / 'toy'}"]  # fmt: skip
+    register_configs()
+    results = []
+    for name in ("first", "second"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=[
+                *tiny_world, f"output_dir={tmp_path / name}", "trainer.enable_progress_bar=false",
+                f"logger.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", *REWARD_RUN,
+            ])  # fmt: skip
+        results.append(train(cfg).metrics)
+    first, second = results
+    for key, value in first.items():
+        assert math.isclose(second[key], value, rel_tol=1e-5, abs_tol=1e-7), key
