@@ -61,7 +61,9 @@ def test_a_chat_template_without_the_bos_gets_the_one_training_put_in_front(tmp_
     """The tokenizer adds a BOS to text, the template does not write one: training puts one in
     front (PairTokenizer), so the judge does too."""
     tokenizer = word_tokenizer()
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {{ eos_token }} {% endfor %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }} {{ eos_token }} {% endfor %}"
+    )
     judge = RewardModelJudge(save_reward_model(tmp_path / "rm", tokenizer))
     prompt = "review of the phone :"
     ids = judge.encode(judge.render(prompt, "it is great ."))

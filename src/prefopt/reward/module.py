@@ -30,16 +30,13 @@ class RewardModule(L.LightningModule):
         optim: OptimConfig,
         margin: float = 0.0,
         center_rewards_coefficient: float = 0.0,
-        margins: dict[str, Tensor] | None = None,
     ):
-        """`margin`: every pair's margin, unless `margins` has its split: a per-example margin
-        (from the data's margin column), looked up by the batch's `example_index`."""
+        """`margin`: every pair's margin m in −log σ(r_c − r_r − m) (`task.margin`)."""
         super().__init__()
         self.policy = classifier.train()
         self.optim = optim
         self.margin = margin
         self.center_rewards_coefficient = center_rewards_coefficient
-        self.margins = margins or {}
         self.step_means = StepMeans()
         self.val_means = EpochMeans()
 
@@ -48,12 +45,9 @@ class RewardModule(L.LightningModule):
         rewards = sequence_scores(self.policy, batch["input_ids"], batch["attention_mask"])
         return rewards.chunk(2)
 
-    def compute_loss(self, batch: dict[str, Tensor], split: str = "train") -> RewardLossOutput:
+    def compute_loss(self, batch: dict[str, Tensor]) -> RewardLossOutput:
         chosen, rejected = self.scores(batch)
-        margin: Tensor | float = self.margin
-        if split in self.margins and "example_index" in batch:
-            margin = self.margins[split].to(chosen.device)[batch["example_index"]]
-        return bradley_terry_loss(chosen, rejected, margin, self.center_rewards_coefficient)
+        return bradley_terry_loss(chosen, rejected, self.margin, self.center_rewards_coefficient)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.compute_loss(batch)
@@ -63,7 +57,7 @@ class RewardModule(L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        out = self.compute_loss(batch, "val")
+        out = self.compute_loss(batch)
         self.val_means.update({"loss": out.loss.detach(), **out.metrics}, pairs_in(batch))
 
     def on_validation_epoch_start(self) -> None:
