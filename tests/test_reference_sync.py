@@ -254,7 +254,7 @@ class Snapshots(L.Callback):
 
 
 def train_watched(cfg, monkeypatch, *extra: L.Callback):
-    import prefopt.train as train_module
+    import prefopt.training.tasks as train_module  # its builders call build_callbacks
 
     watch = Snapshots()
     build = train_module.build_callbacks

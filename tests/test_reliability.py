@@ -224,8 +224,8 @@ BAD_ROWS = [
             "chosen": " great" * 600 + " delightful .",
             "rejected": " great" * 600 + " annoying .",
         },
-        "too_long",
-        "line 3: too long: it does not fit data.max_length=512",
+        "truncated_identical",
+        "line 3: 'chosen' and 'rejected' differ only past data.max_length=512",
     ),
 ]
 
@@ -348,7 +348,7 @@ def test_skip_drops_bad_rows_counts_them_in_mlflow_and_trains(compose_config, tm
     assert counts["dropped_wrong_type"] == 1
     assert counts["dropped_empty"] == 1
     assert counts["dropped_identical"] == 1
-    assert counts["dropped_too_long"] == 1
+    assert counts["dropped_truncated_identical"] == 1
     assert any("skipped 5 of 53 rows" in r.getMessage() for r in caplog.records)
 
 

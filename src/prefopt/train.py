@@ -1,10 +1,11 @@
 """Entry point: `python -m prefopt.train [overrides]`.
 
-compose config -> check it -> start the MLflow run -> build data and models -> fit -> export.
-Each builder gets only its own config section; this file is the one place that sees them all.
-Any exception once the run has started ends it FAILED (KILLED on Ctrl-C or SIGTERM); a user
-error (`PrefoptError`) is printed as one line with exit status 2 (`config/checks.py`). Ctrl-C or
-SIGTERM during a training step first lets the step end and saves it (`training/faults.py`).
+compose config -> check it -> start the MLflow run -> build what the task trains -> fit -> export.
+The task's builder (`training/tasks.py`: offline or online alignment, or a reward model) gets the
+config; this file is the one place that sees the whole run. Any exception once the run has
+started ends it FAILED (KILLED on Ctrl-C or SIGTERM); a user error (`PrefoptError`) is printed as
+one line with exit status 2 (`config/checks.py`). Ctrl-C or SIGTERM during a training step first
+lets the step end and saves it (`training/faults.py`).
 """
 
 from __future__ import annotations
@@ -18,20 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.config import checks, config_dir
 from prefopt.config.schema import register_configs
-from prefopt.evaluation import build_callbacks
-from prefopt.judges import build_judge
-from prefopt.losses.base import PreferenceLoss
-from prefopt.model.compatibility import check_reference_compatible
 from prefopt.model.export import export_policy
-from prefopt.model.loading import Checkpoints
-from prefopt.online import (
-    OnlineSummary,
-    build_online_data,
-    check_loop_config,
-    is_online,
-    online_trainer_config,
-)
-from prefopt.toy import build_toy_world, reward
 from prefopt.tracking import (
     default_run_name,
     log_summary,
@@ -40,31 +28,25 @@ from prefopt.tracking import (
     sweep_job,
     tracked_run,
 )
-from prefopt.tracking.models import check_model_logging, log_aligned_model
-from prefopt.training import assemble, strategies
+from prefopt.tracking.models import log_aligned_model
+from prefopt.training import assemble, tasks
 from prefopt.training.assemble import TrainResult
 from prefopt.training.faults import graceful_interrupts
 from prefopt.training.resume import find_resume_point, recorded_run
 
-
-def check_config(cfg: DictConfig) -> PreferenceLoss:
-    """Everything that can be checked before a model or dataset is touched."""
-    loss = checks.check_config(cfg)
-    strategies.check_scaling_config(cfg.trainer, cfg.model, cfg.reference, cfg.eval)
-    check_model_logging(cfg.model, cfg.export)
-    check_loop_config(cfg.loop, cfg.trainer)
-    return loss
+check_config = tasks.check_task
+"""Everything that can be checked before a model or dataset is touched (scripts call it)."""
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    loss = check_config(cfg)
+    task = check_config(cfg)
     checks.check_accelerator(cfg.trainer)  # this machine's GPUs; a valid config may need others
     checks.check_model_kernels(cfg.model, cfg.trainer)  # e.g. liger-kernel: its package, a GPU
     tracking_uri = resolve_tracking_uri(cfg.logger.tracking_uri)
     resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path, tracking_uri)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     sweep = sweep_job(cfg.logger)  # None unless this is a job of a --multirun
-    run_name = cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
+    run_name = cfg.logger.run_name or default_run_name(task.label, cfg.optim.lr)
     if sweep and not cfg.logger.run_name:
         swept = {key: OmegaConf.select(cfg, key) for key in sweep.swept_keys}
         run_name = sweep.run_name(run_name, swept)
@@ -78,54 +60,30 @@ def train(cfg: DictConfig) -> TrainResult:
     ):  # fmt: skip
         uri, enabled = logger.tracking_uri, cfg.checkpoint.enabled
         with recorded_run(cfg.output_dir, enabled, resume, logger.run_id, uri):
-            return _fit_and_export(cfg, loss, logger, resume and str(resume.checkpoint))
+            return _fit_and_export(cfg, task, logger, resume and str(resume.checkpoint))
 
 
-def _fit_and_export(cfg: DictConfig, loss: PreferenceLoss, logger, ckpt_path) -> TrainResult:
-    world = build_toy_world(cfg.toy) if "toy" in (cfg.model.path, cfg.data.source) else None
-    checkpoints = Checkpoints.of(cfg.model, world and world.model_dir)
-    # Again now that the toy model exists and hub files may be fetched: before any weights load.
-    check_reference_compatible(cfg.model, checkpoints.policy_path, download=True)
-    tokenizer = checkpoints.load_tokenizer()
-    datamodule = assemble.build_datamodule(cfg.data, tokenizer, world, loss, logger)
-    module = assemble.build_module(
-        cfg.model, cfg.reference, cfg.optim, loss, checkpoints, datamodule, cfg.trainer.precision
-    )
-    reference_model = assemble.evaluation_reference(module, checkpoints)
-    toy_data = cfg.data.source == "toy"  # the toy world's reward is the ground truth
-    online = is_online(cfg.loop)
-    # One judge for evaluation and the online loop: a reward model loads once.
-    judge = build_judge(cfg.judge, toy_data) if cfg.eval.num_prompts > 0 or online else None
-    true_reward = reward if toy_data else None  # the ground truth, logged whatever the judge
-    callbacks = build_callbacks(
-        cfg.eval, cfg.model, judge, loss, tokenizer, reference_model, true_reward
-    )
-    callbacks += assemble.reference_callbacks(cfg.reference, module)  # TR-DPO's moving π_ref
-    trainer_cfg = cfg.trainer
-    if online:  # pairs sampled from the policy each round (prefopt.online)
-        datamodule = build_online_data(
-            cfg.loop, datamodule, module, tokenizer, judge, reference_model,
-            true_reward=true_reward,
-            progress=cfg.trainer.enable_progress_bar,
-        )  # fmt: skip
-        callbacks.append(OnlineSummary())
-        trainer_cfg = online_trainer_config(cfg.trainer)
-    hints = assemble.fault_hints(cfg.optim, cfg.trainer, cfg.loss)
+def _fit_and_export(cfg: DictConfig, task: tasks.Task, logger, ckpt_path) -> TrainResult:
+    fit = tasks.build_fit(cfg, task, logger)
     trainer = assemble.build_trainer(
-        trainer_cfg, cfg.checkpoint, module, logger, cfg.output_dir, callbacks, hints
-    )
+        fit.trainer_cfg, cfg.checkpoint, fit.module, logger, cfg.output_dir, fit.callbacks,
+        fit.fault_hints,
+    )  # fmt: skip
     with assemble.launched(trainer):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(fit.module, datamodule=fit.datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         written = {}
         if cfg.export:
-            out = Path(cfg.output_dir)
-            written = export_policy(trainer, module, tokenizer, out, cfg.model, checkpoints.load)
+            out, module = Path(cfg.output_dir), fit.module
+            written = export_policy(trainer, module, fit.tokenizer, out, cfg.model, fit.load_base)
             set_tags(logger, {tag: str(path.resolve()) for tag, path in written.items()})
-    log_aligned_model(logger, written, cfg.model, trainer.global_step)  # rank 0: {} elsewhere
+    if fit.log_model:  # rank 0: {} elsewhere
+        log_aligned_model(logger, written, cfg.model, trainer.global_step)
     log_summary(metrics, logger)
     export_dir = written.get("prefopt.export_dir")
-    return TrainResult(run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=module)
+    return TrainResult(
+        run_id=logger.run_id, export_dir=export_dir, metrics=metrics, module=fit.module
+    )
 
 
 register_configs()

@@ -121,10 +121,16 @@ def test_dropped_pairs_are_counted_and_logged(tmp_path, tokenizer, caplog):
     with caplog.at_level(logging.WARNING, logger="prefopt.data"):
         dm.setup("fit")
     assert dm.stats["train_pairs"] == 6
-    assert dm.stats["train_dropped_too_long"] == 1 and dm.stats["train_dropped_identical"] == 1
-    assert dm.stats["val_dropped_too_long"] == 1
+    # The long pair's two sides differ only past max_length: counted apart from too_long.
+    assert dm.stats["train_dropped_truncated_identical"] == 1
+    assert dm.stats["train_dropped_too_long"] == 0 and dm.stats["train_dropped_identical"] == 1
+    assert dm.stats["val_dropped_truncated_identical"] == 1
     messages = [r.getMessage() for r in caplog.records if r.name == "prefopt.data"]
-    assert any("train: dropped 1 of 8 pairs that do not fit max_length=16" in m for m in messages)
+    assert any(
+        "train: dropped 1 of 8 pairs whose chosen and rejected are the same text once truncated "
+        "to max_length=16 (ln 2 and no gradient)" in m
+        for m in messages
+    )
     assert any("identical" in m for m in messages)
 
 

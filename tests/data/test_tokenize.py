@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
+from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TRUNCATED_IDENTICAL
 
 from .conftest import WithoutOffsets, prepare_rows
 
@@ -239,7 +239,7 @@ def test_pairs_without_a_preference_are_dropped_and_counted(tmp_path, tokenizer)
         on_invalid="skip",
     )
     assert len(examples) == 1
-    assert report.dropped == {DROPPED_TOO_LONG: 1, DROPPED_IDENTICAL: 1}
+    assert report.dropped == {DROPPED_TRUNCATED_IDENTICAL: 1, DROPPED_IDENTICAL: 1}
     assert examples[0]["chosen_input_ids"][-2] == enc(tokenizer, "Paris")[-1]
 
 

@@ -54,11 +54,13 @@ def test_reward_model_judge_scores_prompt_plus_completion_one_logit_each(tmp_pat
     completions = [" it is great .", " bad", " i loved the sound but the price is awful ."]
     scores = judge.score(prompts, completions)
 
-    # The same model on each text alone (no padding at all), read by hand.
+    # The same model on each text alone (no padding at all), read by hand: BOS, the text, and
+    # the EOS that training (`task=reward`, data/tokenize.py) ends plain text with.
     model = LlamaForSequenceClassification.from_pretrained(path).eval()
     tokenizer = word_tokenizer()
     for text_score, prompt, completion in zip(scores, prompts, completions):
-        ids = tokenizer(prompt + completion, return_tensors="pt").input_ids
+        ids = tokenizer(prompt + completion + " <eos>", return_tensors="pt").input_ids
+        assert ids[0, 0].item() == tokenizer.bos_token_id and ids[0, -1].item() == 2
         with torch.no_grad():
             expected = model(input_ids=ids).logits[0, 0].item()
         assert text_score == pytest.approx(expected, abs=1e-5)

@@ -166,7 +166,7 @@ class StopAtStep(L.Callback):
 
 
 def with_callback(monkeypatch, callback: L.Callback) -> None:
-    import prefopt.train as train_module
+    import prefopt.training.tasks as train_module  # its builders call build_callbacks
 
     build = train_module.build_callbacks
     monkeypatch.setattr(train_module, "build_callbacks", lambda *a: [*build(*a), callback])

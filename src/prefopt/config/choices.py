@@ -60,6 +60,11 @@ class Scheduler(Choice):
     cosine = "cosine"
 
 
+class TaskKind(Choice):
+    align = "align"
+    reward = "reward"
+
+
 class LoopKind(Choice):
     offline = "offline"
     online = "online"

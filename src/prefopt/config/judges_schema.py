@@ -10,6 +10,7 @@ arguments, checked against the class's signature before the run starts (`config/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -45,6 +46,18 @@ class RewardModelJudgeConfig:
 
 
 @dataclass
+class LearnedToyJudgeConfig:
+    """The toy world's learned reward model (a Bradley–Terry model of its noisy training
+    pairs, trained on first use and cached): the proxy reward RLHF would optimise."""
+
+    _target_: str = "prefopt.reward.learned_toy.LearnedToyJudge"
+    toy: Any = "${toy}"
+    """The toy world it learns from: the run's `toy` section."""
+    batch_size: int = 64
+    """Exchanges per forward pass of the reward model."""
+
+
+@dataclass
 class PythonJudgeConfig:
     """A function `(prompts: list[str], completions: list[str]) -> list[float]`."""
 
@@ -63,6 +76,7 @@ class NoJudgeConfig:
 JUDGE_SCHEMAS: dict[str, type] = {
     "toy": ToyJudgeConfig,
     "reward_model": RewardModelJudgeConfig,
+    "learned_toy": LearnedToyJudgeConfig,
     "python": PythonJudgeConfig,
     "none": NoJudgeConfig,
 }

@@ -35,6 +35,7 @@ from prefopt.config.choices import (  # noqa: F401  (re-exported: the schemas' f
 )
 from prefopt.config.eval_schema import DiagnosticsConfig, EvalConfig  # noqa: F401 (re-exported)
 from prefopt.config.loop_schema import LoopConfig
+from prefopt.config.task_schema import TaskConfig
 
 
 @dataclass
@@ -62,6 +63,9 @@ class ModelConfig:
     """Reference model checkpoint; null = a frozen copy of the initial policy (same `path`)."""
     lr: float = 1e-6
     """The learning rate that suits this model; `optim.lr` defaults to it."""
+    reward_lr: float = "${.lr}"  # type: ignore[assignment]
+    """The learning rate that suits a reward model on this model (`task=reward`: a new score
+    head on it); by default `lr`."""
     dtype: ModelDtype = ModelDtype.float32
     """Weights dtype on load: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
@@ -333,6 +337,8 @@ class Config:
     its option's schema in `config/judges_schema.py`."""
     loop: LoopConfig = field(default_factory=LoopConfig)
     """Offline (the data's pairs) or online (sampled from the policy each round): `conf/loop/`."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """Align the policy (the default) or train a reward model on the same data: `conf/task/`."""
     seed: int = 0
     output_dir: str = MISSING
     """Where the run writes its checkpoints and the exported model (default: Hydra's run dir)."""
@@ -385,5 +391,6 @@ GROUP_SCHEMAS: dict[str, type] = {
     "logger": LoggerConfig,
     "eval": EvalConfig,
     "loop": LoopConfig,
+    "task": TaskConfig,
 }
 """The schema each `conf/<group>/*.yaml` extends (through `<group>_schema` in its defaults)."""

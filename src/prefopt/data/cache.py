@@ -25,9 +25,10 @@ from prefopt.data.tokenize import adds_bos
 from prefopt.errors import PrefoptError
 from prefopt.files import cache_root, hash_file, seal_problem, set_aside
 
-PREPARE_VERSION = 2
+PREPARE_VERSION = 3
 """Bump when preparation changes its output for the same input: old cache entries then miss.
-(2: examples keep the prompt as written, `original_prompt`.)"""
+(2: examples keep the prompt as written, `original_prompt`; 3: pairs that truncation leaves
+identical are counted as `truncated_identical`, apart from `too_long`.)"""
 
 
 @dataclass

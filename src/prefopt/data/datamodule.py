@@ -20,7 +20,11 @@ from prefopt.data.packing import collate_packed_pairs
 from prefopt.data.prepare import prepare_data
 from prefopt.data.sources import ToyWorldFiles
 from prefopt.data.summary import SplitSummary, mean_token_lengths, split_counts, split_origins
-from prefopt.data.tokenize import DROPPED_IDENTICAL, DROPPED_TOO_LONG
+from prefopt.data.tokenize import (
+    DROPPED_IDENTICAL,
+    DROPPED_TOO_LONG,
+    DROPPED_TRUNCATED_IDENTICAL,
+)
 from prefopt.data.unpaired import collate_unpaired
 from prefopt.data.validate import InvalidRows
 from prefopt.errors import PrefoptError
@@ -114,6 +118,16 @@ class PreferenceDataModule(L.LightningDataModule):
                 report.rows,
                 self.cfg.max_length,
                 self.cfg.max_prompt_length,
+            )
+        if dropped[DROPPED_TRUNCATED_IDENTICAL]:
+            # They would cost −log σ(0) and teach nothing, whatever the model does.
+            log.warning(
+                "%s: dropped %d of %d pairs whose chosen and rejected are the same text once "
+                "truncated to max_length=%d (ln 2 and no gradient); raise data.max_length",
+                split,
+                dropped[DROPPED_TRUNCATED_IDENTICAL],
+                report.rows,
+                self.cfg.max_length,
             )
         if dropped[DROPPED_IDENTICAL]:
             log.warning(

@@ -20,7 +20,8 @@ The rules, each guarding a known way to corrupt DPO's log-probabilities:
 - Too long (prompt + completion > max_length on either side of a pair): both prompts keep their
   last `max_prompt_length` tokens (after a kept BOS), then each completion keeps its start.
   A pair left with an empty completion, or whose two sides become identical, says nothing about
-  preference: it is dropped and counted, as are pairs identical from the start.
+  preference (a reward model or DPO would see ln 2 and no gradient): it is dropped and counted
+  (`too_long`, `truncated_identical`), as are pairs identical from the start (`identical`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from prefopt.errors import PrefoptError, RowError
 
 DROPPED_TOO_LONG = "too_long"
 DROPPED_IDENTICAL = "identical"
+DROPPED_TRUNCATED_IDENTICAL = "truncated_identical"
+"""Chosen and rejected differ, but only past what `max_length` keeps."""
 
 
 class TokenizedPair(TypedDict):
@@ -108,8 +111,10 @@ class PairTokenizer:
         if max(len(chosen[0]), len(rejected[0])) > self.max_length:
             chosen, rejected = self._truncate(*chosen), self._truncate(*rejected)
             empty = any(len(ids) == prompt_length for ids, prompt_length in (chosen, rejected))
-            if empty or chosen == rejected:
+            if empty:
                 return None, DROPPED_TOO_LONG
+            if chosen == rejected:
+                return None, DROPPED_TRUNCATED_IDENTICAL
             prompt_ids = self._keep_end(prompt_ids) if prompt_ids else prompt_ids
         return TokenizedPair(
             chosen_input_ids=chosen[0],
@@ -334,6 +339,14 @@ def dropped_row_error(where: str, reason: str, pair_tokenizer: PairTokenizer) ->
             f"{where}: 'chosen' and 'rejected' are identical, so the pair states no preference",
             reason=reason,
             field="rejected",
+        )
+    if reason == DROPPED_TRUNCATED_IDENTICAL:
+        return RowError(
+            f"{where}: 'chosen' and 'rejected' differ only past data.max_length="
+            f"{pair_tokenizer.max_length} (data.max_prompt_length="
+            f"{pair_tokenizer.max_prompt_length}): truncated, they are the same text and state "
+            "no preference; raise data.max_length",
+            reason=reason,
         )
     return RowError(
         f"{where}: too long: it does not fit data.max_length={pair_tokenizer.max_length} "

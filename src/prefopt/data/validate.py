@@ -3,9 +3,9 @@
 - `error` (the default): the first bad row stops the run before training, with the file, the
   row, the field and what to do;
 - `skip`: bad rows are dropped and counted per reason (`missing_column`, `wrong_type`, `empty`,
-  `bad_label`, `identical`, `too_long`, `untokenizable`); the counts are logged with the first
-  example of each reason and recorded in MLflow as `dropped_<reason>` in the profile of the
-  run's dataset of that split.
+  `bad_label`, `identical`, `too_long`, `truncated_identical`, `untokenizable`); the counts are
+  logged with the first example of each reason and recorded in MLflow as `dropped_<reason>` in
+  the profile of the run's dataset of that split.
 
 Problems with a whole file or dataset (unreadable, truncated, no usable layout, nothing left
 after filtering) always stop the run: skipping cannot fix those.

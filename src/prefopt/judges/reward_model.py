@@ -5,6 +5,12 @@ model of another family (another vocabulary, another chat template) scores the p
 completions as it was trained to, through its tokenizer's chat template (the prompt as the data
 wrote it: a text as the user turn, a conversation's messages as they are; the completion as the
 assistant turn) when it has one, else as the plain text prompt + completion. `judge=reward_model judge.path=/path/to/reward_model`.
+
+The text becomes ids as prefopt's training made them (`prefopt.data.tokenize`), so a reward
+model trained with `task=reward` reads at judgement what it read in training: BOS once (where
+the tokenizer adds one, and never a second after a chat template that wrote it), and for plain
+text the EOS it was trained to end on. The score is read at the last real token of each
+right-padded row (`prefopt.reward.scores`), also where the pad token is the EOS.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from prefopt.data.tokenize import adds_bos
 from prefopt.errors import PrefoptError
+from prefopt.reward.scores import sequence_scores
 
 
 class RewardModelJudge:
@@ -69,6 +77,28 @@ class RewardModelJudge:
         exchange = [*messages, {"role": "assistant", "content": completion.strip()}]
         return self.tokenizer.apply_chat_template(exchange, tokenize=False)
 
+    def encode(self, text: str) -> list[int]:
+        """`text`'s ids as training made them: BOS once in front (where the tokenizer adds
+        one), and after plain text (no chat template) the EOS, once; at most `max_length` ids
+        (the start kept, so a cut text has no EOS, as in training)."""
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        if adds_bos(self.tokenizer) and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        if not self.tokenizer.chat_template and eos is not None and ids[-1:] != [eos]:
+            ids = [*ids, eos]
+        limit = self.max_length or self.tokenizer.model_max_length
+        return ids[:limit] if limit and limit < len(ids) else ids
+
+    def _padded(self, rows: list[list[int]], device) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, : len(ids)] = 1
+        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
     @torch.no_grad()
     def score(
         self,
@@ -80,19 +110,10 @@ class RewardModelJudge:
         self.model.to(device)
         scores: list[float] = []
         try:
-            texts = [self.render(p, c) for p, c in zip(prompts, completions)]
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    texts[start : start + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                    # A rendered chat template already holds its BOS; adding one would double it.
-                    add_special_tokens=not self.tokenizer.chat_template,
-                ).to(device)
-                logits = self.model(**batch).logits
-                scores += logits[:, 0].float().cpu().tolist()
+            rows = [self.encode(self.render(p, c)) for p, c in zip(prompts, completions)]
+            for start in range(0, len(rows), self.batch_size):
+                batch = self._padded(rows[start : start + self.batch_size], device)
+                scores += sequence_scores(self.model, **batch).cpu().tolist()
         finally:
             self.model.to("cpu")
         return scores
