@@ -57,7 +57,8 @@ def model_dir(tmp_path_factory):
 
 def test_the_check_prints_rows_kept_dropped_and_truncated_pairs(tmp_path, model_dir, capsys):
     """Five short pairs, one whose long prompt is cut to max_prompt_length (kept, at a cap) and
-    one whose completions differ only past max_length (identical once cut: dropped, too long)."""
+    one whose completions differ only past max_length (identical once cut: dropped, counted as
+    truncated_identical, apart from too_long)."""
     rows = [{"prompt": "hi", "chosen": " hello there", "rejected": " go away"}] * 5
     rows.append({"prompt": "the quick brown fox " * 8, "chosen": " hello", "rejected": " go"})
     same_start = " the weather is nice there" * 6
@@ -76,7 +77,8 @@ def test_the_check_prints_rows_kept_dropped_and_truncated_pairs(tmp_path, model_
     assert lines[1] == "train: pairs.jsonl [train]"
     train = dict(line.split() for line in lines[2 : lines.index("val: pairs.jsonl [validation]")])
     assert train["layout"] == "explicit"
-    assert (train["rows"], train["pairs"], train["dropped_too_long"]) == ("7", "6", "1")
+    assert (train["rows"], train["pairs"]) == ("7", "6")
+    assert (train["dropped_too_long"], train["dropped_truncated_identical"]) == ("0", "1")
     assert (train["at_a_cap"], train["prompt_at_max_prompt_length"]) == ("1", "1")
     assert int(train["longest_tokens"]) <= 24
 

@@ -218,7 +218,10 @@ def test_simpo_is_evaluated_against_the_initial_model_by_a_saved_reward_model(
     rows = read_table(client, result.run_id, tmp_path)
     reward_model.eval()
     for row in rows:
-        ids = tokenizer(row["prompt"] + row["policy"], return_tensors="pt").input_ids
+        # As a reward model is trained to read a plain-text exchange: the tokenizer's ids, then
+        # the EOS that ends every sequence of training.
+        ids = tokenizer(row["prompt"] + row["policy"]).input_ids + [tokenizer.eos_token_id]
+        ids = torch.tensor([ids])
         with torch.no_grad():
             expected = reward_model(input_ids=ids).logits[0, 0].item()
         assert abs(row["reward_policy"] - expected) < 1e-4

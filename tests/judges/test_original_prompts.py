@@ -51,7 +51,7 @@ class Recording:
         return getattr(self.tokenizer, name)
 
     def __call__(self, texts, **kwargs):
-        self.texts.extend(texts)
+        self.texts.extend([texts] if isinstance(texts, str) else texts)
         return self.tokenizer(texts, **kwargs)
 
 
@@ -86,7 +86,8 @@ def test_evaluation_judges_the_whole_original_conversation(tmp_path):
 
     # Step 0: the policy is the reference and samples with the same seed, the same completion.
     completion = callback.reference_samples.texts[0].strip()
-    assert judge.tokenizer.texts == [AS_THE_JUDGE_READS_IT + completion + "<|eot_id|>"] * 2
+    judged = [text for text in judge.tokenizer.texts if "Be brief." in text]  # not its probes
+    assert judged == [AS_THE_JUDGE_READS_IT + completion + "<|eot_id|>"] * 2
 
 
 def test_online_rounds_find_the_original_prompt_of_training_examples(tmp_path):

@@ -62,10 +62,8 @@ SCHEDULE_KEYS = ("optim.", "trainer.max_steps", "trainer.max_epochs")
 
 def run_settings(trainer: L.Trainer, module: Any) -> dict[str, Any]:
     """The settings a checkpoint records: flat dotted keys, plain values."""
-    loss = module.loss
     settings: dict[str, Any] = {
-        "loss._target_": f"{type(loss).__module__}.{type(loss).__qualname__}",
-        **_flat("loss", _plain(dataclasses.asdict(loss))),
+        **_objective_settings(module),
         **_flat("optim", _plain(module.optim)),
         "trainer.precision": str(trainer.precision),
         "trainer.max_steps": trainer.max_steps,
@@ -79,6 +77,22 @@ def run_settings(trainer: L.Trainer, module: Any) -> dict[str, Any]:
         data = {k: v for k, v in _plain(data).items() if k not in HARMLESS_DATA_KEYS}
         settings.update(_flat("data", data))
     return settings
+
+
+def _objective_settings(module: Any) -> dict[str, Any]:
+    """What the module trains for: a preference loss and its hyperparameters, or (task=reward,
+    a module without a `loss`) the reward model's Bradley–Terry terms, under `task.`."""
+    loss = getattr(module, "loss", None)
+    if loss is None:
+        return {
+            "loss._target_": f"{type(module).__module__}.{type(module).__qualname__}",
+            "task.margin": module.margin,
+            "task.center_rewards_coefficient": module.center_rewards_coefficient,
+        }
+    return {
+        "loss._target_": f"{type(loss).__module__}.{type(loss).__qualname__}",
+        **_flat("loss", _plain(dataclasses.asdict(loss))),
+    }
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
