@@ -45,6 +45,7 @@ from prefopt.training import assemble, strategies
 from prefopt.training.assemble import TrainResult
 from prefopt.training.faults import graceful_interrupts
 from prefopt.training.resume import find_resume_point, recorded_run
+from prefopt.training.resume_config import refuse_before_start
 
 
 def check_config(cfg: DictConfig) -> PreferenceLoss:
@@ -68,6 +69,8 @@ def train(cfg: DictConfig) -> TrainResult:
         sweep.adopt(resume.run_id_for(tracking_uri), tracking_uri)
     if resume and resume.finished:  # a relaunched sweep's job that finished: left as it is
         return TrainResult(run_id=resume.run.get("run_id"), export_dir=None, metrics={}, module=None)
+    if resume:  # a change the checkpoint cannot honour: refused before the MLflow run reopens
+        refuse_before_start(resume.checkpoint, cfg, loss)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_name = cfg.logger.run_name or default_run_name(loss.describe(), cfg.optim.lr)
     if sweep and not cfg.logger.run_name:
