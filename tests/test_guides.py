@@ -273,32 +273,6 @@ def test_every_key_of_the_trl_table_exists_in_trl_and_in_the_composed_config(hyd
             assert OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT, (key, groups)
 
 
-def test_a_relaunched_sweep_with_resume_true_would_continue_another_job_s_checkpoint(tmp_path):
-    """What the resuming guide warns of, and its way round it. Jobs 0 and 1 of a killed sweep
-    finished, job 2 was killed with a checkpoint. Relaunched with resume=true, the new sweep's
-    job 0 (other swept values) is offered job 2's checkpoint: the newest unfinished one under
-    multirun/<date>/, whichever job wrote it. ckpt_path=<job 2's folder> names job 2's own."""
-    import json
-
-    import torch
-
-    from prefopt.training.resume import find_resume_point
-
-    sweep = tmp_path / "multirun" / "2026-01-31" / "10-42-07"
-    for job, finished in ((0, True), (1, True), (2, False)):
-        folder = sweep / str(job) / "checkpoints"
-        folder.mkdir(parents=True)
-        torch.save({"state_dict": {"w": torch.zeros(2)}}, folder / "last.ckpt")
-        run = {"run_id": f"run{job}", "tracking_uri": "sqlite:///mlflow.db", "lineage": str(job)}
-        (folder / "run.json").write_text(json.dumps({**run, "finished": finished}))
-    relaunched_job_0 = tmp_path / "multirun" / "2026-01-31" / "11-00-00" / "0"
-    point = find_resume_point(relaunched_job_0, True, None, "sqlite:///mlflow.db")
-    assert point.checkpoint == sweep / "2" / "checkpoints" / "last.ckpt"
-    assert point.run["run_id"] == "run2"
-    named = find_resume_point(relaunched_job_0, False, str(sweep / "2"), "sqlite:///mlflow.db")
-    assert named.checkpoint == sweep / "2" / "checkpoints" / "last.ckpt"
-
-
 def test_the_gpu_guide_s_three_tries_train_on_the_same_global_batch(hydra_conf):
     """ "All three train on 32 pairs per optimizer step": batch size × accumulation."""
     page = [c for p, _, c in COMMANDS if p == "gpu-memory.md"]

@@ -33,6 +33,7 @@ from prefopt.training import assemble, tasks
 from prefopt.training.assemble import TrainResult
 from prefopt.training.faults import graceful_interrupts
 from prefopt.training.resume import find_resume_point, recorded_run
+from prefopt.training.resume_config import refuse_before_start
 
 check_config = tasks.check_task
 """Everything that can be checked before a model or dataset is touched (scripts call it)."""
@@ -43,9 +44,18 @@ def train(cfg: DictConfig) -> TrainResult:
     checks.check_accelerator(cfg.trainer)  # this machine's GPUs; a valid config may need others
     checks.check_model_kernels(cfg.model, cfg.trainer)  # e.g. liger-kernel: its package, a GPU
     tracking_uri = resolve_tracking_uri(cfg.logger.tracking_uri)
-    resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path, tracking_uri)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     sweep = sweep_job(cfg.logger)  # None unless this is a job of a --multirun
+    job = sweep and sweep.identity(cfg)  # a relaunched sweep job resumes only its own checkpoint
+    resume = find_resume_point(cfg.output_dir, cfg.resume, cfg.ckpt_path, tracking_uri, job)
+    if sweep and resume and resume.run.get("job") == job:  # its run joins this sweep's parent
+        sweep.adopt(resume.run_id_for(tracking_uri), tracking_uri)
+    if resume and resume.finished:  # a relaunched sweep's job that finished: left as it is
+        return TrainResult(
+            run_id=resume.run.get("run_id"), export_dir=None, metrics={}, module=None
+        )
+    if resume:  # a change the checkpoint cannot honour: refused before the MLflow run reopens
+        refuse_before_start(resume.checkpoint, cfg, task.trained_loss)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_name = cfg.logger.run_name or default_run_name(task.label, cfg.optim.lr)
     if sweep and not cfg.logger.run_name:
         swept = {key: OmegaConf.select(cfg, key) for key in sweep.swept_keys}
@@ -59,7 +69,7 @@ def train(cfg: DictConfig) -> TrainResult:
         ) as logger,
     ):  # fmt: skip
         uri, enabled = logger.tracking_uri, cfg.checkpoint.enabled
-        with recorded_run(cfg.output_dir, enabled, resume, logger.run_id, uri):
+        with recorded_run(cfg.output_dir, enabled, resume, logger.run_id, uri, job):
             return _fit_and_export(cfg, task, logger, resume and str(resume.checkpoint))
 
 

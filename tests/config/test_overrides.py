@@ -62,7 +62,10 @@ def schemas_registered():
             "loop=onlin: there is no such loop; did you mean online or offline? "
             "(all: offline, online)",
         ),
-        (["judge=tyo"], "judge=tyo: there is no such judge; did you mean toy? (all: learned_toy, none, python,"),
+        (
+            ["judge=tyo"],
+            "judge=tyo: there is no such judge; did you mean toy? (all: learned_toy, none, python,",
+        ),
         (
             ["optim=adamm"],
             "optim=adamm: there is no such optim; did you mean adamw? (all: adamw, sgd)",

@@ -16,6 +16,7 @@ from prefopt.training.checkpoint import CHECKPOINT_DIR, LAST, safe_load
 from prefopt.training.module import PreferenceModule
 
 from ..conftest import user_error
+from ..test_reliability import runs_in
 
 CHANGED_TAG = "prefopt.resume.changed"
 QUICK = [
@@ -101,6 +102,8 @@ def test_a_change_the_checkpoint_cannot_honour_is_refused_in_one_line(compose_co
         ), line
         assert refused in line and "start a new run" in line, line
     assert safe_load(checkpoint)["global_step"] == 2  # untouched
+    _, runs = runs_in(first)  # refused before the MLflow run reopened: nothing recorded
+    assert [run.info.status for run in runs] == ["FINISHED"]
 
 
 def test_a_run_killed_before_its_first_step_checkpoint_resumes_from_a_timed_one(

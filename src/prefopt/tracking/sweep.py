@@ -34,7 +34,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prefopt.tracking.params import key_params, param_name
 from prefopt.tracking.runs import format_number
@@ -89,6 +89,8 @@ class SweepJob:
     swept_keys: tuple[str, ...]
     choices: dict[str, str]
     """Hydra's config-group choices of this job, e.g. {"loss": "ipo"}."""
+    overrides: tuple[str, ...] = ()
+    """This job's task overrides as Hydra gave them (`loss.beta=0.05`, ...)."""
 
     @property
     def tags(self) -> dict[str, str]:
@@ -112,6 +114,37 @@ class SweepJob:
         )
         swept = {param_name(key) for key in self.swept_keys}
         return {**{k: v for k, v in values.items() if k in swept}, **self.params}
+
+    def identity(self, config: DictConfig) -> dict[str, Any]:
+        """What tells this job from the sweep's others, whatever its job number: {swept key:
+        this job's value}, a config-group choice as its option's name. `run.json` records it,
+        and a relaunch with resume=true continues only a checkpoint of the same identity
+        (`training.resume`). Without the parent run (no swept keys known): every key this job
+        overrides, `resume` and `ckpt_path` aside (a relaunch adds them)."""
+        keys = self.swept_keys or tuple(
+            override.key_or_group
+            for override in OverridesParser.create().parse_overrides(list(self.overrides))
+            if not override.is_hydra_override()
+            and override.key_or_group not in ("resume", "ckpt_path")
+        )
+        identity = {}
+        for key in sorted(keys):
+            value = self.choices.get(key, OmegaConf.select(config, key, default=None))
+            if isinstance(value, DictConfig | ListConfig):
+                value = OmegaConf.to_container(value, resolve=True)
+            identity[key] = json.loads(json.dumps(value, default=str))  # as run.json reads back
+        return identity
+
+    def adopt(self, run_id: str | None, tracking_uri: str) -> None:
+        """Move the run of a job relaunched with resume=true (finished, or continued) under
+        this sweep's parent with this job number, so that the relaunch's summary shows every
+        job of the sweep. Its metrics and params stay as they are (its swept values are this
+        job's: `identity` matched)."""
+        if run_id is None or self.parent_run_id is None:
+            return
+        client = MlflowClient(tracking_uri=tracking_uri)
+        for tag, value in self.tags.items():
+            client.set_tag(run_id, tag, value)
 
     def run_name(self, base_name: str, swept_values: Mapping[str, Any]) -> str:
         """The default name (loss, β, lr) plus every other swept key with its value.
@@ -153,6 +186,7 @@ def sweep_job(logger_cfg: DictConfig) -> SweepJob | None:
         parent_run_id=parent["run_id"] if parent else None,
         swept_keys=tuple(parent["swept_keys"]) if parent else (),
         choices={k: str(v) for k, v in hydra_cfg.runtime.choices.items() if v is not None},
+        overrides=tuple(hydra_cfg.overrides.task),
     )
 
 

@@ -13,6 +13,15 @@ leaves its predecessor's checkpoint on offer, after any number of kills. A check
 fails its content check (`checkpoint.checkpoint_damage`) is reported in one line, renamed
 `*.corrupt`, and the next older one is offered (`previous.ckpt`, then other folders').
 
+A job of a sweep (`--multirun`) continues only a checkpoint of the same job: `run.json` records
+the job's swept values (`job`, from `SweepJob.identity`) when it starts, and a relaunched job is
+offered only sibling folders whose `job` equals its own, whatever its job number (siblings of
+every date under `multirun/`). A job with no such checkpoint starts fresh; one whose own job
+finished is passed over (`ResumePoint.finished`: the relaunch leaves it alone). A folder whose
+`run.json` predates `job` is never taken for a sweep job: continuing another job's weights with
+this job's values would be silent, starting again is not (name it with `ckpt_path=`). A plain
+run keeps the rule above: its relaunch may change e.g. `optim.lr` (`resume_config`).
+
 "Newest" is a total order (`_newest_first`), so that the choice never rests on chance: the
 checkpoint file's modification time first; among equal times (file systems that keep whole
 seconds, or two seconds, make ties common) the run that started later (`started` in `run.json`,
@@ -53,6 +62,8 @@ class ResumePoint:
     checkpoint: Path
     run: dict[str, Any]
     """`run.json` of the interrupted run: its MLflow `run_id` and `tracking_uri` (may be empty)."""
+    finished: bool = False
+    """A sweep job's own run finished already: nothing to train, the relaunch passes it over."""
 
     def run_id_for(self, tracking_uri: str) -> str | None:
         """The MLflow run to continue: the interrupted run's, when it used the same store."""
@@ -98,28 +109,40 @@ def checkpoints_in(checkpoint_dir: Path) -> list[Path]:
 
 
 def find_resume_point(
-    output_dir: str | Path, resume: bool, ckpt_path: str | None, tracking_uri: str | None = None
+    output_dir: str | Path,
+    resume: bool,
+    ckpt_path: str | None,
+    tracking_uri: str | None = None,
+    job: dict[str, Any] | None = None,
 ) -> ResumePoint | None:
     """The checkpoint `ckpt_path=` names (refused in one line when damaged), or with
     `resume=true` the newest sound checkpoint of an unfinished run, as the module says.
 
     `tracking_uri`: only sibling folders whose run logged to this MLflow store are offered, so
     that an `output_dir` on a shared disk never picks up someone else's run (continuing means
-    logging into the same MLflow run, which only the same store holds)."""
+    logging into the same MLflow run, which only the same store holds).
+
+    `job`: a sweep job's identity (`SweepJob.identity`), None for a plain run: only folders of
+    the same job are offered; none gives None (the job starts fresh), and a finished one a
+    point with `finished` set (the job is passed over)."""
     if ckpt_path:
         return _named(ckpt_path)
     if not resume:
         return None
     output_dir = Path(output_dir)
     own = output_dir / CHECKPOINT_DIR
-    if checkpoints_in(own):
+    if checkpoints_in(own) and (job is None or read_run_file(own).get("job") == job):
         if read_run_file(own).get("finished"):
+            if job is not None:
+                return _finished(checkpoints_in(own)[0], job)
             raise PrefoptError(
                 f"resume=true: the run in {output_dir} finished already; nothing to resume"
             )
         if point := _first_sound(checkpoints_in(own)):
             return point
-    root = output_dir.parent.parent
+    # A sweep job's siblings: every job folder under multirun/ (<date>/<time>/<job>), so that a
+    # sweep relaunched after midnight still finds its jobs; they are matched on `job`.
+    root = output_dir.resolve().parents[2] if job is not None else output_dir.parent.parent
     folders = {
         folder
         for pattern in (f"*/*/{CHECKPOINT_DIR}", f"*/*/*/{CHECKPOINT_DIR}")
@@ -130,6 +153,8 @@ def find_resume_point(
         runs = {
             folder: run for folder, run in runs.items() if run.get("tracking_uri") == tracking_uri
         }
+    if job is not None:
+        runs = {folder: run for folder, run in runs.items() if run.get("job") == job}
     finished = {lineage_of(folder, run) for folder, run in runs.items() if run.get("finished")}
     candidates = [
         path
@@ -139,6 +164,16 @@ def find_resume_point(
     ]
     candidates.sort(key=_newest_first, reverse=True)
     point = _first_sound(candidates)
+    if point is None and job is not None:
+        done = sorted(
+            (path for folder, run in runs.items() if run.get("finished")
+             for path in checkpoints_in(folder)),
+            key=_newest_first,
+        )  # fmt: skip
+        if done:
+            return _finished(done[-1], job)
+        log.info("resume=true: no checkpoint of sweep job %s under %s; it starts fresh", job, root)
+        return None
     if point is None:
         raise PrefoptError(
             f"resume=true: no unfinished run with a checkpoint in {output_dir} or under {root}"
@@ -156,11 +191,13 @@ def recorded_run(
     resume: ResumePoint | None,
     run_id: str,
     tracking_uri: str,
+    job: dict[str, Any] | None = None,
 ):
     """Around a training with checkpoints `enabled`: `run.json` names the MLflow run and the
     lineage (the resumed run's, else a new one) while it trains, and is marked `finished` once
     the block (fit and export) completed. Checkpoints of another run left in `output_dir` are
-    removed first: they would otherwise be offered as this run's."""
+    removed first: they would otherwise be offered as this run's. `job`: a sweep job's
+    identity (`SweepJob.identity`), recorded as `job`."""
     writes = enabled and rank_zero_only.rank == 0
     if writes:
         own = Path(output_dir) / CHECKPOINT_DIR
@@ -170,6 +207,8 @@ def recorded_run(
                 log.info("removed %s: a checkpoint of the run this one replaces", stale)
         run = {"run_id": run_id, "tracking_uri": tracking_uri, "started": time.time()}
         run["lineage"] = resume.lineage if resume else uuid.uuid4().hex
+        if job is not None:  # which sweep job this is, so that a relaunch finds its own
+            run["job"] = job
         if resume:
             run["resumed_from"] = str(resume.checkpoint.resolve())
         path = own / RUN_FILE
@@ -194,6 +233,11 @@ def _named(ckpt_path: str) -> ResumePoint:
         hint = f"name an older one ({older})" if older.is_file() else "name an older checkpoint"
         raise PrefoptError(f"ckpt_path={ckpt_path}: {checkpoint} is {problem}; {hint}")
     return ResumePoint(checkpoint, read_run_file(checkpoint.parent))
+
+
+def _finished(checkpoint: Path, job: dict[str, Any]) -> ResumePoint:
+    log.info("resume=true: sweep job %s finished already (%s); left as it is", job, checkpoint)
+    return ResumePoint(checkpoint, read_run_file(checkpoint.parent), finished=True)
 
 
 def _first_sound(checkpoints: list[Path]) -> ResumePoint | None:

@@ -6,7 +6,8 @@ loss and its hyperparameters, the `optim` section, the precision and length of t
 policy's checkpoint and the data section. When a run resumes:
 
 - a change that a checkpoint cannot honour stops the run (`PrefoptError`, exit 2) naming the
-  keys (`FIXED`): another policy, other data or batch size (the checkpoint's weights and data
+  keys (`FIXED`), before the MLflow run reopens (`refuse_before_start`; the policy's path once
+  the model loaded): another policy, other data or batch size (the checkpoint's weights and data
   position are of those), another loss kind, optimizer or schedule class (their saved states
   are of another kind), other gradient accumulation (its position within a step is of that);
 - every other change applies. The loss and the precision need nothing: both are built from
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -85,14 +87,21 @@ def _objective_settings(module: Any) -> dict[str, Any]:
     loss = getattr(module, "loss", None)
     if loss is None:
         return {
-            "loss._target_": f"{type(module).__module__}.{type(module).__qualname__}",
+            "loss._target_": objective_name(None),
             "task.margin": module.margin,
             "task.center_rewards_coefficient": module.center_rewards_coefficient,
         }
     return {
-        "loss._target_": f"{type(loss).__module__}.{type(loss).__qualname__}",
+        "loss._target_": objective_name(loss),
         **_flat("loss", _plain(dataclasses.asdict(loss))),
     }
+
+
+def objective_name(loss: Any) -> str:
+    """The loss's class, or for a reward model (no preference loss) its Bradley–Terry objective."""
+    if loss is None:
+        return "prefopt.reward.loss.bradley_terry"
+    return f"{type(loss).__module__}.{type(loss).__qualname__}"
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -105,6 +114,39 @@ def refused(changed: dict[str, tuple[Any, Any]]) -> list[str]:
     return [
         k for k in changed if any(k == f or (f.endswith(".") and k.startswith(f)) for f in FIXED)
     ]
+
+
+def refusal(changed: dict[str, tuple[Any, Any]], fixed: list[str]) -> PrefoptError:
+    shown = ", ".join(f"{k} ({_short(changed[k][0])} -> {_short(changed[k][1])})" for k in fixed)
+    return PrefoptError(
+        f"resume: the config changes what the checkpoint cannot continue: {shown}; "
+        f"{FIXED_WHY}: resume with the checkpoint's values, or start a new run "
+        "(without resume=true / ckpt_path)"
+    )
+
+
+def refuse_before_start(checkpoint: str | Path, cfg: DictConfig, loss: Any | None) -> None:
+    """The refusal `ResumedSettings` makes once training starts, made before the MLflow run is
+    reopened, so that a refused resume records nothing (the run would otherwise end FAILED,
+    half recorded): for the fixed keys the config gives as the checkpoint recorded them (the
+    loss kind, the optimizer and schedule classes, gradient accumulation, the data). The
+    policy's path, recorded as the loaded model names it, is left to the callback. A checkpoint
+    without settings (older) passes. The checkpoint is memory-mapped: its tensors are not read."""
+    state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
+    old = (state.get("callbacks") or {}).get("ResumedSettings", {}).get("settings")
+    if not old:
+        return
+    data = {k: v for k, v in _plain(cfg.data).items() if k not in HARMLESS_DATA_KEYS}
+    new = {
+        "loss._target_": objective_name(loss),  # loss None: a reward model
+        **_flat("optim", _plain(cfg.optim)),
+        "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
+        **_flat("data", data),
+    }
+    old = {k: v for k, v in old.items() if k in new or k.startswith("data.")}
+    changed = changed_settings(old, new)
+    if fixed := refused(changed):
+        raise refusal(changed, fixed)
 
 
 class ResumedSettings(L.Callback):
@@ -158,15 +200,7 @@ class ResumedSettings(L.Callback):
             return
         self._changed = changed_settings(self._checkpoint_settings, self._settings)
         if fixed := refused(self._changed):
-            shown = ", ".join(
-                f"{k} ({_short(self._changed[k][0])} -> {_short(self._changed[k][1])})"
-                for k in fixed
-            )
-            raise PrefoptError(
-                f"resume: the config changes what the checkpoint cannot continue: {shown}; "
-                f"{FIXED_WHY}: resume with the checkpoint's values, or start a new run "
-                "(without resume=true / ckpt_path)"
-            )
+            raise refusal(self._changed, fixed)
 
     def _report(self, trainer) -> None:
         step = trainer.global_step

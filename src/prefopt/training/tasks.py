@@ -50,6 +50,11 @@ class Task:
     """The run name's start (the loss and its hyperparameters, or `reward model`)."""
     loss: PreferenceLoss
 
+    @property
+    def trained_loss(self) -> PreferenceLoss | None:
+        """The preference loss the run trains with; None for a reward model (Bradley–Terry)."""
+        return None if self.kind == "reward" else self.loss
+
 
 @dataclass
 class Fit:
