@@ -2,13 +2,16 @@
 against the reference, ground-truth reward and KL to the reference on held-out prompts.
 
     python benchmarks/beta_tradeoff.py [--betas 0.05 0.1 0.5] [--seeds 0] [--prompts 200]
-                                       [--runs-dir DIR] [extra overrides...]
+                                       [--runs-dir DIR] [--results FILE | --no-results]
+                                       [extra overrides...]
 
 Each run is the default `python -m prefopt.train` (DPO, toy world, one epoch) with `loss.beta`
 set, validating once at the end, where the evaluation samples one completion per held-out
 prompt from the policy and from the reference (temperature 1) and the toy world's ground-truth
 reward judges them. `--seeds` repeats each β with other data orders (`data.seed`) and reports
 the mean ± the spread over seeds. Runs are recorded in DIR/mlflow.db (one MLflow experiment).
+The overrides may stand anywhere (`--seeds 0 1 2 trainer.max_epochs=3`); the table goes to
+docs/results/beta_tradeoff.md, one section per set of overrides.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from results_file import load_average, parse_with_overrides, section_key, write
 
 from prefopt.config.schema import register_configs
 from prefopt.train import config_dir, train
@@ -61,7 +65,7 @@ def cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -71,15 +75,21 @@ def main() -> None:
         "--prompts", type=int, default=200, help="eval.num_prompts: held-out prompts judged"
     )
     parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=None, help="default: docs/results/")
+    parser.add_argument("--no-results", action="store_true", help="print only")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_with_overrides(build_parser(), argv)
     root = (args.runs_dir or Path(tempfile.mkdtemp(prefix="prefopt-beta-"))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING)
     register_configs()
 
     results: dict[float, list[dict[str, float]]] = {}
-    start = time.perf_counter()
+    start, load = time.perf_counter(), load_average()
     for beta in args.betas:
         for seed in args.seeds:
             metrics = run(beta, seed, args.prompts, root, args.overrides)
@@ -89,17 +99,42 @@ def main() -> None:
             )
             print(f"β={beta:g} seed={seed}: {shown}", flush=True)
 
-    print(f"\n| β | {' | '.join(name for _, name in COLUMNS)} |")
-    print(f"| --- |{' --- |' * len(COLUMNS)}")
+    table = [
+        f"| β | {' | '.join(name for _, name in COLUMNS)} |",
+        f"| --- |{' --- |' * len(COLUMNS)}",
+    ]
     for beta, runs in results.items():
         cells = [cell([m.get(key, float("nan")) for m in runs]) for key, _ in COLUMNS]
-        print(f"| {beta:g} | {' | '.join(cells)} |")
-    print(
-        f"\n{len(args.seeds)} seed(s) per β, eval.num_prompts={args.prompts} (at most the "
-        f"distinct validation prompts), "
-        f"{time.perf_counter() - start:.0f} s; runs in {root} (mlflow ui --backend-store-uri "
-        f"sqlite:///{root / 'mlflow.db'})"
+        table.append(f"| {beta:g} | {' | '.join(cells)} |")
+    per_seed = ["| β | seed | " + " | ".join(name for _, name in COLUMNS) + " |",
+                "| --- | --- |" + " --- |" * len(COLUMNS)]  # fmt: skip
+    for beta, runs in results.items():
+        for seed, m in zip(args.seeds, runs):
+            values = " | ".join(f"{m.get(key, float('nan')):.3f}" for key, _ in COLUMNS)
+            per_seed.append(f"| {beta:g} | {seed} | {values} |")
+    print("\n" + "\n".join(table))
+    seconds = time.perf_counter() - start
+    print(f"\n{len(args.seeds)} seed(s) per β, {seconds:.0f} s; runs in {root}")
+    if args.no_results:
+        return
+    seeds = ", ".join(map(str, args.seeds))
+    body = (
+        f"`python -m prefopt.train loss.beta=β data.seed=seed eval.num_prompts={args.prompts}"
+        + "".join(f" {o}" for o in args.overrides)
+        + f"` for seeds {seeds}, evaluated once at the end on up to {args.prompts} held-out "
+        "prompts (at most the distinct ones): one sample per prompt from the policy and one "
+        "from the reference at temperature 1, judged by the toy world's ground-truth reward. "
+        + ("Mean ± standard deviation over the seeds:" if len(args.seeds) > 1 else "One seed:")
+        + "\n\n"
+        + "\n".join(table)
+        + ("\n\nEach seed:\n\n" + "\n".join(per_seed) if len(args.seeds) > 1 else "")
     )
+    heading = ", ".join(["one epoch" if not args.overrides else " ".join(args.overrides),
+                         f"seeds {seeds}"])  # fmt: skip
+    write(
+        "beta_tradeoff", "The β trade-off on the toy world", section_key(args.overrides),
+        heading, body, seconds, load, args.results,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

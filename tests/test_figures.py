@@ -1,0 +1,133 @@
+"""Figures cannot drift: each measured figure lives in one results file (docs/results/<x>.md,
+written by benchmarks/<x>.py with its command, machine and date), and a page that quotes one
+must quote what that file holds.
+
+Cheap: it reads markdown only. When a rerun benchmark rewrites its results file, the pages
+quoting the old figures fail here until they are updated (or include the file instead).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+RESULTS = DOCS / "results"
+SNIPPET = re.compile(r'^--8<-- "results/([\w.-]+\.md):([a-z][-_0-9a-z]*)"$', re.MULTILINE)
+SECTION = re.compile(
+    r"<!-- --8<-- \[start:([a-z][-_0-9a-z]*)\] -->\n(.*?)<!-- --8<-- \[end:\1\] -->", re.DOTALL
+)
+
+
+def sections(name: str) -> dict[str, str]:
+    return dict(SECTION.findall((RESULTS / name).read_text(encoding="utf-8")))
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """Every markdown table in `text`, each as its rows keyed by the header's cells."""
+    found, lines = [], text.splitlines()
+    for i in range(len(lines) - 1):
+        if lines[i].startswith("|") and re.fullmatch(r"\|( --- \|)+", lines[i + 1].strip()):
+            header = [c.strip().strip("`") for c in lines[i].strip("|").split("|")]
+            rows = []
+            for line in lines[i + 2 :]:
+                if not line.startswith("|"):
+                    break
+                rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+            found.append(rows)
+    return found
+
+
+def default_run() -> dict[str, str]:
+    """The default run with the machine's own kernels and a warm toy cache."""
+    (runs,) = tables(sections("default_run.md")["runs"])
+    return next(r for r in runs if r["CPU kernels"].startswith("native") and r["toy cache"] == "warm")
+
+
+def page(name: str) -> str:
+    return (ROOT / name).read_text(encoding="utf-8")
+
+
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in DOCS.rglob("*.md"))]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RESULTS.glob("*.md")))
+def test_each_results_file_says_how_it_was_made(name):
+    """Title, then sections each with the benchmark's own command, the machine and the date."""
+    text = (RESULTS / name).read_text(encoding="utf-8")
+    script = name.removesuffix(".md")
+    assert f"Written by benchmarks/{script}.py" in text
+    assert (ROOT / "benchmarks" / f"{script}.py").is_file()
+    found = sections(name)
+    assert found, f"{name} has no section"
+    for key, body in found.items():
+        assert f"- **Command:** `python benchmarks/{script}.py" in body, (name, key)
+        assert "- **Machine:** " in body and "CPU kernels" in body, (name, key)
+        assert re.search(r"- \*\*Date:\*\* \d{4}-\d\d-\d\d", body), (name, key)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_included_results_exist(name):
+    for results_file, key in SNIPPET.findall(page(name)):
+        assert (RESULTS / results_file).is_file(), f"{name} includes a missing {results_file}"
+        assert key in sections(results_file), f"{name} includes a missing {results_file}:{key}"
+
+
+FINAL_METRIC = re.compile(r"^  ((?:eval|val)/\S+)\s+(-?\d+\.\d{4})$", re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/getting-started.md"])
+def test_the_first_runs_printed_metrics_are_the_default_runs(name):
+    quoted = FINAL_METRIC.findall(page(name))
+    assert len(quoted) >= 4, f"{name} shows no final metrics block"
+    measured = default_run()
+    for metric, value in quoted:
+        assert measured[metric] == value, f"{name}: {metric} {value}, results: {measured[metric]}"
+
+
+def test_the_first_runs_last_evaluation_line_is_the_default_runs():
+    line = next(
+        line for line in page("docs/getting-started.md").splitlines() if "eval at step 75" in line
+    )
+    measured = default_run()
+    for metric in ("kl_seq", "win_rate_vs_ref"):
+        value = re.search(rf"{metric}=(\d+\.\d+)", line).group(1)
+        assert float(value) == round(float(measured[f"eval/{metric}"]), 3), (metric, value)
+
+
+def test_the_sweep_summary_shows_the_default_run_at_its_beta():
+    """sweeps.md's printed summary: the β = 0.1 job is the default run."""
+    row = next(
+        line.split()
+        for line in page("docs/sweeps.md").splitlines()
+        if re.match(r"^\d+\s+dpo β=0\.1 ", line)
+    )
+    margins, accuracies, win_rate, kl = row[-5:-1]
+    measured = default_run()
+    assert margins == measured["val/rewards/margins"]
+    assert accuracies == measured["val/rewards/accuracies"]
+    assert win_rate == measured["eval/win_rate_vs_ref"]
+    assert kl == measured["eval/kl_seq"]
+
+
+def test_online_pages_offline_row_is_the_default_run():
+    row = next(
+        line for line in page("docs/online.md").splitlines() if line.startswith("| offline | 0.1 |")
+    )
+    win_rate, kl, reward = (c.strip() for c in row.strip("|").split("|")[2:5])
+    measured = default_run()
+    assert float(win_rate) == round(float(measured["eval/win_rate_vs_ref"]), 3)
+    assert float(kl) == round(float(measured["eval/kl_seq"]), 2)
+    assert float(reward) == round(float(measured["eval/reward_policy"]), 2)
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/getting-started.md", "docs/sweeps.md"])
+def test_every_printed_four_decimal_figure_has_a_results_file(name):
+    """Output shown as printed (`0.8359`) must be output some benchmark printed."""
+    held = " ".join(p.read_text(encoding="utf-8") for p in RESULTS.glob("*.md"))
+    blocks = re.findall(r"```text\n(.*?)```", page(name), re.DOTALL)
+    for number in re.findall(r"(?<![\d.])-?\d+\.\d{4}(?!\d)", "\n".join(blocks)):
+        assert number in held, f"{name} prints {number}, which no results file holds"
