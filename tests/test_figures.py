@@ -41,10 +41,15 @@ def tables(text: str) -> list[list[dict[str, str]]]:
     return found
 
 
-def default_run() -> dict[str, str]:
-    """The default run with the machine's own kernels and a warm toy cache."""
-    (runs,) = tables(sections("default_run.md")["runs"])
-    return next(r for r in runs if r["CPU kernels"].startswith("native") and r["toy cache"] == "warm")
+def default_run(key: str = "runs") -> dict[str, str]:
+    """The default run (or section `key`'s overrides) with the machine's own kernels on a toy
+    cache it built before (`warm`, or `usual` with `--no-cold`)."""
+    (runs,) = tables(sections("default_run.md")[key])
+    return next(
+        r
+        for r in runs
+        if r["CPU kernels"].startswith("native") and r["toy cache"] in ("warm", "usual")
+    )
 
 
 def page(name: str) -> str:
@@ -98,30 +103,36 @@ def test_the_first_runs_last_evaluation_line_is_the_default_runs():
         assert float(value) == round(float(measured[f"eval/{metric}"]), 3), (metric, value)
 
 
-def test_the_sweep_summary_shows_the_default_run_at_its_beta():
-    """sweeps.md's printed summary: the β = 0.1 job is the default run."""
-    row = next(
+def test_the_sweep_summary_is_the_default_run_at_each_beta():
+    """sweeps.md's printed summary of `--multirun loss.beta=0.05,0.1,0.5`: each job is the
+    default run at its β (`python benchmarks/default_run.py --no-cold loss.beta=0.05`)."""
+    rows = [
         line.split()
         for line in page("docs/sweeps.md").splitlines()
-        if re.match(r"^\d+\s+dpo β=0\.1 ", line)
-    )
-    margins, accuracies, win_rate, kl = row[-5:-1]
-    measured = default_run()
-    assert margins == measured["val/rewards/margins"]
-    assert accuracies == measured["val/rewards/accuracies"]
-    assert win_rate == measured["eval/win_rate_vs_ref"]
-    assert kl == measured["eval/kl_seq"]
+        if re.match(r"^\d+\s+dpo β=[\d.]+ lr=5e-4 ", line)
+    ]
+    assert len(rows) == 3
+    for row in rows:
+        beta = row[2].removeprefix("β=")
+        key = "runs" if beta == "0.1" else "runs-loss-beta-" + beta.replace(".", "-")
+        measured = default_run(key)
+        margins, accuracies, win_rate, kl = row[-5:-1]
+        assert margins == measured["val/rewards/margins"], beta
+        assert accuracies == measured["val/rewards/accuracies"], beta
+        assert win_rate == measured["eval/win_rate_vs_ref"], beta
+        assert kl == measured["eval/kl_seq"], beta
 
 
-def test_online_pages_offline_row_is_the_default_run():
-    row = next(
-        line for line in page("docs/online.md").splitlines() if line.startswith("| offline | 0.1 |")
-    )
-    win_rate, kl, reward = (c.strip() for c in row.strip("|").split("|")[2:5])
-    measured = default_run()
-    assert float(win_rate) == round(float(measured["eval/win_rate_vs_ref"]), 3)
-    assert float(kl) == round(float(measured["eval/kl_seq"]), 2)
-    assert float(reward) == round(float(measured["eval/reward_policy"]), 2)
+def test_online_pages_offline_rows_are_the_default_run_at_each_beta():
+    rows = [line for line in page("docs/online.md").splitlines() if line.startswith("| offline |")]
+    assert rows
+    for row in rows:
+        beta, win_rate, kl, reward = (c.strip() for c in row.strip("|").split("|")[1:5])
+        key = "runs" if beta == "0.1" else "runs-loss-beta-" + beta.replace(".", "-")
+        measured = default_run(key)
+        assert float(win_rate) == round(float(measured["eval/win_rate_vs_ref"]), 3), beta
+        assert float(kl) == round(float(measured["eval/kl_seq"]), 2), beta
+        assert float(reward) == round(float(measured["eval/reward_policy"]), 2), beta
 
 
 @pytest.mark.parametrize("name", ["README.md", "docs/getting-started.md", "docs/sweeps.md"])
