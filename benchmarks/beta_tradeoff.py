@@ -2,7 +2,7 @@
 against the reference, ground-truth reward and KL to the reference on held-out prompts.
 
     python benchmarks/beta_tradeoff.py [--betas 0.05 0.1 0.5] [--seeds 0] [--prompts 200]
-                                       [--runs-dir DIR] [--results FILE | --no-results]
+                                       [--runs-dir DIR] [--jobs N] [--results FILE | --no-results]
                                        [extra overrides...]
 
 Each run is the default `python -m prefopt.train` (DPO, toy world, one epoch) with `loss.beta`
@@ -21,6 +21,8 @@ import logging
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -59,6 +61,13 @@ def run(beta: float, seed: int, prompts: int, root: Path, overrides: list[str]) 
     return train(cfg).metrics
 
 
+def run_in_worker(beta: float, seed: int, prompts: int, root: Path, overrides: list[str]):
+    """`run` in a fresh process of the pool (`--jobs`): its own Hydra and logging set-up."""
+    logging.basicConfig(level=logging.WARNING)
+    register_configs()
+    return run(beta, seed, prompts, root, overrides)
+
+
 def cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -75,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", type=int, default=200, help="eval.num_prompts: held-out prompts judged"
     )
     parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its process")
     parser.add_argument("--results", type=Path, default=None, help="default: docs/results/")
     parser.add_argument("--no-results", action="store_true", help="print only")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
@@ -88,16 +98,23 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     register_configs()
 
-    results: dict[float, list[dict[str, float]]] = {}
+    results: dict[float, list[dict[str, float]]] = {beta: [] for beta in args.betas}
     start, load = time.perf_counter(), load_average()
-    for beta in args.betas:
-        for seed in args.seeds:
-            metrics = run(beta, seed, args.prompts, root, args.overrides)
-            results.setdefault(beta, []).append(metrics)
-            shown = ", ".join(
-                f"{name}={metrics.get(key, float('nan')):.3f}" for key, name in COLUMNS
-            )
-            print(f"β={beta:g} seed={seed}: {shown}", flush=True)
+    grid = [(beta, seed) for beta in args.betas for seed in args.seeds]
+    if args.jobs > 1:  # one fresh process per run, `--jobs` at once; each run is seeded alike
+        pool = ProcessPoolExecutor(args.jobs, get_context("spawn"), max_tasks_per_child=1)
+        with pool:
+            futures = [
+                pool.submit(run_in_worker, b, s, args.prompts, root, args.overrides)
+                for b, s in grid
+            ]
+            done = [f.result() for f in futures]
+    else:
+        done = (run(b, s, args.prompts, root, args.overrides) for b, s in grid)
+    for (beta, seed), metrics in zip(grid, done):
+        results[beta].append(metrics)
+        shown = ", ".join(f"{name}={metrics.get(key, float('nan')):.3f}" for key, name in COLUMNS)
+        print(f"β={beta:g} seed={seed}: {shown}", flush=True)
 
     table = [
         f"| β | {' | '.join(name for _, name in COLUMNS)} |",

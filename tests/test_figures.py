@@ -114,8 +114,7 @@ def test_the_sweep_summary_is_the_default_run_at_each_beta():
     assert len(rows) == 3
     for row in rows:
         beta = row[2].removeprefix("β=")
-        key = "runs" if beta == "0.1" else "runs-loss-beta-" + beta.replace(".", "-")
-        measured = default_run(key)
+        measured = default_run("runs" if beta == "0.1" else section_key_of(f"loss.beta={beta}"))
         margins, accuracies, win_rate, kl = row[-5:-1]
         assert margins == measured["val/rewards/margins"], beta
         assert accuracies == measured["val/rewards/accuracies"], beta
@@ -128,11 +127,33 @@ def test_online_pages_offline_rows_are_the_default_run_at_each_beta():
     assert rows
     for row in rows:
         beta, win_rate, kl, reward = (c.strip() for c in row.strip("|").split("|")[1:5])
-        key = "runs" if beta == "0.1" else "runs-loss-beta-" + beta.replace(".", "-")
-        measured = default_run(key)
+        measured = default_run("runs" if beta == "0.1" else section_key_of(f"loss.beta={beta}"))
         assert float(win_rate) == round(float(measured["eval/win_rate_vs_ref"]), 3), beta
         assert float(kl) == round(float(measured["eval/kl_seq"]), 2), beta
         assert float(reward) == round(float(measured["eval/reward_policy"]), 2), beta
+
+
+def test_the_moving_reference_table_is_measured():
+    text = page("docs/losses/reference.md")
+    keys = {
+        "fixed (the default run)": "runs",
+        "moving, τ = 8, α = 0.6": section_key_of(
+            "reference.sync_every_n_steps=8 reference.sync_mix=0.6"
+        ),
+    }
+    for label, key in keys.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+        win_rate, reward, kl, margins = (c.strip() for c in row.strip("|").split("|")[1:5])
+        measured = default_run(key)
+        assert float(win_rate) == round(float(measured["eval/win_rate_vs_ref"]), 3), label
+        assert float(reward) == round(float(measured["eval/reward_policy"]), 2), label
+        assert float(kl) == round(float(measured["eval/kl_seq"]), 2), label
+        assert float(margins) == round(float(measured["val/rewards/margins"]), 3), label
+
+
+def section_key_of(overrides: str) -> str:
+    """The section benchmarks/results_file.py gives a command's overrides."""
+    return "runs-" + re.sub(r"[^a-z0-9]+", "-", overrides.lower()).strip("-")
 
 
 @pytest.mark.parametrize("name", ["README.md", "docs/getting-started.md", "docs/sweeps.md"])
