@@ -100,10 +100,12 @@ PAGES = [
 
 
 def page_commands(entry: str) -> list[str]:
-    """Every command of every page starting with `entry`, once, placeholders left out."""
+    """Every command of every page starting with `entry`, once, placeholders left out (the
+    benchmarks' results files are their output, not commands for the reader)."""
     found = (
         command
         for page in PAGES
+        if "results" not in page.relative_to(ROOT).parts
         for text in [page.read_text(encoding="utf-8")]
         for command in readme_commands(text, entry) + inline_commands(text, entry)
     )
