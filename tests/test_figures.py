@@ -133,6 +133,15 @@ def test_online_pages_offline_rows_are_the_default_run_at_each_beta():
         assert float(reward) == round(float(measured["eval/reward_policy"]), 2), beta
 
 
+def test_the_loss_tables_dpo_row_is_the_default_run():
+    row = next(line for line in page("docs/losses.md").splitlines() if line.startswith("| `dpo` |"))
+    accuracy, win_rate, kl = (c.strip() for c in row.strip("|").split("|")[1:4])
+    measured = default_run()
+    assert float(accuracy) == round(float(measured["val/rewards/accuracies"]), 3)
+    assert float(win_rate) == round(float(measured["eval/win_rate_vs_ref"]), 3)
+    assert float(kl) == round(float(measured["eval/kl_seq"]), 2)
+
+
 def test_the_moving_reference_table_is_measured():
     text = page("docs/losses/reference.md")
     keys = {
