@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         + ("\n\nEach seed:\n\n" + "\n".join(per_seed) if len(args.seeds) > 1 else "")
     )
     heading = ", ".join(["one epoch" if not args.overrides else " ".join(args.overrides),
-                         f"seeds {seeds}"])  # fmt: skip
+                         ("seeds " if len(args.seeds) > 1 else "seed ") + seeds])  # fmt: skip
     write(
         "beta_tradeoff", "The β trade-off on the toy world", section_key(args.overrides),
         heading, body, seconds, load, args.results,
