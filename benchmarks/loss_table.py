@@ -63,7 +63,8 @@ def table(sweep_dir: Path) -> list[str]:
              "| --- |" + " --- |" * len(COLUMNS)]  # fmt: skip
     for row in rows:
         cells = " | ".join(number(row.get(key), digits) for key, _, digits in COLUMNS)
-        lines.append(f"| `{row['loss']}` | {cells} |")
+        name = row.get("loss") or row["run_name"].split()[0]  # the swept group's column
+        lines.append(f"| `{name}` | {cells} |")
     return lines
 
 
