@@ -112,12 +112,14 @@ def write(
             "never edit by hand. -->\n"
         )
     )
+    # The section with the heading above it: both are rewritten, the other sections kept.
     pattern = re.compile(
-        rf"<!-- --8<-- \[start:{re.escape(key)}\] -->.*?<!-- --8<-- \[end:{re.escape(key)}\] -->",
+        rf"(## [^\n]*\n\n)?<!-- --8<-- \[start:{re.escape(key)}\] -->.*?"
+        rf"<!-- --8<-- \[end:{re.escape(key)}\] -->",
         re.DOTALL,
     )
     if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
+        text = pattern.sub(lambda _: f"## {heading}\n\n{block}", text)
     else:
         text = text.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
