@@ -134,17 +134,15 @@ def test_online_pages_offline_rows_are_the_default_run_at_each_beta():
 
 
 def test_the_loss_tables_dpo_row_is_the_default_run():
-    (row,) = [
-        r
-        for table in tables(page("docs/losses.md"))
-        for r in table
-        if r.get("loss=") == "`dpo`" and "val reward accuracy" in r
-    ]
-    accuracy, win_rate, kl = list(row.values())[1:4]
+    """Two benchmarks, one run: `sweep=losses`'s dpo job is the default run."""
+    (rows,) = tables(sections("loss_table.md")["runs"])
+    (row,) = [r for r in rows if r["loss="] == "`dpo`"]
     measured = default_run()
-    assert float(accuracy) == round(float(measured["val/rewards/accuracies"]), 3)
-    assert float(win_rate) == round(float(measured["eval/win_rate_vs_ref"]), 3)
-    assert float(kl) == round(float(measured["eval/kl_seq"]), 2)
+    assert float(row["val reward accuracy"]) == round(float(measured["val/rewards/accuracies"]), 3)
+    assert float(row["ground-truth win rate vs π_ref"]) == round(
+        float(measured["eval/win_rate_vs_ref"]), 3
+    )
+    assert float(row["KL(π ‖ π_ref) per sequence"]) == round(float(measured["eval/kl_seq"]), 2)
 
 
 def test_the_moving_reference_table_is_measured():
