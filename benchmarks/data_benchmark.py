@@ -205,7 +205,7 @@ def _result(proc) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=80000)
     parser.add_argument("--work", default="/tmp/prefopt-data-benchmark")
@@ -216,7 +216,11 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     for name in ("data", "tokenizer", "model", "cache"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.worker:
         result = run_prefopt(args) if args.worker == "prefopt" else run_trl(args)
         print(json.dumps(result))

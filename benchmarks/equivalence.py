@@ -124,13 +124,17 @@ def compare(before: Path, after: Path) -> bool:
     return same and differing == 0
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "ids", "compare"])
     parser.add_argument("dirs", nargs="*", type=Path, help="compare: the two --out folders")
     parser.add_argument("--src", type=Path, default=HERE.parent, help="the checkout to run")
     parser.add_argument("--out", type=Path, help="where its runs and fingerprint go")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.command == "run":
         run(args.src.resolve(), args.out.resolve())
     elif args.command == "ids":

@@ -75,12 +75,16 @@ def corpus(n: int = 3000, seed: int = 1) -> list[str]:
     return [row["rejected"] for row in (generator.row() for _ in range(n))]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=80000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     print(write_jsonl(args.out, args.pairs, args.seed))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
+from results_file import parse_with_overrides
 
 EXPERIMENT = "online_vs_offline"
 
@@ -83,7 +84,7 @@ def plot(results: dict[tuple[str, float], dict[str, float]], path: Path) -> None
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -92,7 +93,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="runs and mlflow.db (a tmp dir)")
     parser.add_argument("--plot", type=Path, default=Path("online_vs_offline.png"))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_with_overrides(build_parser(), argv)
     work = (args.work or Path(tempfile.mkdtemp(prefix="prefopt-online-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     results = {}

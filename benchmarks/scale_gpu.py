@@ -140,7 +140,7 @@ def run(lora: bool, args) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
@@ -149,7 +149,11 @@ def main() -> None:
         "--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false"
     )
     parser.add_argument("--tiny", action="store_true")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     args.gpu = torch.cuda.is_available()
     if args.tiny:
         args.batch, args.length, args.steps = 2, 32, min(args.steps, 5)

@@ -403,7 +403,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -452,7 +452,11 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--worker", dest="mode", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     if args.mode:
         print(json.dumps(run_worker(args)))

@@ -1,13 +1,19 @@
-"""Every `python -m prefopt.train ...` command the README (and docs/) shows composes with the configs.
+"""Every command the README and docs/ show runs as written, as far as can be checked cheaply.
 
-The commands are read from the README's fenced code blocks, their overrides parsed with Hydra's
-own parser; a sweep (`loss.beta=0.05,0.1,0.5`) is composed at its first value, as the sweeper's
-first job would be. A renamed key, group option or preset then fails here, not for a newcomer.
+`python -m prefopt.train ...` commands (fenced shell blocks and inline code) compose with the
+configs: their overrides parsed with Hydra's own parser, a sweep (`loss.beta=0.05,0.1,0.5`)
+composed at its first value, as the sweeper's first job would be. `python benchmarks/<x>.py ...`
+commands parse with that script's own argument parser (`build_parser()`, imported without
+running the script), and their Hydra overrides compose too. A renamed key, group option, preset
+or benchmark flag then fails here, not for a newcomer.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +32,8 @@ SHELL_FENCES = {"bash", "sh", "console", ""}
 HYDRA_FLAGS = {"--multirun": False, "-m": False, "--cfg": True, "-c": True, "--resolve": False}
 
 
-def readme_commands(text: str) -> list[str]:
-    """The `python -m prefopt.train` commands inside shell code blocks, comments stripped."""
+def readme_commands(text: str, entry: str = ENTRY) -> list[str]:
+    """The commands starting with `entry` inside shell code blocks, comments stripped."""
     commands, fence, shell_lines = [], None, []
     for line in text.splitlines():
         if line.startswith("```"):
@@ -40,7 +46,7 @@ def readme_commands(text: str) -> list[str]:
                 for shell_line in block.splitlines():
                     # `pip install ... && python -m prefopt.train` counts too: each part of a chain
                     for part in shell_line.split(" #", 1)[0].split("&&"):
-                        if part.strip().startswith(ENTRY):
+                        if part.strip().startswith(entry):
                             commands.append(" ".join(part.split()))
             fence = None
         elif fence is not None:
@@ -71,17 +77,47 @@ def first_job_overrides(command: str) -> list[str]:
     return first
 
 
-COMMANDS = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
-# The documentation's commands too, except those with a placeholder for the reader's own
-# overrides (`<same overrides> resume=true`).
-DOCS_COMMANDS = list(
-    dict.fromkeys(
-        command
-        for page in sorted((ROOT / "docs").glob("*.md"))
-        for command in readme_commands(page.read_text(encoding="utf-8"))
-        if "<" not in command and command not in COMMANDS
+def inline_commands(text: str, entry: str = ENTRY) -> list[str]:
+    """The commands starting with `entry` in inline code (`python -m prefopt.train loss=ipo`),
+    also when the paragraph's line breaks cut one in two."""
+    spans = re.findall(r"(?<!`)`(" + re.escape(entry) + r"[^`]*)`(?!`)", text)
+    return [" ".join(span.split()) for span in spans]
+
+
+def has_placeholder(command: str) -> bool:
+    """A command with a blank for the reader to fill: `<overrides>`, `...`, `[--seeds 0]`, `ARGS`."""
+    words = command.split()
+    return any(mark in command for mark in ("<", "...", "…", "[")) or any(
+        w.isupper() and w.isalpha() for w in words
     )
-)
+
+
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").rglob("*.md")),
+    *sorted((ROOT / "sweeps").glob("*.md")),
+]
+
+
+def page_commands(entry: str) -> list[str]:
+    """Every command of every page starting with `entry`, once, placeholders left out (the
+    benchmarks' results files are their output, not commands for the reader)."""
+    found = (
+        command
+        for page in PAGES
+        if "results" not in page.relative_to(ROOT).parts
+        for text in [page.read_text(encoding="utf-8")]
+        for command in readme_commands(text, entry) + inline_commands(text, entry)
+    )
+    return list(dict.fromkeys(c for c in found if not has_placeholder(c)))
+
+
+COMMANDS = readme_commands((ROOT / "README.md").read_text(encoding="utf-8"))
+# The documentation's commands too (fenced and inline), except those with a placeholder for the
+# reader's own overrides (`<same overrides> resume=true`).
+DOCS_COMMANDS = [c for c in page_commands(ENTRY) if c not in COMMANDS]
+BENCHMARK_ENTRY = "python benchmarks/"
+BENCHMARK_COMMANDS = page_commands(BENCHMARK_ENTRY)
 
 
 def test_the_readme_shows_the_main_job_and_a_sweep():
@@ -111,14 +147,52 @@ def test_readme_command_composes(command, hydra_conf, tmp_path):
             assert OmegaConf.select(cfg, key) is not None, f"{key} is missing after {command}"
 
 
+def benchmark_script(name: str):
+    """The benchmark's module, imported without running it (benchmarks/ on sys.path, as when
+    the script runs: they import their siblings)."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_docs_show_benchmark_commands():
+    scripts = {shlex.split(c)[1] for c in BENCHMARK_COMMANDS}
+    assert {"benchmarks/beta_tradeoff.py", "benchmarks/default_run.py"} <= scripts
+    assert "python benchmarks/beta_tradeoff.py --seeds 0 1 2 trainer.max_epochs=3" in (
+        BENCHMARK_COMMANDS
+    )
+
+
+@pytest.mark.parametrize("command", BENCHMARK_COMMANDS)
+def test_benchmark_command_parses(command, hydra_conf, tmp_path):
+    """The script's own parser takes the arguments; its Hydra overrides compose."""
+    words = shlex.split(command)
+    module = benchmark_script(Path(words[1]).name)
+    parser = module.build_parser()
+    takes_overrides = any(a.dest == "overrides" for a in parser._actions)
+    try:
+        if takes_overrides:
+            args = module.parse_with_overrides(parser, words[2:])
+        else:
+            args = parser.parse_args(words[2:])
+    except SystemExit as error:  # argparse's way of refusing
+        pytest.fail(f"{command}: the script's parser refuses it (exit {error.code})")
+    for override in getattr(args, "overrides", []):
+        cfg = compose("config", overrides=[override, f"output_dir={tmp_path}"])
+        key = override.split("=", 1)[0].lstrip("+~")
+        assert OmegaConf.select(cfg, key) is not None, f"{override} of {command} lands nowhere"
+
+
 def test_the_readme_stays_a_first_page():
     """The README gets a newcomer going; everything else belongs in docs/ (issue: 52k -> 15k)."""
     assert len((ROOT / "README.md").read_bytes()) <= 15_000
 
 
-@pytest.mark.parametrize(
-    "page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
-)
+@pytest.mark.parametrize("page", [str(p.relative_to(ROOT)) for p in PAGES])
 def test_pages_speak_of_the_product_not_of_how_it_was_made(page):
     text = (ROOT / page).read_text(encoding="utf-8").lower()
     for phrase in ("session", "earlier machine", "previous machine", "the seed's"):
