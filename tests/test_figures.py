@@ -175,3 +175,36 @@ def test_every_printed_four_decimal_figure_has_a_results_file(name):
     blocks = re.findall(r"```text\n(.*?)```", page(name), re.DOTALL)
     for number in re.findall(r"(?<![\d.])-?\d+\.\d{4}(?!\d)", "\n".join(blocks)):
         assert number in held, f"{name} prints {number}, which no results file holds"
+
+
+def frontier_rows() -> list[dict[str, str]]:
+    (rows,) = tables(sections("frontier.md")["runs"])
+    return rows
+
+
+def test_the_frontier_results_hold_every_method_at_every_beta():
+    """`sweep=frontier` is 4 methods × 5 β: a row each, every job FINISHED."""
+    pairs = [(r["method"].strip("`"), r["β"]) for r in frontier_rows()]
+    methods = ["dpo_offline", "dpo_online", "rloo_learned", "rloo_true"]
+    assert sorted(pairs) == sorted(
+        (m, b) for m in methods for b in ["0.05", "0.1", "0.2", "0.5", "1"]
+    )
+
+
+def test_the_frontier_page_quotes_only_measured_figures():
+    """Every decimal in frontier.md's Result section is a cell of the frontier's results table
+    (β, KL, true reward or win rate, as the table writes it) or, for offline DPO's spread over
+    data seeds, of beta_tradeoff.md's per-seed table; its wall time is the frontier file's."""
+    result = page("docs/frontier.md").split("\n## Result", 1)[1]
+    assert '--8<-- "results/frontier.md:runs"' in result
+    held = {cell for row in frontier_rows() for cell in row.values()}
+    held |= {
+        c for rows in tables(sections("beta_tradeoff.md")["runs"]) for r in rows for c in r.values()
+    }
+    quoted = re.findall(r"(?<![\w.])\d+\.\d+(?![\d.]*\d)", result.replace("--8<--", ""))
+    assert quoted, "the Result section quotes no figure"
+    for number in quoted:
+        assert number in held, f"docs/frontier.md quotes {number}, which results/frontier.md lacks"
+    measured = re.search(r"wall time (\d+) s", sections("frontier.md")["runs"]).group(1)
+    for wall in re.findall(r"(\d+) s of wall time", result):
+        assert wall == measured, f"docs/frontier.md: {wall} s of wall time, results: {measured} s"
