@@ -471,7 +471,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(compose_config, capsys, tmp
     assert f"{evil}: refused to load" in line
     assert not marker.exists()
     _, runs = runs_in(cfg)
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs == []  # refused before the MLflow run starts: nothing half-recorded
 
 
 def test_no_unsafe_loading_in_the_source():

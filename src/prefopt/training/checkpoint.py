@@ -56,10 +56,11 @@ RUN_FILE = "run.json"
 # Writing, verifying and reading checkpoint files
 
 
-def safe_load(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents, refusing anything but tensors and plain values."""
+def safe_load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's contents, refusing anything but tensors and plain values (`mmap`: the
+    tensors are mapped, not read, for a look at the plain values only)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0][:200]
         raise PrefoptError(

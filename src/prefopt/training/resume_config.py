@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.errors import PrefoptError
 from prefopt.tracking import set_tags
+from prefopt.training.checkpoint import safe_load
 
 log = logging.getLogger("prefopt.resume")
 
@@ -132,7 +133,7 @@ def refuse_before_start(checkpoint: str | Path, cfg: DictConfig, loss: Any | Non
     loss kind, the optimizer and schedule classes, gradient accumulation, the data). The
     policy's path, recorded as the loaded model names it, is left to the callback. A checkpoint
     without settings (older) passes. The checkpoint is memory-mapped: its tensors are not read."""
-    state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
+    state = safe_load(checkpoint, mmap=True)  # unsafe or unreadable: one line, nothing started
     old = (state.get("callbacks") or {}).get("ResumedSettings", {}).get("settings")
     if not old:
         return
