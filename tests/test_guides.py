@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import shlex
 from pathlib import Path
 
 import pytest
@@ -25,67 +24,23 @@ from omegaconf import OmegaConf
 from prefopt.config.schema import register_configs
 
 from .conftest import SMALL_TOY
+from .doc_commands import fenced_blocks, first_job_overrides, shell_commands
 from .guide_files import HUB_MODELS, HUB_STAND_INS, write_guide_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
 GUIDES = sorted((ROOT / "docs" / "guides").glob("*.md"))
 ENTRIES = ("python -m prefopt.train", "prefopt-train", "python -m prefopt.data.check")
-SHELL_FENCES = {"bash", "sh", "console", ""}
-HYDRA_FLAGS = {"--multirun": False, "-m": False, "--cfg": True, "-c": True, "--resolve": False}
 _ABSENT = object()
-
-
-def fenced_blocks(text: str, fences: set[str]) -> list[str]:
-    """The bodies of the code blocks whose language is one of `fences`."""
-    blocks, fence, lines = [], None, []
-    for line in text.splitlines():
-        if line.startswith("```"):
-            if fence is None:
-                fence, lines = line[3:].strip(), []
-                continue
-            if fence in fences:
-                blocks.append("\n".join(lines))
-            fence = None
-        elif fence is not None:
-            lines.append(line)
-    return blocks
 
 
 def guide_commands() -> list[tuple[str, str, str]]:
     """(page, entry point, command) of every prefopt command in the guides' shell blocks."""
-    found = []
-    for page in GUIDES:
-        for block in fenced_blocks(page.read_text(encoding="utf-8"), SHELL_FENCES):
-            for line in block.replace("\\\n", " ").splitlines():
-                for part in line.split(" #", 1)[0].split("&&"):
-                    command = " ".join(part.split())
-                    entry = next((e for e in ENTRIES if command.startswith(e)), None)
-                    if entry:
-                        found.append((page.name, entry, command))
-    return found
-
-
-def first_job_overrides(entry: str, command: str) -> list[str]:
-    """The overrides of the command's (first) job: Hydra flags dropped, sweeps at their first
-    value (as `tests/test_readme.py` reads the README's commands)."""
-    overrides, skip_next = [], False
-    for word in shlex.split(command)[len(entry.split()) :]:
-        if skip_next:
-            skip_next = False
-        elif word.startswith("-"):
-            assert word in HYDRA_FLAGS, f"unknown flag {word}: {command}"
-            skip_next = HYDRA_FLAGS[word]
-        else:
-            overrides.append(word)
-    first = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override():
-            value = next(iter(override.sweep_string_iterator()))
-            first.append(f"{override.get_key_element()}={value}")
-        else:
-            first.append(override.input_line)
-    return first
+    return [
+        (page.name, entry, command)
+        for page in GUIDES
+        for entry, command in shell_commands(page.read_text(encoding="utf-8"), ENTRIES)
+    ]
 
 
 COMMANDS = guide_commands()

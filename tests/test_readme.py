@@ -23,58 +23,22 @@ from omegaconf import OmegaConf
 
 from prefopt.config.schema import register_configs
 
+from . import doc_commands
+from .doc_commands import shell_commands
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
 ENTRY = "python -m prefopt.train"
-# Hydra's command-line flags that take no part in composing; the value says whether a flag
-# consumes the next word.
-SHELL_FENCES = {"bash", "sh", "console", ""}
-HYDRA_FLAGS = {"--multirun": False, "-m": False, "--cfg": True, "-c": True, "--resolve": False}
 
 
 def readme_commands(text: str, entry: str = ENTRY) -> list[str]:
     """The commands starting with `entry` inside shell code blocks, comments stripped."""
-    commands, fence, shell_lines = [], None, []
-    for line in text.splitlines():
-        if line.startswith("```"):
-            if fence is None:
-                fence, shell_lines = line[3:].strip(), []
-                continue
-            if fence in SHELL_FENCES:
-                # a command continued over several lines with a trailing backslash
-                block = "\n".join(shell_lines).replace("\\\n", " ")
-                for shell_line in block.splitlines():
-                    # `pip install ... && python -m prefopt.train` counts too: each part of a chain
-                    for part in shell_line.split(" #", 1)[0].split("&&"):
-                        if part.strip().startswith(entry):
-                            commands.append(" ".join(part.split()))
-            fence = None
-        elif fence is not None:
-            shell_lines.append(line)
-    return commands
+    return [command for _, command in shell_commands(text, (entry,))]
 
 
 def first_job_overrides(command: str) -> list[str]:
     """The overrides of the command's (first) job: Hydra flags dropped, sweeps at their first value."""
-    words = shlex.split(command)[len(shlex.split(ENTRY)) :]
-    overrides, skip_next = [], False
-    for word in words:
-        if skip_next:
-            skip_next = False
-        elif word.startswith("-"):
-            assert word in HYDRA_FLAGS, f"README command uses an unknown flag {word}: {command}"
-            skip_next = HYDRA_FLAGS[word]
-        else:
-            overrides.append(word)
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    first = []
-    for override in parsed:
-        if override.is_sweep_override():
-            value = next(iter(override.sweep_string_iterator()))
-            first.append(f"{override.get_key_element()}={value}")
-        else:
-            first.append(override.input_line)
-    return first
+    return doc_commands.first_job_overrides(ENTRY, command)
 
 
 def inline_commands(text: str, entry: str = ENTRY) -> list[str]:
