@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from results_file import load_average, parse_with_overrides, section_key, write
+from sweep_bench import run_sweep, sweep_parser
 
 IMAGE = Path(__file__).resolve().parents[1] / "docs" / "img" / "frontier.png"
 # frontier.csv's columns, as the table shows them.
@@ -35,19 +33,6 @@ COLUMNS = [
     ("true reward", "true reward"),
     ("true win rate", "true win rate vs π_ref"),
 ]
-
-
-def run_sweep(work: Path, overrides: list[str]) -> Path:
-    """Run the sweep in `work`; the multirun folder holding its summary/."""
-    work.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "prefopt.train", "sweep=frontier"]
-    cmd += ["trainer.enable_progress_bar=false", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, cwd=work, check=True, env=env, stdout=subprocess.DEVNULL)
-    found = sorted(work.glob("multirun/*/*/summary/frontier.csv"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit(f"the sweep in {work} wrote no summary/frontier.csv")
-    return found[-1].parent.parent
 
 
 def table(sweep_dir: Path) -> list[str]:
@@ -63,24 +48,17 @@ def table(sweep_dir: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--work", type=Path, default=None, help="where the sweep runs (a tmp dir)")
-    parser.add_argument("--from-sweep", type=Path, default=None, help="a sweep's multirun folder")
-    parser.add_argument("--results", type=Path, default=None, help="default: docs/results/")
+    parser = sweep_parser(__doc__)
     parser.add_argument("--image", type=Path, default=IMAGE, help="where frontier.png goes")
-    parser.add_argument("--no-results", action="store_true", help="print only")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_with_overrides(build_parser(), argv)
     start, load = time.perf_counter(), load_average()
+    work = (args.work or Path(tempfile.mkdtemp(prefix="prefopt-frontier-"))).resolve()
     sweep_dir = args.from_sweep or run_sweep(
-        (args.work or Path(tempfile.mkdtemp(prefix="prefopt-frontier-"))).resolve(),
-        args.overrides,
+        work, ["sweep=frontier", *args.overrides], "frontier.csv", env={"OMP_NUM_THREADS": "1"}
     )
     wall_s = time.perf_counter() - start
     lines = table(sweep_dir)

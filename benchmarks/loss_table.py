@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from results_file import load_average, parse_with_overrides, section_key, write
+from sweep_bench import run_sweep, sweep_parser
 
 COLUMNS = [
     ("val/rewards/accuracies", "val reward accuracy", 3),
@@ -32,20 +31,12 @@ COLUMNS = [
 ]
 
 
-def run_sweep(work: Path, overrides: list[str], jobs: int) -> Path:
+def run_losses_sweep(work: Path, overrides: list[str], jobs: int) -> Path:
     """Run the sweep in `work`; the folder of its summary."""
-    work.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "prefopt.train", "sweep=losses"]
-    cmd += ["trainer.enable_progress_bar=false", "export=false", *overrides]
+    words = ["sweep=losses", "export=false", *overrides]
     if jobs > 1:  # each job keeps its own threads: the figures do not depend on it
-        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
-    subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL)
-    summaries = sorted(
-        work.glob("multirun/*/*/summary/summary.csv"), key=lambda p: p.stat().st_mtime
-    )
-    if not summaries:
-        raise SystemExit(f"the sweep in {work} wrote no summary/summary.csv")
-    return summaries[-1].parent.parent
+        words += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    return run_sweep(work, words, "summary.csv")
 
 
 def number(text: str, digits: int) -> str:
@@ -69,22 +60,15 @@ def table(sweep_dir: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--work", type=Path, default=None, help="where the sweep runs (a tmp dir)")
+    parser = sweep_parser(__doc__)
     parser.add_argument("--jobs", type=int, default=1, help="jobs at once (joblib launcher)")
-    parser.add_argument("--from-sweep", type=Path, default=None, help="a sweep's multirun folder")
-    parser.add_argument("--results", type=Path, default=None, help="default: docs/results/")
-    parser.add_argument("--no-results", action="store_true", help="print only")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_with_overrides(build_parser(), argv)
     start, load = time.perf_counter(), load_average()
-    sweep_dir = args.from_sweep or run_sweep(
+    sweep_dir = args.from_sweep or run_losses_sweep(
         (args.work or Path(tempfile.mkdtemp(prefix="prefopt-losses-"))).resolve(),
         args.overrides,
         args.jobs,

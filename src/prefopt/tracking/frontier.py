@@ -17,13 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-if TYPE_CHECKING:
-    from prefopt.tracking.report import Row
+from prefopt.tracking.job_rows import Row
 
 BETA = "loss.beta"
 KL = "eval/kl_seq"

@@ -20,7 +20,6 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -31,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from prefopt.files import is_disk_full, replaced_folder
 from prefopt.tracking.frontier import frontier_of, frontier_table, plot_frontier
+from prefopt.tracking.job_rows import Row
 from prefopt.tracking.params import param_name
 from prefopt.tracking.tags import PARENT_TAG, TAG_FAILED_JOB, TAG_JOB
 from prefopt.tracking.ui import how_to_open
@@ -47,16 +47,6 @@ SUMMARY_METRICS = (
 
 DESCRIPTION_LIMIT = 8000
 """Characters of a tag's value an MLflow store keeps (`mlflow.utils.validation.MAX_TAG_VAL_LENGTH`)."""
-
-
-@dataclass
-class Row:
-    job: int
-    status: str
-    values: dict[str, str]
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_name: str = ""
-    run_id: str = ""
 
 
 def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
